@@ -1,0 +1,51 @@
+"""agentstream: make LLM agents improve continuously, on Kafka and ClickHouse.
+
+The agent-side SDK is available at the top level::
+
+    import agentstream
+
+    agentstream.init(service_name="support-bot")
+    agentstream.instrument_openai()            # LLM calls become spans
+
+    with agentstream.rollout({"ticket": text}) as r:
+        reply = agent(text)
+        agentstream.emit_reward(1.0 if ok else 0.0, feedback=why)
+
+Subpackages: ``schemas`` (event contracts), ``producers`` (SDK), ``streams`` (stream processors),
+``sinks`` (ClickHouse), ``trainers`` (optimisers), ``deploy`` (embedded broker, stack, manifests).
+"""
+
+from agentstream.producers import (
+    AgentStream,
+    bind_context,
+    current_rollout,
+    current_span,
+    emit_message,
+    emit_reward,
+    flush,
+    init,
+    instrument_openai,
+    rollout,
+    shutdown,
+    span,
+    traced,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentStream",
+    "__version__",
+    "bind_context",
+    "current_rollout",
+    "current_span",
+    "emit_message",
+    "emit_reward",
+    "flush",
+    "init",
+    "instrument_openai",
+    "rollout",
+    "shutdown",
+    "span",
+    "traced",
+]

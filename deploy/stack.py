@@ -1,0 +1,235 @@
+"""``agentstream up``: the embedded stack as one supervised group.
+
+Members: the Kafka broker (embedded Tansu unless ``bootstrap_servers`` points at a cluster), topic
+creation, and the ClickHouse sink (which also serves queries while it owns the chDB directory).
+Crashed members are restarted with backoff; a restarted memory-only broker gets its topics back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentstream.settings import Settings, StackState
+
+from .broker import EmbeddedBroker
+from .topics import ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MemberStatus:
+    name: str
+    state: str = "starting"
+    pid: int | None = None
+    restarts: int = 0
+    detail: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ChildProcess:
+    """A member running as ``python -m agentstream.cli <args>``, restarted when it dies."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.status = MemberStatus(name)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self._next_start = 0.0
+        self._backoff = 1.0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.cli", *self.args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
+        )
+        self.status.pid = self._process.pid
+        self.status.state = "running"
+
+    def check(self) -> None:
+        """Restart the member if it exited (with exponential backoff)."""
+        if self._process is None:
+            return
+        code = self._process.poll()
+        if code is None:
+            if time.monotonic() > self._next_start + 60:
+                self._backoff = 1.0  # it stayed up: forget earlier crashes
+            return
+        now = time.monotonic()
+        if self.status.state == "running":
+            self.status.state = "restarting"
+            self.status.detail = f"exited with {code}; see {self.log_path}"
+            logger.warning("%s exited with code %s; restarting in %.0fs", self.name, code, self._backoff)
+            self._next_start = now + self._backoff
+            self._backoff = min(self._backoff * 2, 30.0)
+        if now >= self._next_start:
+            self.status.restarts += 1
+            self._log.close()
+            self.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+        self.status.state = "stopped"
+
+
+class Stack:
+    """Broker + topics + sink, supervised. Use as a context manager or ``start()``/``stop()``.
+
+    Args:
+        settings: where things run; with ``bootstrap_servers`` unset an embedded broker is started.
+        sink: run the ClickHouse sink.
+    """
+
+    def __init__(self, settings: Settings, *, sink: bool = True) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir
+        self.logs = settings.data_dir / "logs"
+        self.broker: EmbeddedBroker | None = None
+        self.broker_status = MemberStatus("kafka")
+        self.topics_status = MemberStatus("topics")
+        self.children: list[ChildProcess] = []
+        self._want_sink = sink
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self.started_at = 0.0
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.settings.bootstrap_servers:
+            return self.settings.bootstrap_servers
+        assert self.broker is not None
+        return self.broker.bootstrap_servers
+
+    def resolved_settings(self) -> Settings:
+        return self.settings.model_copy(update={"bootstrap_servers": self.bootstrap_servers})
+
+    def start(self) -> Stack:
+        self.started_at = time.time()
+        existing = StackState.load(self.data_dir)
+        if existing is not None and existing.pid != os.getpid():
+            raise RuntimeError(f"a stack already runs for {self.data_dir} (pid {existing.pid}); stop it first")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.settings.bootstrap_servers:
+            self.broker = EmbeddedBroker(self.settings.broker_port, log_path=self.logs / "kafka.log").start()
+            self.broker_status.state, self.broker_status.pid = "running", self.broker.pid
+            self.broker_status.detail = f"embedded Tansu on {self.broker.bootstrap_servers}"
+        else:
+            self.broker_status.state, self.broker_status.detail = "external", self.settings.bootstrap_servers
+        self._create_topics()
+        StackState(pid=os.getpid(), bootstrap_servers=self.bootstrap_servers, started_at=self.started_at).save(
+            self.data_dir
+        )
+        if self._want_sink:
+            env = {
+                **os.environ,
+                "AGENTSTREAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+                "AGENTSTREAM_DATA_DIR": str(self.data_dir),
+            }
+            sink = ChildProcess("sink", ["sink"], env, self.logs / "sink.log")
+            sink.start()
+            self.children.append(sink)
+        self._monitor = threading.Thread(target=self._supervise, name="agentstream-stack", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _create_topics(self) -> None:
+        statuses = ensure_topics(self.resolved_settings())
+        created = sum(s.outcome == "created" for s in statuses)
+        mismatched = [s.name for s in statuses if s.outcome == "mismatch"]
+        self.topics_status.state = "ready" if not mismatched else "mismatch"
+        self.topics_status.detail = f"{len(statuses)} topics ({created} created)" + (
+            f"; partition mismatch: {', '.join(mismatched)}" if mismatched else ""
+        )
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.5):
+            broker = self.broker
+            if broker is not None and not broker.is_running():
+                logger.warning("Kafka broker exited; restarting it (memory storage: its log is lost)")
+                self.broker_status.state = "restarting"
+                try:
+                    broker.restart()
+                    self._create_topics()
+                    self.broker_status.state, self.broker_status.pid = "running", broker.pid
+                    self.broker_status.restarts += 1
+                except Exception as e:
+                    self.broker_status.detail = str(e)
+                    continue
+            for child in self.children:
+                child.check()
+                if child.name == "sink":
+                    child.status.info = self.sink_status() or {}
+
+    def sink_status(self) -> dict[str, Any] | None:
+        """The sink's live counters, read from its gateway."""
+        from agentstream.sinks.gateway import GatewayState
+
+        state = GatewayState.load(self.settings.chdb_path)
+        if state is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{state.url}/agentstream/status", timeout=1) as response:
+                return json.loads(response.read())
+        except Exception:
+            return None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the sink serves queries."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._want_sink or self.sink_status() is not None:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the sink did not become ready in {timeout:.0f}s; see {self.logs / 'sink.log'}")
+
+    def members(self) -> list[MemberStatus]:
+        return [self.broker_status, self.topics_status, *(c.status for c in self.children)]
+
+    def stop(self) -> None:
+        """Stop the sink first (it flushes), then the broker."""
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+        for child in reversed(self.children):
+            child.stop()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker_status.state = "stopped"
+        state = StackState.load(self.data_dir)
+        if state is not None and state.pid == os.getpid():
+            StackState.clear(self.data_dir)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Example agents and the quickstart run by ``agentstream demo``."""

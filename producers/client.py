@@ -1,0 +1,347 @@
+"""The SDK client: record what the agent does and stream it to Kafka without ever blocking it."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import numbers
+import os
+import random
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from agentstream.schemas import RewardSource, SpanKind
+from agentstream.schemas import genai
+from agentstream.schemas.rollout_event import RolloutEventType
+from agentstream.schemas.topics import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
+from agentstream.settings import Settings
+
+from .delivery import DeliveryStats, DeliveryWorker
+from .records import RecordEncoder
+from .spool import SpooledRecord
+from .tracer import ActiveSpan, Rollout, _json, current_rollout, current_span, now_us
+
+logger = logging.getLogger(__name__)
+
+SDK_VERSION = "0.1.0"
+
+
+class AgentStream:
+    """Records spans, rewards and rollout events, and delivers them in the background.
+
+    Usually created once per process with :func:`agentstream.init`; every other SDK call then
+    uses it. Emitting never blocks and never raises because Kafka is slow or down: records queue
+    in memory, spill to a local spool during outages, and are replayed in order.
+
+    Args:
+        settings: where Kafka runs and how to buffer; defaults from ``AGENTSTREAM_*`` variables.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = (settings or Settings()).resolved()
+        self.settings = settings
+        sdk = settings.sdk
+        self.resource_attributes = {
+            "service.name": sdk.service_name,
+            "host.name": socket.gethostname(),
+            "process.pid": str(os.getpid()),
+            "telemetry.sdk.name": "agentstream",
+            "telemetry.sdk.version": SDK_VERSION,
+        }
+        self._encoder = RecordEncoder(settings, self.resource_attributes)
+        schemas = [] if settings.schema_registry_url else [(s.fingerprint.hex(), s.json) for s in self._encoder.schemas]
+        self._worker = DeliveryWorker(
+            settings.producer_config(),
+            settings.admin_config(),
+            self._encode,
+            [settings.topic(t.name) for t in (SPANS, REWARDS, ROLLOUT_EVENTS)],
+            spool_root=settings.spool_dir,
+            name=sdk.service_name,
+            queue_size=sdk.queue_size,
+            replay_window_seconds=sdk.replay_window_seconds,
+            replay_window_bytes=sdk.replay_window_bytes,
+            dead_letter_topic=settings.topic(DEAD_LETTER.name),
+            schemas_topic=settings.topic(SCHEMAS.name) if schemas else None,
+            schemas=schemas,
+        )
+        self._closed = False
+        self._worker.start()
+        atexit.register(self.close)
+
+    # ---- tracing ------------------------------------------------------------------------------------
+    def rollout(
+        self,
+        task: Any = None,
+        *,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+        attempt_number: int = 1,
+        resources: Mapping[str, str] | None = None,
+        worker_id: str = "",
+    ) -> Rollout:
+        """A context manager for one attempt at one task: ``with client.rollout(task) as r: ...``.
+
+        Emits ``attempt_started`` / ``attempt_finished`` rollout events and a root ``agent`` span;
+        spans and rewards inside it carry its ids. An exception (or :meth:`Rollout.fail`) marks the
+        attempt failed.
+        """
+        return Rollout(
+            self,
+            task,
+            rollout_id=rollout_id,
+            attempt_id=attempt_id,
+            attempt_number=attempt_number,
+            resources=resources,
+            worker_id=worker_id,
+        )
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str | SpanKind = "other",
+        attributes: Mapping[str, Any] | None = None,
+        rollout: Rollout | None = None,
+    ) -> ActiveSpan:
+        """A span, child of the current one: ``with client.span("search", kind="tool") as s: ...``."""
+        rollout = rollout or current_rollout()
+        parent = current_span()
+        if parent is not None and parent.rollout is not rollout:
+            parent = None  # a span of another rollout is not our parent
+        return ActiveSpan(self, name, str(kind), rollout, parent, attributes)
+
+    def emit_message(self, message: str, *, attributes: Mapping[str, Any] | None = None) -> None:
+        """Record a free-text message (a log line of the agent) as a zero-length span."""
+        span = self.span("message", kind="other", attributes=attributes)
+        span.set_attribute(genai.MESSAGE_BODY, str(message))
+        span.end(span.start_time)
+
+    def emit_reward(
+        self,
+        value: float,
+        *,
+        name: str = "reward",
+        feedback: str | None = None,
+        source: str | RewardSource = "rule",
+        span_id: str | None = None,
+        response_id: str | None = None,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+        rollout: Rollout | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Emit a reward and return its id.
+
+        Inside a rollout it targets that rollout; elsewhere (a webhook reporting that a ticket was
+        resolved, a human rating) pass ``rollout_id``. ``span_id`` or ``response_id`` (the
+        ``gen_ai.response.id`` of an LLM call) narrow the target.
+
+        Raises:
+            ValueError: ``value`` is not a finite number, ``source`` is unknown, or no rollout is
+                given or current.
+        """
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"emit_reward: value must be a finite number, got {value!r}")
+        try:
+            source = RewardSource(source).value
+        except ValueError as e:
+            raise ValueError(
+                f"emit_reward: unknown source {source!r}; use one of {[s.value for s in RewardSource]}"
+            ) from e
+        rollout = rollout or current_rollout()
+        target = rollout_id or (rollout.rollout_id if rollout is not None else None)
+        if not target:
+            raise ValueError("emit_reward: no rollout; call it inside `with rollout(...)` or pass rollout_id=")
+        inside = rollout is not None and rollout.rollout_id == target
+        parent = current_span() if inside else None
+        datum = {
+            "reward_id": f"rw-{random.getrandbits(64):016x}",
+            "rollout_id": target,
+            "attempt_id": attempt_id if attempt_id is not None else (rollout.attempt_id if inside else ""),
+            "span_id": span_id,
+            "response_id": response_id,
+            "trace_id": parent.trace_id if parent is not None else (rollout.trace_id if inside else None),
+            "parent_span_id": parent.span_id if parent is not None else None,
+            "sequence_id": rollout.next_sequence_id() if inside else 0,
+            "name": str(name),
+            "value": float(value),
+            "feedback": None if feedback is None else str(feedback),
+            "source": source,
+            "timestamp": now_us(),
+            "attributes": {str(k): v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()},
+        }
+        self._worker.submit(("reward", datum))
+        return datum["reward_id"]
+
+    def emit_rollout_event(
+        self,
+        rollout_id: str,
+        type: str | RolloutEventType,
+        *,
+        attempt_id: str = "",
+        attempt_number: int = 0,
+        status: str = "",
+        error: str | None = None,
+        worker_id: str = "",
+        task: Any = None,
+        resources: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Emit one lifecycle event of a rollout; returns its id."""
+        datum = {
+            "event_id": f"ev-{random.getrandbits(64):016x}",
+            "rollout_id": rollout_id,
+            "attempt_id": attempt_id,
+            "attempt_number": attempt_number,
+            "type": RolloutEventType(type).value,
+            "status": status,
+            "error": error,
+            "worker_id": worker_id,
+            "timestamp": now_us(),
+            "task": None if task is None else (task if isinstance(task, str) else _json(task)),
+            "resources": dict(resources or {}),
+            "metadata": dict(metadata or {}),
+        }
+        self._worker.submit(("rollout_event", datum))
+        return datum["event_id"]
+
+    # ---- delivery -------------------------------------------------------------------------------------
+    def _emit_span(self, span: ActiveSpan) -> None:
+        self._worker.submit(span)
+
+    def _encode(self, item: Any) -> SpooledRecord:
+        if isinstance(item, ActiveSpan):
+            return self._encoder.span(item)
+        kind, datum = item
+        if kind == "reward":
+            return self._encoder.reward(datum)
+        return self._encoder.rollout_event(datum)
+
+    def _rollout_started(self, rollout: Rollout) -> None:
+        self.emit_rollout_event(
+            rollout.rollout_id,
+            RolloutEventType.ATTEMPT_STARTED,
+            attempt_id=rollout.attempt_id,
+            attempt_number=rollout.attempt_number,
+            status="running",
+            worker_id=rollout.worker_id,
+            task=rollout.task,
+            resources=rollout.resources,
+        )
+
+    def _rollout_finished(self, rollout: Rollout) -> None:
+        self.emit_rollout_event(
+            rollout.rollout_id,
+            RolloutEventType.ATTEMPT_FINISHED,
+            attempt_id=rollout.attempt_id,
+            attempt_number=rollout.attempt_number,
+            status=rollout.status,
+            error=rollout.error,
+            worker_id=rollout.worker_id,
+            resources=rollout.resources,
+        )
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return self._worker.stats
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until everything emitted so far is delivered; False on timeout (nothing is lost:
+        undelivered records stay in the spool)."""
+        return self._worker.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush and stop delivery. Also runs at interpreter exit."""
+        if self._closed:
+            return True
+        self._closed = True
+        atexit.unregister(self.close)
+        return self._worker.close(timeout)
+
+    def __enter__(self) -> AgentStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Unconfigured:
+    """What SDK calls use before :func:`init`: they record nothing and say so once."""
+
+    _warned = False
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"agentstream is not initialised: call agentstream.init() before using {name!r}"
+        )
+
+    @staticmethod
+    def _warn_once() -> None:
+        if not _Unconfigured._warned:
+            _Unconfigured._warned = True
+            logger.warning("agentstream.init() was not called: spans and rewards are not recorded")
+
+    def _emit_span(self, span: ActiveSpan) -> None:
+        self._warn_once()
+
+    def span(self, name: str, *, kind: str = "other", attributes: Any = None, rollout: Any = None) -> ActiveSpan:
+        return AgentStream.span(self, name, kind=kind, attributes=attributes, rollout=rollout)  # type: ignore[arg-type]
+
+    def emit_reward(self, value: float, **kwargs: Any) -> str:
+        self._warn_once()
+        return ""
+
+    def emit_message(self, message: str, **kwargs: Any) -> None:
+        self._warn_once()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return True
+
+
+_default: AgentStream | None = None
+_default_lock = threading.Lock()
+_UNCONFIGURED = _Unconfigured()
+
+
+def init(settings: Settings | None = None, *, service_name: str | None = None, **fields: Any) -> AgentStream:
+    """Create the process's SDK client (once; later calls replace and close the previous one).
+
+    >>> import agentstream
+    >>> agentstream.init(service_name="support-bot")           # Kafka of `agentstream up`
+    >>> agentstream.init(bootstrap_servers="kafka:9092")        # or a real cluster
+
+    ``fields`` are :class:`~agentstream.settings.Settings` fields; the rest comes from
+    ``AGENTSTREAM_*`` environment variables.
+    """
+    global _default
+    if settings is None:
+        settings = Settings(**fields)
+    elif fields:
+        settings = settings.model_copy(update=fields)
+    if service_name:
+        settings = settings.model_copy(update={"sdk": settings.sdk.model_copy(update={"service_name": service_name})})
+    client = AgentStream(settings)
+    with _default_lock:
+        previous, _default = _default, client
+    if previous is not None:
+        previous.close()
+    return client
+
+
+def default_client() -> AgentStream:
+    """The client of the current rollout, else the one :func:`init` created."""
+    rollout = current_rollout()
+    if rollout is not None:
+        return rollout.client
+    return _default if _default is not None else _UNCONFIGURED  # type: ignore[return-value]
+
+
+def shutdown(timeout: float = 10.0) -> bool:
+    """Flush and close the default client."""
+    global _default
+    with _default_lock:
+        client, _default = _default, None
+    return client.close(timeout) if client is not None else True

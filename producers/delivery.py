@@ -1,0 +1,478 @@
+"""Background delivery: emitting never blocks the agent.
+
+The agent thread appends what it recorded to a bounded in-memory queue. One delivery thread
+encodes it and hands it to an idempotent ``acks=all`` producer. When the broker is unreachable,
+or a record cannot be delivered, records go to the local :class:`~.spool.Spool` and are replayed
+in order once the broker is back. Records are also spooled when the queue is full, so nothing is
+dropped.
+
+If the broker comes back having lost its log (a topic re-created with a new topic id, as with the
+embedded memory-only broker), the records delivered during the last ``replay_window_seconds`` are
+sent again. Every record that may be a duplicate carries the ``agentstream-replay`` header, so the
+sink can drop copies it already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
+from confluent_kafka.admin import AdminClient
+
+from agentstream.schemas.topics import DEAD_LETTER, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_REPLAY, SCHEMAS
+
+from .spool import Spool, SpooledRecord
+
+logger = logging.getLogger(__name__)
+
+_REPLAY_HEADER = (HEADER_REPLAY, b"1")
+#: delivery errors that retrying cannot fix: the record goes to the dead-letter topic
+_PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG}
+_BATCH = 512
+_IDLE_WAIT = 0.05
+_PROBE_INTERVAL = 0.5
+
+
+@dataclass
+class DeliveryStats:
+    """Counters of the delivery thread (read them from any thread; values are approximate)."""
+
+    submitted: int = 0
+    delivered: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    truncated: int = 0
+    outages: int = 0
+    window_replays: int = 0
+    last_error: str = ""
+    connected: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryWorker:
+    """One background thread delivering encoded records to Kafka, spooling during outages.
+
+    Args:
+        producer_config: librdkafka configuration (from ``Settings.producer_config()``).
+        admin_config: configuration for topic checks (from ``Settings.admin_config()``).
+        encode: turns a queued item into a record; runs on the delivery thread.
+        topics: topics this worker writes to; delivery waits until they exist.
+        spool_root: where outage spools live.
+        name: spool directory prefix (the service name).
+        queue_size: items buffered in memory before the agent thread spills to the spool.
+        replay_window_seconds / replay_window_bytes: how much delivered data to keep for re-sending.
+        schemas: ``(fingerprint_hex, schema_json)`` published once to the schemas topic.
+    """
+
+    def __init__(
+        self,
+        producer_config: dict[str, Any],
+        admin_config: dict[str, Any],
+        encode: Callable[[Any], SpooledRecord],
+        topics: list[str],
+        *,
+        spool_root: Path,
+        name: str,
+        queue_size: int,
+        replay_window_seconds: float,
+        replay_window_bytes: int,
+        dead_letter_topic: str,
+        schemas_topic: str | None = None,
+        schemas: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    ) -> None:
+        self._producer_config = {
+            **producer_config,
+            "error_cb": self._on_error,
+            "on_delivery": self._on_delivery,
+        }
+        self._admin_config = admin_config
+        self._encode = encode
+        self._topics = list(dict.fromkeys([*topics, dead_letter_topic] + ([schemas_topic] if schemas_topic else [])))
+        self._dead_letter_topic = dead_letter_topic
+        self._schemas_topic = schemas_topic
+        self._schemas = list(schemas)
+        self._spool_root = spool_root
+        self._name = name
+        self._maxsize = queue_size
+        self._window_seconds = replay_window_seconds
+        self._window_limit = replay_window_bytes
+
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._idle = False
+        self._busy = False
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._spool: Spool | None = None
+        self._spool_lock = threading.Lock()
+        self._orphans: list[Spool] = []
+        self._window: deque[tuple[float, SpooledRecord]] = deque()
+        self._window_bytes = 0
+        self._producer: Producer | None = None
+        self._connected = False
+        self._topic_ids: dict[str, str] = {}
+        self._inflight = 0
+        self._purge_pending = False
+        self._deferred_dead_letters: list[tuple[SpooledRecord, str]] = []
+        self._waiting_logged = False
+        self.stats = DeliveryStats()
+        self._thread = threading.Thread(target=self._run, name=f"agentstream-delivery-{name}", daemon=True)
+
+    # ---- agent side: never blocks on the network --------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, item: Any) -> None:
+        """Queue an item for delivery. Never raises, never waits on the broker."""
+        if len(self._queue) >= self._maxsize:
+            self._spill(item)
+        else:
+            self._queue.append(item)
+        self.stats.submitted += 1
+        if self._idle:
+            self._wake.set()
+
+    def _spill(self, item: Any) -> None:
+        try:
+            record = self._encode(item)
+        except Exception as e:  # never into agent code
+            logger.error("Data error: cannot encode %s for the spool: %s", type(item).__name__, e)
+            return
+        self._spool_append(record)
+
+    # ---- spool ------------------------------------------------------------------------------------
+    def _own_spool(self) -> Spool:
+        with self._spool_lock:
+            if self._spool is None:
+                self._spool = Spool.create(self._spool_root, self._name)
+            return self._spool
+
+    def _spool_append(self, record: SpooledRecord) -> None:
+        if _REPLAY_HEADER not in record.headers:
+            record = SpooledRecord(record.topic, record.key, record.value, (*record.headers, _REPLAY_HEADER))
+        self._own_spool().append(record)
+        self.stats.spooled += 1
+
+    def _spool_pending(self) -> bool:
+        return bool(self._orphans) or (self._spool is not None and not self._spool.is_empty())
+
+    # ---- the delivery thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._orphans = Spool.orphans(self._spool_root)
+            if self._orphans:
+                logger.info("Spool: adopted %d spool(s) of exited processes", len(self._orphans))
+            while True:
+                if not self._connected:
+                    if not self._recover():
+                        break  # stopping while the broker is unreachable
+                    continue
+                if self._spool_pending():
+                    self._replay_spools()
+                    continue
+                if not self._deliver_batch():
+                    if self._stopping.is_set() and self._inflight == 0:
+                        break
+                    self._idle_wait()
+        except Exception:  # pragma: no cover - a bug; keep the agent alive and data on disk
+            logger.exception("agentstream delivery thread crashed; spooling what is queued")
+        finally:
+            self._drain_to_spool()
+            self._stopped.set()
+
+    def _idle_wait(self) -> None:
+        self._idle = True
+        if not self._queue:
+            self._wake.wait(_IDLE_WAIT)
+        self._wake.clear()
+        self._idle = False
+        self._poll(0)
+
+    def _poll(self, timeout: float = 0) -> None:
+        """Serve delivery callbacks, then do what they asked for.
+
+        confluent-kafka forbids calling poll() from inside its callbacks, so callbacks only set
+        flags and queue work; it is done here.
+        """
+        producer = self._producer
+        if producer is None:
+            return
+        producer.poll(timeout)
+        while self._purge_pending:
+            # Hand everything librdkafka still holds back to us (via delivery callbacks), in order.
+            self._purge_pending = False
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+        while self._deferred_dead_letters:
+            record, reason = self._deferred_dead_letters.pop(0)
+            self._dead_letter(record, reason)
+
+    def _deliver_batch(self) -> bool:
+        self._busy = True
+        try:
+            n = 0
+            queue = self._queue
+            while queue and n < _BATCH and self._connected:
+                item = queue.popleft()
+                n += 1
+                try:
+                    record = self._encode(item)
+                except Exception as e:
+                    self._dead_letter_unencodable(item, e)
+                    continue
+                self._produce(record)
+                if n % 32 == 0:
+                    self._poll(0)
+            self._poll(0)
+            return n > 0
+        finally:
+            self._busy = False
+
+    def _produce(self, record: SpooledRecord) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(record.topic, record.value, record.key, headers=list(record.headers))
+                self._inflight += 1
+                return
+            except BufferError:
+                # librdkafka's own queue is full: serve callbacks, then retry or spool
+                self._poll(0.05)
+                if not self._connected:
+                    self._spool_append(record)
+                    return
+            except KafkaException as e:
+                self._note_error(str(e))
+                self._spool_append(record)
+                self._mark_disconnected(e.args[0] if e.args else None)
+                return
+
+    # ---- callbacks (run inside poll/flush on the delivery thread) ---------------------------------
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        self._inflight -= 1
+        record = SpooledRecord(msg.topic(), msg.key(), msg.value(), tuple(msg.headers() or ()))
+        if err is None:
+            self.stats.delivered += 1
+            self._remember(record)
+            return
+        if err.code() in _PERMANENT:
+            self._deferred_dead_letters.append((record, f"{err.name()}: {err.str()}"))
+            return
+        self._note_error(f"{err.name()}: {err.str()}")
+        self._spool_append(record)
+        self._mark_disconnected(err)
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._note_error(f"{err.name()}: {err.str()}")
+        if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
+            self._mark_disconnected(err)
+
+    def _note_error(self, text: str) -> None:
+        self.stats.last_error = text
+
+    def _mark_disconnected(self, err: Any) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        self.stats.connected = False
+        self.stats.outages += 1
+        logger.warning("Kafka unreachable (%s): spooling to %s until it is back", err, self._spool_root)
+        self._purge_pending = True  # done by _poll(): this may run inside a callback
+
+    # ---- replay window --------------------------------------------------------------------------------
+    def _remember(self, record: SpooledRecord) -> None:
+        if self._window_limit <= 0 or self._window_seconds <= 0 or record.topic == self._schemas_topic:
+            return
+        now = time.monotonic()
+        self._window.append((now, record))
+        self._window_bytes += len(record.value)
+        cutoff = now - self._window_seconds
+        window = self._window
+        while window and (window[0][0] < cutoff or self._window_bytes > self._window_limit):
+            self._window_bytes -= len(window.popleft()[1].value)
+
+    # ---- recovery -----------------------------------------------------------------------------------
+    def _recover(self) -> bool:
+        """Wait for the broker and our topics, then reconnect. False if asked to stop meanwhile."""
+        while True:
+            if self._stopping.is_set():
+                return False
+            ids = self._probe_topics()
+            if ids is not None:
+                break
+            self._spool_queue()
+            if self._stopping.wait(_PROBE_INTERVAL):
+                return False
+        lost_log = bool(self._topic_ids) and any(self._topic_ids.get(t) != ids.get(t) for t in self._topic_ids)
+        first_connect = not self._topic_ids
+        self._topic_ids = ids
+        # A fresh producer: a broker that restarted does not know the old idempotent producer id.
+        if self._producer is not None:
+            self._purge_pending = True
+            self._poll(0)
+        self._producer = Producer(self._producer_config)
+        self._connected = True
+        self.stats.connected = True
+        self._waiting_logged = False
+        logger.info("Kafka reachable: delivering to %s", ", ".join(self._topics))
+        if first_connect or lost_log:
+            self._publish_schemas()
+        if lost_log and self._window:
+            window = [record for _, record in self._window]
+            self._window.clear()
+            self._window_bytes = 0
+            logger.warning(
+                "Kafka lost its log (topics re-created): re-sending the last %d delivered records", len(window)
+            )
+            self.stats.window_replays += 1
+            for record in window:
+                if not self._connected:
+                    self._spool_append(record)
+                    continue
+                self._produce(_flagged(record))
+                if self._inflight % 64 == 0:
+                    self._poll(0)
+        return True
+
+    def _probe_topics(self) -> dict[str, str] | None:
+        try:
+            admin = AdminClient({**self._admin_config, "socket.timeout.ms": 1000})
+            metadata = admin.list_topics(timeout=1.0)
+            missing = [t for t in self._topics if t not in metadata.topics]
+            if missing:
+                if not self._waiting_logged:
+                    logger.warning(
+                        "Kafka is up but topics %s are missing; run `agentstream topics create`", missing
+                    )
+                    self._waiting_logged = True
+                return None
+            futures = admin.describe_topics(TopicCollection(self._topics), request_timeout=2.0)
+            return {name: str(f.result().topic_id) for name, f in futures.items()}
+        except Exception as e:
+            self._note_error(f"probe: {e}")
+            return None
+
+    def _publish_schemas(self) -> None:
+        if not self._schemas_topic or not self._schemas:
+            return
+        assert self._producer is not None
+        for fingerprint_hex, schema_json in self._schemas:
+            self._produce(SpooledRecord(self._schemas_topic, fingerprint_hex.encode(), schema_json.encode()))
+        self._poll(0)
+
+    def _spool_queue(self) -> None:
+        """While disconnected, move queued items to the spool so memory stays bounded."""
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            try:
+                self._spool_append(self._encode(item))
+            except Exception as e:
+                self._dead_letter_unencodable(item, e)
+
+    def _replay_spools(self) -> None:
+        """Deliver spooled records, oldest spool and segment first; delete each once delivered."""
+        assert self._producer is not None
+        spools = [*self._orphans, *([self._spool] if self._spool is not None else [])]
+        for spool in spools:
+            for segment in spool.seal():
+                if not self._connected:
+                    return
+                count = 0
+                for record in Spool.read_segment(segment):
+                    self._produce(record)
+                    count += 1
+                    if count % 64 == 0:
+                        self._poll(0)
+                # every record is now delivered or re-spooled (in a newer segment) by its callback
+                while self._inflight > 0 and self._connected:
+                    self._poll(0.05)
+                if not self._connected:
+                    return
+                spool.release(segment, count)
+                self.stats.replayed += count
+            if spool is not self._spool:
+                spool.close(remove_if_empty=True)
+                self._orphans.remove(spool)
+
+    # ---- dead letters -------------------------------------------------------------------------------
+    def _dead_letter(self, record: SpooledRecord, reason: str) -> None:
+        logger.error("Data error: %s record to the dead-letter topic: %s", record.topic, reason)
+        self.stats.dead_lettered += 1
+        headers = (
+            *record.headers,
+            (HEADER_DLQ_REASON, reason.encode()),
+            (HEADER_DLQ_SOURCE, f"{record.topic}".encode()),
+        )
+        value = record.value if len(record.value) < 900_000 else record.value[:900_000]
+        self._produce(SpooledRecord(self._dead_letter_topic, record.key, value, headers))
+
+    def _dead_letter_unencodable(self, item: Any, error: Exception) -> None:
+        self._dead_letter(
+            SpooledRecord("sdk", None, repr(item)[:100_000].encode(), ()),
+            f"cannot encode {type(item).__name__}: {type(error).__name__}: {error}",
+        )
+
+    # ---- flush and shutdown -----------------------------------------------------------------------------
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is delivered. False on timeout (data stays spooled)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._stopped.is_set():
+                return not self._queue and not self._spool_pending()
+            if (
+                self._connected
+                and not self._queue
+                and not self._busy
+                and self._inflight == 0
+                and not self._spool_pending()
+            ):
+                return True
+            self._wake.set()
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, stop the thread, and keep anything undelivered in the spool for the next run."""
+        # Disconnected: do not wait for a broker that may not come back; the spool keeps everything.
+        delivered = self.flush(timeout) if self._thread.is_alive() and self._connected else False
+        self._stopping.set()
+        self._wake.set()
+        # The thread may be inside a broker probe (bounded by its own timeout) before it drains.
+        self._thread.join(timeout=timeout + 5.0)
+        if self._thread.is_alive():
+            logger.error("agentstream delivery thread did not stop; %d queued records are lost", len(self._queue))
+        if self._spool is not None:
+            left = len(self._spool)
+            self._spool.close(remove_if_empty=True)
+            if left:
+                logger.warning(
+                    "%d undelivered records remain in %s; they are sent on the next run", left, self._spool.directory
+                )
+        return delivered
+
+    def _drain_to_spool(self) -> None:
+        producer = self._producer
+        if producer is not None:
+            producer.flush(2.0 if self._connected else 0)
+            if self._inflight:
+                self._purge_pending = True
+        self._connected = False
+        self._poll(0)
+        self._spool_queue()
+        if self._spool is not None:
+            self._spool.flush()
+
+
+def _flagged(record: SpooledRecord) -> SpooledRecord:
+    if _REPLAY_HEADER in record.headers:
+        return record
+    return SpooledRecord(record.topic, record.key, record.value, (*record.headers, _REPLAY_HEADER))

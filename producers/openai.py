@@ -1,0 +1,722 @@
+"""OpenAI chat-completions capture: every ``chat.completions.create`` call becomes an ``llm`` span.
+
+>>> import agentstream
+>>> agentstream.init(service_name="support-bot")
+>>> agentstream.instrument_openai()          # every OpenAI / AsyncOpenAI client
+>>> agentstream.instrument_openai(client)    # or just this one
+
+Spans follow the OpenTelemetry GenAI conventions (``chat {model}``, ``gen_ai.*`` attributes, messages
+as JSON in the OTel parts schema). Token ids are kept when an OpenAI-compatible server returns them
+(vLLM with ``extra_body={"return_token_ids": True}``: ``prompt_token_ids`` on the completion,
+``token_ids`` on each choice), which is what trainers need to learn from the exact tokens sampled.
+
+Streaming calls return a thin wrapper around ``Stream`` / ``AsyncStream`` that hands every chunk
+through unchanged and ends the span when the stream is exhausted, closed, or dropped.
+
+Capture never raises into the agent because of agentstream: failures while recording are logged at
+debug level. The API's own exceptions are recorded on the span and re-raised untouched.
+
+Limitations: only the first choice's ``token_ids`` are kept (a span holds one response sequence);
+``with_streaming_response`` calls record the request only (their body is read later by the caller);
+clients made by ``client.with_options()`` / ``copy()`` are not covered by instance instrumentation.
+
+This module imports ``openai``; ``agentstream`` imports it lazily, from :func:`instrument_openai`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import openai
+from openai import AsyncStream, Stream
+from openai.resources.chat.completions import AsyncCompletions, Completions
+
+from agentstream.schemas import genai
+
+from .client import AgentStream, default_client
+from .tracer import ActiveSpan, _json, now_us
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["instrument_openai", "is_instrumented", "uninstrument_openai"]
+
+# The wrapper keeps a reference to what it wraps: idempotency checks and uninstrumenting read it, so
+# they also work on wrappers installed by an earlier import of this module.
+_ORIGINAL = "__agentstream_original__"
+_PROVIDER = "openai"
+_SENTINELS = (openai.NotGiven, openai.Omit)
+_FLOAT_PARAMS = (
+    ("temperature", genai.REQUEST_TEMPERATURE),
+    ("top_p", genai.REQUEST_TOP_P),
+    ("frequency_penalty", genai.REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", genai.REQUEST_PRESENCE_PENALTY),
+)
+_INT_PARAMS = (
+    ("seed", genai.REQUEST_SEED),
+    ("n", genai.REQUEST_CHOICE_COUNT),
+)
+
+_lock = threading.Lock()
+# Resources (``client.chat.completions``) wrapped one by one, so uninstrument_openai() can undo them.
+_instances: weakref.WeakSet[Completions | AsyncCompletions] = weakref.WeakSet()
+
+
+# ---- public API ----------------------------------------------------------------------------------------
+def instrument_openai(client: Any = None) -> None:
+    """Record OpenAI chat completions as ``llm`` spans.
+
+    Args:
+        client: an ``openai.OpenAI`` / ``openai.AsyncOpenAI`` (or its ``chat.completions``
+            resource) to instrument alone; ``None`` patches ``Completions.create`` and
+            ``AsyncCompletions.create`` so every client, existing or future, is captured.
+
+    Calling it again is a no-op; instrumenting a client and the classes never records a call twice.
+
+    Raises:
+        TypeError: ``client`` is not an OpenAI client.
+    """
+    with _lock:
+        if client is None:
+            _patch_class(Completions, _sync_class_wrapper)
+            _patch_class(AsyncCompletions, _async_class_wrapper)
+            return
+        resource = _resource_of(client)
+        if hasattr(vars(resource).get("create"), _ORIGINAL):
+            return
+        # Bind the class's *unwrapped* create, so that a later (or earlier) class patch does not
+        # wrap this call a second time: the instance attribute shadows the class attribute.
+        original = _unwrap(type(resource).create).__get__(resource, type(resource))
+        if isinstance(resource, AsyncCompletions):
+            wrapper = _async_instance_wrapper(original, resource)
+        else:
+            wrapper = _sync_instance_wrapper(original, resource)
+        resource.create = wrapper  # type: ignore[method-assign]
+        _instances.add(resource)
+
+
+def uninstrument_openai(client: Any = None) -> None:
+    """Undo :func:`instrument_openai`.
+
+    Args:
+        client: undo only this client's instrumentation; ``None`` restores the classes and every
+            client instrumented one by one.
+    """
+    with _lock:
+        if client is not None:
+            _restore_instance(_resource_of(client))
+            return
+        for cls in (Completions, AsyncCompletions):
+            current = cls.__dict__.get("create")
+            original = getattr(current, _ORIGINAL, None)
+            if original is not None:
+                setattr(cls, "create", original)
+        for resource in list(_instances):
+            _restore_instance(resource)
+
+
+def is_instrumented(client: Any = None) -> bool:
+    """Whether calls of ``client`` (or, with ``None``, of every client) are captured."""
+    if client is None:
+        return all(hasattr(cls.__dict__.get("create"), _ORIGINAL) for cls in (Completions, AsyncCompletions))
+    resource = _resource_of(client)
+    return hasattr(vars(resource).get("create"), _ORIGINAL) or hasattr(type(resource).create, _ORIGINAL)
+
+
+# ---- patching ------------------------------------------------------------------------------------------
+def _resource_of(client: Any) -> Completions | AsyncCompletions:
+    if isinstance(client, (Completions, AsyncCompletions)):
+        return client
+    resource = getattr(getattr(client, "chat", None), "completions", None)
+    if not isinstance(resource, (Completions, AsyncCompletions)):
+        raise TypeError(
+            f"instrument_openai: expected an openai.OpenAI or openai.AsyncOpenAI, got {type(client)!r}"
+        )
+    return resource
+
+
+def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+    while True:
+        inner = getattr(fn, _ORIGINAL, None)
+        if inner is None:
+            return fn
+        fn = inner
+
+
+def _patch_class(cls: type, make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    current = cls.__dict__["create"]
+    if hasattr(current, _ORIGINAL):
+        return
+    wrapper = make_wrapper(current)
+    setattr(wrapper, _ORIGINAL, current)
+    setattr(cls, "create", wrapper)
+
+
+def _restore_instance(resource: Any) -> None:
+    wrapper = vars(resource).get("create")
+    if hasattr(wrapper, _ORIGINAL):
+        del resource.create
+    _instances.discard(resource)
+
+
+def _sync_class_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def create(self: Completions, *args: Any, **kwargs: Any) -> Any:
+        return _invoke_sync(original, self, (self, *args), kwargs)
+
+    return create
+
+
+def _async_class_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+    # An ``async def``, so ``inspect.iscoroutinefunction(AsyncCompletions.create)`` stays true.
+    @functools.wraps(original)
+    async def create(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
+        return await _invoke_async(original, self, (self, *args), kwargs)
+
+    return create
+
+
+def _sync_instance_wrapper(original: Callable[..., Any], resource: Completions) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def create(*args: Any, **kwargs: Any) -> Any:
+        return _invoke_sync(original, resource, args, kwargs)
+
+    setattr(create, _ORIGINAL, original)
+    return create
+
+
+def _async_instance_wrapper(original: Callable[..., Any], resource: AsyncCompletions) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def create(*args: Any, **kwargs: Any) -> Any:
+        return await _invoke_async(original, resource, args, kwargs)
+
+    setattr(create, _ORIGINAL, original)
+    return create
+
+
+def _invoke_sync(fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    call = _start(resource, kwargs)
+    if call is None:
+        return fn(*args, **kwargs)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    return call.result(result)
+
+
+async def _invoke_async(
+    fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    call = _start(resource, kwargs)
+    if call is None:
+        return await fn(*args, **kwargs)
+    try:
+        result = await fn(*args, **kwargs)
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    return call.result(result)
+
+
+# ---- recording -----------------------------------------------------------------------------------------
+def _given(value: Any) -> bool:
+    return value is not None and not isinstance(value, _SENTINELS)
+
+
+def _materialize(kwargs: dict[str, Any], key: str) -> Any:
+    """Turn a one-shot iterator argument into a list, so recording it does not consume the request."""
+    value = kwargs.get(key)
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    if isinstance(value, Iterator):
+        # Outside any try: an exception here comes from the caller's generator, and the API call
+        # would have raised it all the same.
+        value = kwargs[key] = list(value)
+    return value
+
+
+def _capture_content(client: Any) -> bool:
+    if isinstance(client, AgentStream):
+        return bool(client.settings.sdk.capture_content)
+    try:
+        return bool(client.settings.sdk.capture_content)
+    except Exception:  # the unconfigured placeholder raises on any unknown attribute
+        return False  # it records nothing, so converting messages would be wasted work
+
+
+def _start(resource: Any, kwargs: dict[str, Any]) -> _Call | None:
+    """Open the span of one call and record the request; ``None`` when capture cannot even start."""
+    messages = _materialize(kwargs, "messages")
+    tools = _materialize(kwargs, "tools")
+    try:
+        client = default_client()
+        capture_content = _capture_content(client)
+        model = kwargs.get("model")
+        model = model if isinstance(model, str) else None
+        span = client.span(f"chat {model}" if model else "chat", kind="llm")
+    except Exception:
+        logger.debug("agentstream: cannot start the span of an OpenAI call", exc_info=True)
+        return None
+    try:
+        _record_request(span, resource, kwargs, model, messages, tools, capture_content)
+    except Exception:
+        logger.debug("agentstream: cannot record an OpenAI request", exc_info=True)
+    return _Call(span, capture_content, bool(kwargs.get("stream")))
+
+
+def _record_request(
+    span: ActiveSpan,
+    resource: Any,
+    kwargs: Mapping[str, Any],
+    model: str | None,
+    messages: Any,
+    tools: Any,
+    capture_content: bool,
+) -> None:
+    span.set_attribute(genai.OPERATION_NAME, genai.OPERATION_CHAT)
+    span.set_attribute(genai.PROVIDER_NAME, _PROVIDER)
+    span.set_attribute(genai.REQUEST_MODEL, model)
+    base_url = getattr(getattr(resource, "_client", None), "base_url", None)
+    if base_url is not None:
+        span.set_attribute(genai.SERVER_ADDRESS, base_url.host or None)
+        span.set_attribute("server.port", base_url.port)  # None (not recorded) for the scheme's default
+    if capture_content and _given(messages):
+        span.set_attribute(genai.INPUT_MESSAGES, _json(genai.openai_messages_to_otel(messages)))
+    if _given(tools):
+        span.set_attribute(genai.TOOL_DEFINITIONS, _json([_plain(t) for t in tools]))
+    # Request parameters last: a caller's odd value failing float()/int() must not cost the messages.
+    for key, name in _FLOAT_PARAMS:
+        value = kwargs.get(key)
+        if _given(value):
+            span.set_attribute(name, float(value))
+    for key, name in _INT_PARAMS:
+        value = kwargs.get(key)
+        if _given(value):
+            span.set_attribute(name, int(value))
+    max_tokens = kwargs.get("max_completion_tokens")
+    if not _given(max_tokens):
+        max_tokens = kwargs.get("max_tokens")
+    if _given(max_tokens):
+        span.set_attribute(genai.REQUEST_MAX_TOKENS, int(max_tokens))
+    stop = kwargs.get("stop")
+    if _given(stop):
+        stop_sequences = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+        span.set_attribute(genai.REQUEST_STOP_SEQUENCES, stop_sequences)
+
+
+def _plain(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    return dump(exclude_none=True) if dump is not None else value
+
+
+def _extra(obj: Any, name: str) -> Any:
+    """A field a server added beyond the OpenAI schema (vLLM's token ids), from attribute or extras."""
+    # model_extra first: a missing attribute costs pydantic an AttributeError, on every call.
+    extra = getattr(obj, "model_extra", None)
+    value = extra.get(name) if extra else None
+    if value is None:
+        value = getattr(obj, "__dict__", {}).get(name)  # a declared field in a newer openai
+    return value
+
+
+def _token_ids(value: Any) -> list[int] | None:
+    # Checked cheaply (type and first element): prompts run to 100k tokens on the hot path, and a
+    # wrong shape would otherwise fail the span's Avro encoding on the delivery thread.
+    if isinstance(value, list) and value and isinstance(value[0], int):
+        return value
+    return None
+
+
+def _tool_call_dict(call: Any) -> dict[str, Any]:
+    function = getattr(call, "function", None)
+    if function is not None:
+        name, arguments = function.name, function.arguments
+    else:  # custom (free-form) tools carry ``custom.name`` / ``custom.input``
+        custom = getattr(call, "custom", None)
+        name, arguments = getattr(custom, "name", None), getattr(custom, "input", None)
+    function_dict = {"name": name, "arguments": arguments}
+    return {"id": getattr(call, "id", None), "type": "function", "function": function_dict}
+
+
+def _output_message(message: Any, finish_reason: str | None) -> dict[str, Any]:
+    # Reads the few fields the OTel shape needs instead of model_dump()-ing the whole message.
+    if message is None:
+        converted: dict[str, Any] = {"role": "assistant", "parts": []}
+    else:
+        as_dict: dict[str, Any] = {"role": getattr(message, "role", None) or "assistant"}
+        as_dict["content"] = getattr(message, "content", None)
+        refusal = getattr(message, "refusal", None)
+        if refusal:
+            as_dict["refusal"] = refusal
+        tool_calls = getattr(message, "tool_calls", None)
+        if tool_calls:
+            as_dict["tool_calls"] = [_tool_call_dict(c) for c in tool_calls]
+        converted = genai.openai_message_to_otel(as_dict)
+    if finish_reason:
+        converted["finish_reason"] = finish_reason
+    return converted
+
+
+def _record_usage(span: ActiveSpan, usage: Any) -> None:
+    if usage is None:
+        return
+    span.set_attribute(genai.USAGE_INPUT_TOKENS, getattr(usage, "prompt_tokens", None))
+    span.set_attribute(genai.USAGE_OUTPUT_TOKENS, getattr(usage, "completion_tokens", None))
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    if prompt_details is not None:
+        span.set_attribute(
+            genai.USAGE_CACHE_READ_INPUT_TOKENS, getattr(prompt_details, "cached_tokens", None)
+        )
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    if completion_details is not None:
+        span.set_attribute(
+            genai.USAGE_REASONING_OUTPUT_TOKENS, getattr(completion_details, "reasoning_tokens", None)
+        )
+
+
+class _Choice:
+    """One choice of a stream, aggregated from its deltas."""
+
+    __slots__ = ("role", "content", "refusal", "tool_calls", "finish_reason", "token_ids")
+
+    def __init__(self) -> None:
+        self.role: str | None = None
+        self.content: list[str] = []
+        self.refusal: list[str] = []
+        # index -> [id, name, argument pieces]
+        self.tool_calls: dict[int, list[Any]] = {}
+        self.finish_reason: str | None = None
+        self.token_ids: list[int] = []
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role or "assistant", "content": "".join(self.content) or None}
+        if self.refusal:
+            message["refusal"] = "".join(self.refusal)
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call[0],
+                    "type": "function",
+                    "function": {"name": call[1], "arguments": "".join(call[2])},
+                }
+                for _, call in sorted(self.tool_calls.items())
+            ]
+        return message
+
+
+class _Call:
+    """The span of one ``create`` call, and for streams what the chunks added up to so far."""
+
+    __slots__ = (
+        "span",
+        "capture_content",
+        "streaming",
+        "done",
+        "response_id",
+        "model",
+        "usage",
+        "prompt_token_ids",
+        "choices",
+        "last_chunk_time",
+    )
+
+    def __init__(self, span: ActiveSpan, capture_content: bool, streaming: bool) -> None:
+        self.span = span
+        self.capture_content = capture_content
+        self.streaming = streaming
+        self.done = False
+        self.response_id: str | None = None
+        self.model: str | None = None
+        self.usage: Any = None
+        self.prompt_token_ids: list[int] | None = None
+        self.choices: dict[int, _Choice] = {}
+        self.last_chunk_time = 0
+
+    # -- non-streaming ------------------------------------------------------------------------------------
+    def result(self, result: Any) -> Any:
+        """Record what ``create`` returned and end the span, or wrap a stream; returns what to return."""
+        if isinstance(result, Stream):
+            return self._wrap(_SyncStream, result)
+        if isinstance(result, AsyncStream):
+            return self._wrap(_AsyncStream, result)
+        try:
+            completion = result if hasattr(result, "choices") else self._parse_raw(result)
+            if completion is not None:
+                self._record_completion(completion)
+        except Exception:
+            logger.debug("agentstream: cannot record an OpenAI response", exc_info=True)
+        self._end()
+        return result
+
+    def _parse_raw(self, result: Any) -> Any:
+        # ``with_raw_response`` returns a LegacyAPIResponse whose parse() is cached, so parsing here
+        # costs the caller nothing later. Streams and ``with_streaming_response`` (body not read
+        # yet) are left alone: the span keeps the request only.
+        if self.streaming or not hasattr(result, "http_response"):
+            return None
+        if not callable(getattr(result, "parse", None)):
+            return None
+        parsed = result.parse()
+        return parsed if hasattr(parsed, "choices") else None
+
+    def _record_completion(self, completion: Any) -> None:
+        span = self.span
+        span.set_attribute(genai.RESPONSE_ID, getattr(completion, "id", None))
+        span.set_attribute(genai.RESPONSE_MODEL, getattr(completion, "model", None))
+        choices = completion.choices or ()
+        reasons = [str(c.finish_reason) for c in choices if c.finish_reason]
+        span.set_attribute(genai.RESPONSE_FINISH_REASONS, reasons)
+        if self.capture_content:
+            outputs = [_output_message(getattr(c, "message", None), c.finish_reason) for c in choices]
+            span.set_attribute(genai.OUTPUT_MESSAGES, _json(outputs))
+        _record_usage(span, getattr(completion, "usage", None))
+        prompt_ids = _token_ids(_extra(completion, "prompt_token_ids"))
+        response_ids = _token_ids(_extra(choices[0], "token_ids")) if choices else None
+        if prompt_ids is not None or response_ids is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the API call's exception and end the span (the caller re-raises)."""
+        try:
+            self.span.record_exception(exc)
+        except Exception:
+            logger.debug("agentstream: cannot record an OpenAI error", exc_info=True)
+        self.done = True
+        self._end()
+
+    def _end(self, end_time: int | None = None) -> None:
+        try:
+            self.span.end(end_time)
+        except Exception:
+            logger.debug("agentstream: cannot end the span of an OpenAI call", exc_info=True)
+
+    # -- streaming ----------------------------------------------------------------------------------------
+    def _wrap(self, wrapper: type[_SyncStream] | type[_AsyncStream], stream: Any) -> Any:
+        try:
+            self.span.set_attribute(genai.STREAMING, True)
+            return wrapper(stream, self)
+        except Exception:
+            logger.debug("agentstream: cannot wrap an OpenAI stream", exc_info=True)
+            self._end()
+            return stream
+
+    def add_chunk(self, chunk: Any) -> None:
+        """Fold one ``ChatCompletionChunk`` into the aggregate. Runs per chunk: keep it lean."""
+        try:
+            self.last_chunk_time = now_us()
+            if self.response_id is None:
+                self.response_id = chunk.id
+                self.model = chunk.model
+            extra = chunk.model_extra
+            if extra:
+                prompt_ids = extra.get("prompt_token_ids")
+                if prompt_ids:
+                    self.prompt_token_ids = prompt_ids
+            usage = chunk.usage
+            if usage is not None:
+                self.usage = usage
+            content = self.capture_content
+            for choice in chunk.choices:
+                aggregate = self.choices.get(choice.index)
+                if aggregate is None:
+                    aggregate = self.choices[choice.index] = _Choice()
+                if choice.finish_reason:
+                    aggregate.finish_reason = choice.finish_reason
+                choice_extra = choice.model_extra
+                if choice_extra:
+                    ids = choice_extra.get("token_ids")
+                    if ids:
+                        aggregate.token_ids.extend(ids)
+                delta = choice.delta
+                if not content or delta is None:
+                    continue
+                if delta.role:
+                    aggregate.role = delta.role
+                if delta.content:
+                    aggregate.content.append(delta.content)
+                if delta.refusal:
+                    aggregate.refusal.append(delta.refusal)
+                if delta.tool_calls:
+                    _add_tool_call_deltas(aggregate.tool_calls, delta.tool_calls)
+        except Exception:
+            logger.debug("agentstream: cannot aggregate an OpenAI stream chunk", exc_info=True)
+
+    def finish_stream(self, exc: BaseException | None = None, *, at_last_chunk: bool = False) -> None:
+        """Record the aggregate and end the span (once). ``at_last_chunk``: end when data last came
+        (a stream dropped by the garbage collector ends when it was last read, not when collected)."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            self._record_stream()
+        except Exception:
+            logger.debug("agentstream: cannot record an OpenAI stream", exc_info=True)
+        if exc is not None:
+            try:
+                self.span.record_exception(exc)
+            except Exception:
+                logger.debug("agentstream: cannot record an OpenAI stream error", exc_info=True)
+        self._end((self.last_chunk_time or None) if at_last_chunk else None)
+
+    def _record_stream(self) -> None:
+        span = self.span
+        span.set_attribute(genai.RESPONSE_ID, self.response_id)
+        span.set_attribute(genai.RESPONSE_MODEL, self.model)
+        choices = [self.choices[i] for i in sorted(self.choices)]
+        reasons = [c.finish_reason for c in choices if c.finish_reason]
+        if reasons:
+            span.set_attribute(genai.RESPONSE_FINISH_REASONS, reasons)
+        if self.capture_content and choices:
+            outputs = []
+            for choice in choices:
+                converted = genai.openai_message_to_otel(choice.message())
+                if choice.finish_reason:
+                    converted["finish_reason"] = choice.finish_reason
+                outputs.append(converted)
+            span.set_attribute(genai.OUTPUT_MESSAGES, _json(outputs))
+        _record_usage(span, self.usage)
+        prompt_ids = _token_ids(self.prompt_token_ids)
+        response_ids = _token_ids(choices[0].token_ids) if choices else None
+        if prompt_ids is not None or response_ids is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+
+
+def _add_tool_call_deltas(calls: dict[int, list[Any]], deltas: Any) -> None:
+    for delta in deltas:
+        index = getattr(delta, "index", None) or 0
+        call = calls.get(index)
+        if call is None:
+            call = calls[index] = [None, None, []]
+        if delta.id and not call[0]:
+            call[0] = delta.id  # sent once; servers that repeat it would otherwise duplicate it
+        function = delta.function
+        if function is None:
+            continue
+        name = function.name
+        if name and name != call[1]:
+            # OpenAI sends the name whole, once; some servers stream it in pieces, others repeat it.
+            call[1] = name if call[1] is None else call[1] + name
+        if function.arguments:
+            call[2].append(function.arguments)
+
+
+class _SyncStream:
+    """A ``Stream[ChatCompletionChunk]`` seen through: chunks pass unchanged, the span ends with it.
+
+    Everything else (``response``, ``_client``, ...) is the wrapped stream's, so helpers such as
+    ``client.chat.completions.stream()`` keep working on top of it.
+    """
+
+    __slots__ = ("_stream", "_call", "__weakref__")
+
+    def __init__(self, stream: Stream[Any], call: _Call) -> None:
+        self._stream = stream
+        self._call = call
+
+    def __iter__(self) -> _SyncStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            chunk = self._stream.__next__()
+        except StopIteration:
+            self._call.finish_stream()
+            raise
+        except BaseException as exc:
+            self._call.finish_stream(exc)
+            raise
+        self._call.add_chunk(chunk)
+        return chunk
+
+    def __enter__(self) -> _SyncStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the response (releasing the connection) and end the span with what was read."""
+        try:
+            self._stream.close()
+        finally:
+            self._call.finish_stream()
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # type: ignore[override]
+        # isinstance(s, openai.Stream) keeps holding for the caller, as with a proxy.
+        return type(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _SyncStream.__slots__:  # not yet set (a failed __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+    def __del__(self) -> None:
+        try:
+            self._call.finish_stream(at_last_chunk=True)
+        except Exception:
+            pass  # interpreter shutdown or a half-built wrapper: nothing to report to
+
+
+class _AsyncStream:
+    """An ``AsyncStream[ChatCompletionChunk]`` seen through; see :class:`_SyncStream`."""
+
+    __slots__ = ("_stream", "_call", "__weakref__")
+
+    def __init__(self, stream: AsyncStream[Any], call: _Call) -> None:
+        self._stream = stream
+        self._call = call
+
+    def __aiter__(self) -> _AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            chunk = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._call.finish_stream()
+            raise
+        except BaseException as exc:
+            self._call.finish_stream(exc)
+            raise
+        self._call.add_chunk(chunk)
+        return chunk
+
+    async def __aenter__(self) -> _AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the response (releasing the connection) and end the span with what was read."""
+        try:
+            await self._stream.close()
+        finally:
+            self._call.finish_stream()
+
+    async def aclose(self) -> None:
+        """Alias of :meth:`close`."""
+        await self.close()
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # type: ignore[override]
+        # isinstance(s, openai.AsyncStream) keeps holding for the caller, as with a proxy.
+        return type(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _AsyncStream.__slots__:
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+    def __del__(self) -> None:
+        try:
+            self._call.finish_stream(at_last_chunk=True)
+        except Exception:
+            pass

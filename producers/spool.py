@@ -1,0 +1,197 @@
+"""The outage spool: an append-only local log of records the broker has not taken yet.
+
+Records are appended to numbered segment files in the spool's directory and replayed in the
+order they were written. Each record carries a CRC32, so a record torn by a crash is detected
+and ignored. The owning process holds an exclusive ``flock`` on the directory's lock file; a new
+process adopts the spool directories of dead owners and replays them first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_MAGIC = 0xA5
+_HEADER = struct.Struct("<BII")  # magic, payload length, crc32(payload)
+_SEGMENT_BYTES = 64 * 1024 * 1024
+_LOCK_FILE = "owner.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _pack(record: SpooledRecord) -> bytes:
+    topic = record.topic.encode()
+    parts = [struct.pack("<H", len(topic)), topic]
+    if record.key is None:
+        parts.append(struct.pack("<i", -1))
+    else:
+        parts += [struct.pack("<i", len(record.key)), record.key]
+    parts += [struct.pack("<I", len(record.value)), record.value, struct.pack("<H", len(record.headers))]
+    for name, value in record.headers:
+        raw = name.encode()
+        parts += [struct.pack("<H", len(raw)), raw, struct.pack("<I", len(value)), value]
+    return b"".join(parts)
+
+
+def _unpack(payload: bytes) -> SpooledRecord:
+    view = memoryview(payload)
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, view, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def take_bytes(n: int) -> bytes:
+        nonlocal pos
+        data = bytes(view[pos : pos + n])
+        pos += n
+        return data
+
+    topic = take_bytes(take("<H")).decode()
+    key_len = take("<i")
+    key = None if key_len < 0 else take_bytes(key_len)
+    value = take_bytes(take("<I"))
+    headers = []
+    for _ in range(take("<H")):
+        name = take_bytes(take("<H")).decode()
+        headers.append((name, take_bytes(take("<I"))))
+    return SpooledRecord(topic, key, value, tuple(headers))
+
+
+class Spool:
+    """An append-only spool directory owned by this process. Thread-safe."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = threading.RLock()  # a span ended by a finalizer may re-enter append()
+        self._file = None
+        self._file_bytes = 0
+        self._count = 0
+        self._next_segment = self._last_segment_number() + 1
+
+    @classmethod
+    def create(cls, root: Path, name: str) -> Spool:
+        """A fresh spool ``<root>/<name>-<pid>-<time>``."""
+        return cls(root / f"{name}-{os.getpid()}-{time.time_ns()}")
+
+    @staticmethod
+    def orphans(root: Path) -> list[Spool]:
+        """Spool directories under ``root`` whose owner died, now owned by this process."""
+        adopted = []
+        if not root.is_dir():
+            return adopted
+        for directory in sorted(root.iterdir()):
+            if not directory.is_dir():
+                continue
+            try:
+                adopted.append(Spool(directory))
+            except BlockingIOError:
+                continue  # a live process owns it
+            except OSError as e:
+                logger.warning("Spool: cannot open %s: %s", directory, e)
+        return adopted
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob("*.seg"))
+
+    def _last_segment_number(self) -> int:
+        segments = self._segments()
+        return int(segments[-1].stem) if segments else 0
+
+    def __len__(self) -> int:
+        """Records appended by this process and not yet released (adopted records are not counted)."""
+        return self._count
+
+    def is_empty(self) -> bool:
+        with self._lock:
+            return self._file is None and not self._segments()
+
+    def append(self, record: SpooledRecord) -> None:
+        payload = _pack(record)
+        frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        with self._lock:
+            if self._file is None or self._file_bytes >= _SEGMENT_BYTES:
+                self._roll()
+            assert self._file is not None
+            self._file.write(frame)
+            self._file_bytes += len(frame)
+            self._count += 1
+
+    def _roll(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        path = self.directory / f"{self._next_segment:012d}.seg"
+        self._next_segment += 1
+        self._file = open(path, "ab", buffering=1024 * 1024)  # noqa: SIM115 - lives across calls
+        self._file_bytes = 0
+
+    def seal(self) -> list[Path]:
+        """Close the open segment; returns every segment, oldest first, for replay."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+            return self._segments()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    @staticmethod
+    def read_segment(path: Path) -> Iterator[SpooledRecord]:
+        """Records of one sealed segment, stopping at a torn or corrupt tail."""
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            magic, length, crc = _HEADER.unpack_from(data, pos)
+            start, end = pos + _HEADER.size, pos + _HEADER.size + length
+            if magic != _MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
+                logger.warning("Spool: %s has a torn or corrupt record at byte %d; ignoring the rest", path, pos)
+                return
+            yield _unpack(data[start:end])
+            pos = end
+
+    def release(self, segment: Path, records: int) -> None:
+        """A replayed segment was delivered: delete it."""
+        with self._lock:
+            segment.unlink(missing_ok=True)
+            self._count = max(0, self._count - records)
+
+    def close(self, remove_if_empty: bool = True) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            empty = not self._segments()
+            if remove_if_empty and empty:
+                (self.directory / _LOCK_FILE).unlink(missing_ok=True)
+                try:
+                    self.directory.rmdir()
+                except OSError:
+                    pass
+            os.close(self._lock_fd)

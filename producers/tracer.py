@@ -1,0 +1,393 @@
+"""Spans and rollouts in the agent's code: context managers, the ``@traced`` decorator, and the
+context that nests them.
+
+The current rollout and span live in :mod:`contextvars`, so nesting follows asyncio tasks
+automatically; for threads, run work through :func:`bind_context` (or ``asyncio.to_thread``, which
+copies the context itself).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import itertools
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from agentstream.schemas import SpanKind, StatusCode
+
+if TYPE_CHECKING:
+    from .client import AgentStream
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_current_span: contextvars.ContextVar[ActiveSpan | None] = contextvars.ContextVar("agentstream_span", default=None)
+_current_rollout: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
+    "agentstream_rollout", default=None
+)
+
+_KINDS = {k.value: k.value for k in SpanKind}
+
+
+def new_trace_id() -> str:
+    return f"{random.getrandbits(128):032x}"
+
+
+def new_span_id() -> str:
+    return f"{random.getrandbits(64):016x}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def current_span() -> ActiveSpan | None:
+    """The innermost open span of this context, if any."""
+    return _current_span.get()
+
+
+def current_rollout() -> Rollout | None:
+    """The rollout this context runs in, if any."""
+    return _current_rollout.get()
+
+
+def bind_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Capture the current rollout/span context so ``fn`` nests correctly when run in another thread.
+
+    >>> pool.submit(agentstream.bind_context(work), item)
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run
+
+
+class Rollout:
+    """One attempt at one task. Spans and rewards inside it carry its ids and a monotonic sequence."""
+
+    __slots__ = (
+        "client",
+        "rollout_id",
+        "attempt_id",
+        "attempt_number",
+        "trace_id",
+        "task",
+        "resources",
+        "worker_id",
+        "_sequence",
+        "_root",
+        "_token",
+        "status",
+        "error",
+    )
+
+    def __init__(
+        self,
+        client: AgentStream,
+        task: Any = None,
+        *,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+        attempt_number: int = 1,
+        resources: Mapping[str, str] | None = None,
+        worker_id: str = "",
+    ) -> None:
+        self.client = client
+        self.rollout_id = rollout_id or f"ro-{random.getrandbits(64):016x}"
+        self.attempt_id = attempt_id or f"at-{random.getrandbits(64):016x}"
+        self.attempt_number = attempt_number
+        self.trace_id = new_trace_id()
+        self.task = task
+        self.resources: dict[str, str] = dict(resources or {})
+        self.worker_id = worker_id
+        self._sequence = itertools.count(1)
+        self._root: ActiveSpan | None = None
+        self._token: contextvars.Token[Rollout | None] | None = None
+        self.status = "running"
+        self.error: str | None = None
+
+    def next_sequence_id(self) -> int:
+        return next(self._sequence)
+
+    # -- SDK conveniences bound to this rollout ------------------------------------------------------
+    def emit_reward(self, value: float, **kwargs: Any) -> str:
+        """Emit a reward for this rollout; see :meth:`AgentStream.emit_reward`."""
+        return self.client.emit_reward(value, rollout=self, **kwargs)
+
+    def span(self, name: str, **kwargs: Any) -> ActiveSpan:
+        return self.client.span(name, rollout=self, **kwargs)
+
+    def fail(self, error: str) -> None:
+        """Mark the attempt failed without raising (e.g. the agent gave up)."""
+        self.status = "failed"
+        self.error = error
+
+    # -- context manager ----------------------------------------------------------------------------
+    def __enter__(self) -> Rollout:
+        self._token = _current_rollout.set(self)
+        self.client._rollout_started(self)
+        self._root = ActiveSpan(
+            self.client, "rollout", SpanKind.AGENT.value, self, parent=None, attributes=None
+        )
+        if self.task is not None:
+            self._root.set_attribute("agentstream.task.input", self.task)
+        self._root.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.status = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+        elif self.status == "running":
+            self.status = "succeeded"
+        assert self._root is not None
+        if self.status == "failed" and exc is None:
+            self._root.set_status(StatusCode.ERROR.value, self.error)
+        self._root.__exit__(exc_type, exc, tb)
+        self.client._rollout_finished(self)
+        if self._token is not None:
+            _current_rollout.reset(self._token)
+
+    async def __aenter__(self) -> Rollout:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class ActiveSpan:
+    """A span being recorded. Ends (and is emitted) when its ``with`` block exits or on :meth:`end`.
+
+    Attributes follow OpenTelemetry: str, bool, int, float, or a sequence of them (kept as strings).
+    Dicts and lists of dicts are stored as JSON strings.
+    """
+
+    __slots__ = (
+        "client",
+        "rollout",
+        "name",
+        "kind",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "start_time",
+        "end_time",
+        "status",
+        "error",
+        "attributes",
+        "int_attributes",
+        "float_attributes",
+        "bool_attributes",
+        "array_attributes",
+        "events",
+        "resource_name",
+        "resource_version",
+        "prompt_token_ids",
+        "response_token_ids",
+        "sequence_id",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        client: AgentStream,
+        name: str,
+        kind: str,
+        rollout: Rollout | None,
+        parent: ActiveSpan | None,
+        attributes: Mapping[str, Any] | None,
+    ) -> None:
+        self.client = client
+        self.rollout = rollout
+        self.name = name
+        self.kind = _KINDS.get(kind) or _kind(kind)
+        if parent is not None:
+            self.trace_id = parent.trace_id
+            self.parent_span_id: str | None = parent.span_id
+        else:
+            self.trace_id = rollout.trace_id if rollout is not None else new_trace_id()
+            self.parent_span_id = None
+        self.span_id = new_span_id()
+        self.start_time = now_us()
+        self.end_time = 0
+        self.status = StatusCode.UNSET.value
+        self.error: str | None = None
+        self.attributes: dict[str, str] = {}
+        self.int_attributes: dict[str, int] = {}
+        self.float_attributes: dict[str, float] = {}
+        self.bool_attributes: dict[str, bool] = {}
+        self.array_attributes: dict[str, list[str]] = {}
+        self.events: list[dict[str, Any]] = []
+        if rollout is not None and rollout.resources:
+            self.resource_name, self.resource_version = next(iter(rollout.resources.items()))
+        else:
+            self.resource_name = self.resource_version = ""
+        self.prompt_token_ids: Sequence[int] = ()
+        self.response_token_ids: Sequence[int] = ()
+        self.sequence_id = 0
+        self._token: contextvars.Token[ActiveSpan | None] | None = None
+        if attributes:
+            self.set_attributes(attributes)
+
+    # -- recording ----------------------------------------------------------------------------------
+    def set_attribute(self, key: str, value: Any) -> ActiveSpan:
+        if value is None:
+            return self
+        if isinstance(value, str):
+            self.attributes[key] = value
+        elif isinstance(value, bool):
+            self.bool_attributes[key] = value
+        elif isinstance(value, int):
+            self.int_attributes[key] = value
+        elif isinstance(value, float):
+            self.float_attributes[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            self.array_attributes[key] = [v if isinstance(v, str) else _scalar_str(v) for v in value]
+        else:
+            self.attributes[key] = _json(value)
+        return self
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> ActiveSpan:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+        return self
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> ActiveSpan:
+        attrs = {k: v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()}
+        self.events.append({"name": name, "time": now_us(), "attributes": attrs})
+        return self
+
+    def record_exception(self, exc: BaseException) -> ActiveSpan:
+        """Add an OTel ``exception`` event and mark the span failed."""
+        self.add_event(
+            "exception",
+            {
+                "exception.type": type(exc).__qualname__,
+                "exception.message": str(exc),
+                "exception.stacktrace": "".join(traceback.format_exception(exc)),
+            },
+        )
+        self.attributes.setdefault("error.type", type(exc).__qualname__)
+        return self.set_status(StatusCode.ERROR.value, f"{type(exc).__name__}: {exc}")
+
+    def set_status(self, status: str, error: str | None = None) -> ActiveSpan:
+        self.status = StatusCode(status).value
+        self.error = error
+        return self
+
+    def set_token_ids(
+        self, prompt: Sequence[int] | None = None, response: Sequence[int] | None = None
+    ) -> ActiveSpan:
+        if prompt is not None:
+            self.prompt_token_ids = prompt
+        if response is not None:
+            self.response_token_ids = response
+        return self
+
+    def set_resource(self, name: str, version: str | int) -> ActiveSpan:
+        self.resource_name, self.resource_version = name, str(version)
+        return self
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def end(self, end_time: int | None = None) -> None:
+        """End and emit the span (idempotent)."""
+        if self.end_time:
+            return
+        self.end_time = end_time or now_us()
+        if self.status == StatusCode.UNSET.value:
+            self.status = StatusCode.OK.value
+        if self.rollout is not None:
+            self.sequence_id = self.rollout.next_sequence_id()
+        self.client._emit_span(self)
+
+    def __enter__(self) -> ActiveSpan:
+        self._token = _current_span.set(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.record_exception(exc)
+        if self._token is not None:
+            _current_span.reset(self._token)
+            self._token = None
+        self.end()
+
+    async def __aenter__(self) -> ActiveSpan:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _kind(kind: str) -> str:
+    raise ValueError(f"unknown span kind {kind!r}; use one of {sorted(_KINDS)}")
+
+
+def _scalar_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def traced(
+    fn: F | None = None, *, name: str | None = None, kind: str = "other", record_args: bool = False
+) -> Any:
+    """Decorate a function (sync or async) so each call runs in a span.
+
+    An exception marks the span failed (with an ``exception`` event) and is re-raised.
+
+    >>> @agentstream.traced(kind="tool")
+    ... def lookup_order(order_id: str) -> dict: ...
+    """
+    from .client import default_client
+
+    def decorate(func: F) -> F:
+        span_name = name or func.__qualname__
+        signature = inspect.signature(func) if record_args else None
+
+        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ActiveSpan:
+            span = default_client().span(span_name, kind=kind)
+            if signature is not None:
+                bound = signature.bind_partial(*args, **kwargs)
+                span.set_attribute("input.value", _json(dict(bound.arguments)))
+            return span
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with start(args, kwargs) as span:
+                    result = await func(*args, **kwargs)
+                    if record_args:
+                        span.set_attribute("output.value", _json(result))
+                    return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with start(args, kwargs) as span:
+                result = func(*args, **kwargs)
+                if record_args:
+                    span.set_attribute("output.value", _json(result))
+                return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,236 @@
+"""Avro serialization with fastavro, in two wire formats.
+
+* **Single-object encoding** (default, Avro spec): ``C3 01`` + 8-byte CRC-64-AVRO fingerprint of the
+  writer schema + the Avro binary body. Readers find writer schemas by fingerprint in a
+  :class:`SchemaStore` (the shipped schemas, plus any resolver such as the schemas topic).
+* **Confluent Schema Registry** wire format, when a registry is configured: ``00`` + 4-byte
+  big-endian schema id + body.
+
+Serializers are callables ``(record, ctx) -> bytes`` and deserializers ``(data, ctx) -> dict``, as in
+confluent-kafka-python; ``ctx`` is an optional ``SerializationContext`` (only its ``topic`` is used).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from .avro import AvroSchema, all_schemas
+
+SOE_MAGIC = b"\xc3\x01"
+SOE_HEADER_LEN = 10
+CONFLUENT_MAGIC = 0
+CONFLUENT_HEADER_LEN = 5
+
+
+class SerializationError(ValueError):
+    """A record could not be encoded or decoded; the message says why."""
+
+
+class MalformedRecordError(SerializationError):
+    """Bytes that are not a valid record of a known schema."""
+
+
+class UnknownSchemaError(MalformedRecordError):
+    """The writer schema of a record (fingerprint or registry id) cannot be found."""
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """Where a framed record's body starts and how to find its writer schema."""
+
+    encoding: Literal["single-object", "confluent"]
+    #: 8-byte fingerprint (single-object) or the registry schema id (confluent)
+    schema_key: bytes | int
+    header_len: int
+
+
+def read_framing(data: bytes | None) -> Framing:
+    """Parse the header of a framed record without decoding its body."""
+    if not data:
+        raise MalformedRecordError("empty record")
+    if data[:2] == SOE_MAGIC:
+        if len(data) < SOE_HEADER_LEN:
+            raise MalformedRecordError(f"truncated single-object header ({len(data)} bytes)")
+        return Framing("single-object", bytes(data[2:SOE_HEADER_LEN]), SOE_HEADER_LEN)
+    if data[0] == CONFLUENT_MAGIC:
+        if len(data) < CONFLUENT_HEADER_LEN:
+            raise MalformedRecordError(f"truncated Confluent header ({len(data)} bytes)")
+        return Framing("confluent", struct.unpack(">I", data[1:5])[0], CONFLUENT_HEADER_LEN)
+    raise MalformedRecordError(
+        f"not an Avro single-object or Confluent-framed record (starts with {bytes(data[:4]).hex()})"
+    )
+
+
+class SchemaStore:
+    """Writer schemas by fingerprint: the shipped ones, those added later, and a resolver for misses.
+
+    The resolver (e.g. a reader of the schemas topic) is called with an unknown fingerprint and may
+    return the schema; thread-safe.
+    """
+
+    def __init__(
+        self,
+        schemas: Iterable[AvroSchema] = (),
+        resolver: Callable[[bytes], AvroSchema | None] | None = None,
+    ) -> None:
+        self._by_fingerprint: dict[bytes, AvroSchema] = {}
+        self._lock = threading.Lock()
+        self.resolver = resolver
+        for schema in schemas:
+            self.add(schema)
+
+    @classmethod
+    def shipped(cls, resolver: Callable[[bytes], AvroSchema | None] | None = None) -> SchemaStore:
+        return cls(all_schemas(), resolver)
+
+    def add(self, schema: AvroSchema) -> None:
+        with self._lock:
+            self._by_fingerprint[schema.fingerprint] = schema
+
+    def get(self, fingerprint: bytes) -> AvroSchema:
+        schema = self._by_fingerprint.get(fingerprint)
+        if schema is None and self.resolver is not None:
+            schema = self.resolver(fingerprint)
+            if schema is not None:
+                if schema.fingerprint != fingerprint:
+                    raise UnknownSchemaError(
+                        f"resolver returned a schema with fingerprint {schema.fingerprint.hex()} "
+                        f"for {fingerprint.hex()}"
+                    )
+                self.add(schema)
+        if schema is None:
+            raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+        return schema
+
+    def __contains__(self, fingerprint: bytes) -> bool:
+        return fingerprint in self._by_fingerprint
+
+
+def _registry_client(url_or_client: Any) -> Any:
+    if not isinstance(url_or_client, str):
+        return url_or_client
+    try:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "A schema registry URL is configured but its client is missing: "
+            "pip install 'agentstream[registry]'"
+        ) from e
+    return SchemaRegistryClient.new_client({"url": url_or_client})
+
+
+def encode_body(schema: AvroSchema, record: dict[str, Any]) -> bytes:
+    """Avro binary of ``record`` (no framing)."""
+    buf = io.BytesIO()
+    try:
+        schemaless_writer(buf, schema.parsed, record)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise SerializationError(f"cannot encode {schema.name}: {e}") from e
+    return buf.getvalue()
+
+
+class AvroSerializer:
+    """Encode records of one schema, single-object framed, or Confluent framed with a registry.
+
+    Args:
+        schema: the writer schema.
+        registry: a Schema Registry URL or ``SchemaRegistryClient``; ``None`` for single-object encoding.
+        subject: registry subject; default ``<topic>-value`` (TopicNameStrategy) when the context names a
+            topic, else the record's full name.
+    """
+
+    def __init__(self, schema: AvroSchema, registry: Any = None, subject: str | None = None) -> None:
+        self.schema = schema
+        self._registry = _registry_client(registry) if registry is not None else None
+        self._subject = subject
+        self._ids: dict[str, int] = {}
+        self._soe_header = SOE_MAGIC + schema.fingerprint
+
+    def _schema_id(self, topic: str | None) -> int:
+        subject = self._subject or (f"{topic}-value" if topic else self.schema.name)
+        schema_id = self._ids.get(subject)
+        if schema_id is None:
+            from confluent_kafka.schema_registry import Schema
+
+            schema_id = self._registry.register_schema(subject, Schema(self.schema.json, "AVRO"))
+            self._ids[subject] = schema_id
+        return schema_id
+
+    def header(self, topic: str | None = None) -> bytes:
+        if self._registry is None:
+            return self._soe_header
+        return bytes([CONFLUENT_MAGIC]) + struct.pack(">I", self._schema_id(topic))
+
+    def __call__(self, record: dict[str, Any], ctx: Any = None) -> bytes:
+        topic = getattr(ctx, "topic", None)
+        return self.header(topic) + encode_body(self.schema, record)
+
+
+class AvroDeserializer:
+    """Decode framed records of any known writer schema into dicts shaped by ``reader_schema``.
+
+    Schema evolution follows Avro resolution: fields the writer lacks take the reader's default,
+    fields the reader lacks are skipped. Records whose bytes do not decode exactly raise
+    :class:`MalformedRecordError`.
+    """
+
+    def __init__(
+        self,
+        reader_schema: AvroSchema | None = None,
+        store: SchemaStore | None = None,
+        registry: Any = None,
+    ) -> None:
+        self.reader_schema = reader_schema
+        self.store = store or SchemaStore.shipped()
+        self._registry = _registry_client(registry) if registry is not None else None
+        self._by_id: dict[int, AvroSchema] = {}
+
+    def writer_schema(self, framing: Framing) -> AvroSchema:
+        if framing.encoding == "single-object":
+            assert isinstance(framing.schema_key, bytes)
+            return self.store.get(framing.schema_key)
+        schema_id = framing.schema_key
+        assert isinstance(schema_id, int)
+        schema = self._by_id.get(schema_id)
+        if schema is None:
+            if self._registry is None:
+                raise UnknownSchemaError(
+                    f"Confluent-framed record (schema id {schema_id}) but no schema registry is configured"
+                )
+            try:
+                registered = self._registry.get_schema(schema_id)
+            except Exception as e:
+                raise UnknownSchemaError(f"schema id {schema_id} not found in the registry: {e}") from e
+            schema = AvroSchema.from_definition(registered.schema_str)
+            self._by_id[schema_id] = schema
+        return schema
+
+    def __call__(self, data: bytes, ctx: Any = None) -> dict[str, Any]:
+        framing = read_framing(data)
+        writer = self.writer_schema(framing)
+        return decode_body(writer, data, framing.header_len, self.reader_schema)
+
+
+def decode_body(
+    writer: AvroSchema, data: bytes, offset: int = 0, reader: AvroSchema | None = None
+) -> dict[str, Any]:
+    """Decode the Avro body at ``data[offset:]``; every byte must belong to the record."""
+    buf = io.BytesIO(data)
+    buf.seek(offset)
+    try:
+        resolve = reader is not None and reader.fingerprint != writer.fingerprint
+        record = schemaless_reader(buf, writer.parsed, reader.parsed if resolve else None)
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError) as e:
+        raise MalformedRecordError(f"undecodable {writer.name} body: {type(e).__name__}: {e}") from e
+    if buf.tell() != len(data):
+        raise MalformedRecordError(
+            f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record"
+        )
+    return record  # type: ignore[return-value]

@@ -1,0 +1,87 @@
+"""The topic catalogue: every Kafka topic agentstream uses, with its key, value and cleanup policy.
+
+Per-rollout event topics are keyed by ``rollout_id`` and share one partition count, so that stream
+processors can join them partition by partition (co-partitioning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic. ``name`` is the suffix after the configured prefix (default ``agentstream.``)."""
+
+    name: str
+    key: str
+    #: schema stem of the value (see ``SCHEMA_FILES``), or ``None`` for raw bytes
+    value_schema: str | None
+    cleanup_policy: Literal["delete", "compact"]
+    retention_ms: int | None
+    description: str
+    #: ``None``: the configured event partition count; else a fixed count
+    partitions: int | None = None
+
+    def config(self) -> dict[str, str]:
+        config = {"cleanup.policy": self.cleanup_policy}
+        if self.retention_ms is not None:
+            config["retention.ms"] = str(self.retention_ms)
+        return config
+
+    def partition_count(self, event_partitions: int) -> int:
+        return self.partitions if self.partitions is not None else event_partitions
+
+
+SPANS = TopicSpec(
+    "spans", "rollout_id", "span", "delete", 7 * DAY_MS, "Finished spans from the SDK and OTel ingest."
+)
+REWARDS = TopicSpec(
+    "rewards", "rollout_id", "reward", "delete", 30 * DAY_MS, "Rewards: rules, humans, business events, judges."
+)
+ROLLOUT_EVENTS = TopicSpec(
+    "rollout-events", "rollout_id", "rollout_event", "delete", 30 * DAY_MS, "Rollout and attempt lifecycle."
+)
+TRIPLETS = TopicSpec(
+    "triplets", "rollout_id", "triplet", "delete", 30 * DAY_MS, "Prompt/response/reward triplets for trainers."
+)
+RESOURCES = TopicSpec(
+    "resources",
+    "resource_name/version",
+    "resource_version",
+    "compact",
+    None,
+    "Immutable resource versions (prompt templates, models) that runners subscribe to.",
+    partitions=1,
+)
+DEAD_LETTER = TopicSpec(
+    "dead-letter",
+    "original key",
+    None,
+    "delete",
+    30 * DAY_MS,
+    "Records no consumer could process, with the reason and source coordinates in headers.",
+    partitions=1,
+)
+SCHEMAS = TopicSpec(
+    "schemas",
+    "fingerprint (hex)",
+    None,
+    "compact",
+    None,
+    "Writer schemas by fingerprint, so single-object-encoded records stay readable as schemas evolve.",
+    partitions=1,
+)
+
+CATALOGUE: tuple[TopicSpec, ...] = (SPANS, REWARDS, ROLLOUT_EVENTS, TRIPLETS, RESOURCES, DEAD_LETTER, SCHEMAS)
+
+#: Header names agentstream sets on records.
+HEADER_EVENT_ID = "agentstream-id"
+HEADER_REPLAY = "agentstream-replay"
+HEADER_DLQ_REASON = "agentstream-dlq-reason"
+HEADER_DLQ_ERROR_CLASS = "agentstream-dlq-error-class"
+HEADER_DLQ_SOURCE = "agentstream-dlq-source"
+HEADER_DLQ_CONSUMER = "agentstream-dlq-consumer"

@@ -1,0 +1,31 @@
+"""``Triplet``: trainable prompt / response / reward of one LLM call (schema: ``triplet.avsc``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .record import AvroRecord, TimestampMicros
+
+
+class Triplet(AvroRecord):
+    avro_stem = "triplet"
+
+    triplet_id: str = Field(min_length=1)
+    version: int = 1
+    rollout_id: str
+    attempt_id: str = ""
+    span_id: str
+    step: int = 0
+    prompt_messages: str
+    prompt_token_ids: list[int] = Field(default_factory=list)
+    response: str
+    response_token_ids: list[int] = Field(default_factory=list)
+    reward: float | None = None
+    feedback: str | None = None
+    credit_assignment: str = ""
+    resource_name: str = ""
+    resource_version: str = ""
+    task_type: str = ""
+    model: str = ""
+    created_at: TimestampMicros
+    emitted_at: TimestampMicros

@@ -1,0 +1,220 @@
+"""The one settings object: read at the edges (CLI, ``agentstream.init``) and passed in.
+
+Every field can be set from the environment with the ``AGENTSTREAM_`` prefix; nested groups use a
+double underscore, e.g. ``AGENTSTREAM_SINK__BATCH_MAX_ROWS=20000``. Kafka and ClickHouse client
+configurations are built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STACK_FILE = "stack.json"
+
+
+class _LibrdkafkaLog:
+    """Routes librdkafka's log lines to the ``agentstream.kafka`` logger.
+
+    Connection failures (facility ``FAIL``) go to DEBUG: clients report outages themselves, once,
+    instead of a line per reconnect attempt.
+    """
+
+    _logger = logging.getLogger("agentstream.kafka")
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        message = fmt % args if args else fmt
+        if message.startswith("FAIL ") or message.startswith("FAIL["):
+            level = logging.DEBUG
+        self._logger.log(level, "%s", message)
+
+
+KAFKA_LOG = _LibrdkafkaLog()
+
+
+class SdkSettings(BaseModel):
+    """Agent-side SDK: buffering, spooling and delivery."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service_name: str = Field("agent", description="OTel service.name stamped on every span.")
+    queue_size: int = Field(100_000, ge=1, description="Records buffered in memory before spilling to the spool.")
+    spool_dir: Path | None = Field(None, description="Outage spool; default <data_dir>/spool.")
+    max_record_bytes: int = Field(
+        900_000, ge=4_096, description="Larger records are truncated (with a marker) to fit Kafka's limit."
+    )
+    replay_window_seconds: float = Field(
+        30.0, ge=0, description="Delivered records kept for re-sending if the broker loses its log."
+    )
+    replay_window_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    linger_ms: int = Field(5, ge=0)
+    compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "lz4"
+    delivery_timeout_ms: int = Field(10_000, ge=1_000, description="Per-record Kafka delivery timeout.")
+    capture_content: bool = Field(True, description="Record prompt and completion text of LLM calls.")
+
+
+class SinkSettings(BaseModel):
+    """ClickHouse sink: batching, retries and the query gateway it serves while it owns chDB."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str = "agentstream-clickhouse-sink"
+    batch_max_rows: int = Field(50_000, ge=1)
+    batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1_024)
+    batch_max_seconds: float = Field(0.25, gt=0)
+    retry_initial_seconds: float = Field(0.2, gt=0)
+    retry_max_seconds: float = Field(30.0, gt=0)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+
+
+class Settings(BaseSettings):
+    """Everything agentstream needs to know about where things run."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path.home() / ".agentstream", description="chDB data, spool, stack state.")
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers; unset means the broker of the running `agentstream up`."
+    )
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for every client (security.protocol, sasl.*, ...).",
+    )
+    clickhouse_dsn: str | None = Field(
+        None, description="clickhouse-connect DSN (http(s)://host:8123 or chdb:///path); default chdb under data_dir."
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent Schema Registry; when set, records use its wire format."
+    )
+    topic_prefix: str = "agentstream."
+    partitions: int = Field(8, ge=1, description="Partitions of the per-rollout event topics.")
+    replication_factor: int = Field(1, ge=1)
+    broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
+    sdk: SdkSettings = Field(default_factory=SdkSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    # ---- derived locations -------------------------------------------------------------------
+    @property
+    def chdb_path(self) -> Path:
+        return self.data_dir / "clickhouse"
+
+    @property
+    def default_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.chdb_path}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.sdk.spool_dir or self.data_dir / "spool"
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}{suffix}"
+
+    # ---- the running stack ---------------------------------------------------------------------
+    def running_stack(self) -> StackState | None:
+        """The live `agentstream up` of this data_dir, if one is running."""
+        return StackState.load(self.data_dir)
+
+    def resolved(self) -> Settings:
+        """These settings with bootstrap servers filled in from the running stack when unset."""
+        if self.bootstrap_servers:
+            return self
+        stack = self.running_stack()
+        if stack is None or not stack.bootstrap_servers:
+            raise RuntimeError(
+                "No Kafka to talk to: set AGENTSTREAM_BOOTSTRAP_SERVERS, or start the embedded stack with "
+                f"`agentstream up` (data dir {self.data_dir})."
+            )
+        return self.model_copy(update={"bootstrap_servers": stack.bootstrap_servers})
+
+    # ---- client configurations: built here only ----------------------------------------------
+    def _base_kafka(self) -> dict[str, Any]:
+        if not self.bootstrap_servers:
+            raise RuntimeError("bootstrap_servers is not set; call Settings.resolved() first.")
+        return {"bootstrap.servers": self.bootstrap_servers, "logger": KAFKA_LOG, **self.kafka}
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Idempotent, acks=all producer. Kafka transactions are never used."""
+        conf = {
+            **self._base_kafka(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.sdk.linger_ms,
+            "batch.size": 1_048_576,
+            "compression.type": self.sdk.compression,
+            "message.timeout.ms": self.sdk.delivery_timeout_ms,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "message.max.bytes": 1_048_576,
+            "reconnect.backoff.max.ms": 1_000,
+        }
+        conf.update(overrides)
+        return conf
+
+    def consumer_config(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        """Manual-commit consumer; eager assignor (cooperative rebalancing is unreliable on Tansu)."""
+        conf = {
+            **self._base_kafka(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6_000,
+            "heartbeat.interval.ms": 1_000,
+            "fetch.wait.max.ms": 50,
+            "partition.assignment.strategy": "range",
+            "max.partition.fetch.bytes": 8 * 1_048_576,
+        }
+        conf.update(overrides)
+        return conf
+
+    def admin_config(self) -> dict[str, Any]:
+        return self._base_kafka()
+
+
+class StackState(BaseModel):
+    """What a running `agentstream up` advertises in <data_dir>/stack.json."""
+
+    pid: int
+    bootstrap_servers: str | None = None
+    started_at: float = 0.0
+
+    @classmethod
+    def load(cls, data_dir: Path) -> StackState | None:
+        path = data_dir / STACK_FILE
+        try:
+            state = cls.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+        return state if _pid_alive(state.pid) else None
+
+    def save(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = data_dir / f".{STACK_FILE}.{os.getpid()}"
+        tmp.write_text(self.model_dump_json())
+        tmp.replace(data_dir / STACK_FILE)
+
+    @staticmethod
+    def clear(data_dir: Path) -> None:
+        (data_dir / STACK_FILE).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

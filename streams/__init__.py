@@ -1,0 +1,1 @@
+"""Stream processors (Faust): rollout assembly, the triplet joiner and per-version metrics."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: one real embedded broker per session, unique topics per test, and chDB.
+
+chDB allows one data directory per process, so in-process tests share one directory and get a
+database each; tests that need their own sink process start one (see ``helpers.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+from agentstream.deploy.broker import EmbeddedBroker
+from agentstream.deploy.topics import ensure_topics
+from agentstream.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Settings on the session broker with this test's own topics (created) and data dir."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    config = Settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        data_dir=tmp_path / "data",
+        topic_prefix=prefix,
+        partitions=4,
+        sink={"batch_max_seconds": 0.1, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.5},
+        sdk={"delivery_timeout_ms": 3000},
+    )
+    ensure_topics(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb") / "clickhouse"
+
+
+@pytest.fixture
+def clickhouse(chdb_path: Path) -> Iterator[object]:
+    """A clickhouse-connect client on the session's chDB, in a database of its own."""
+    admin = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}")
+    database = f"test_{uuid.uuid4().hex[:10]}"
+    admin.command(f"CREATE DATABASE {database}")
+    client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}", database=database)
+    try:
+        yield client
+    finally:
+        client.close()
+        admin.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+        admin.close()

@@ -1,0 +1,1 @@
+"""Trainers: consumers of the triplet topic (APO, SFT, RL) that publish new resource versions."""
