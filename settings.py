@@ -65,6 +65,7 @@ class SinkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     group_id: str = "agentstream-clickhouse-sink"
+    session_timeout_ms: int = Field(6_000, ge=1_000, description="Consumer-group session; joins take half of it.")
     batch_max_rows: int = Field(50_000, ge=1)
     batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1_024)
     batch_max_seconds: float = Field(0.25, gt=0)

@@ -14,6 +14,7 @@ sink can drop copies it already stored.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 from agentstream.schemas.topics import DEAD_LETTER, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_REPLAY, SCHEMAS
 
-from .spool import Spool, SpooledRecord
+from .spool import Spool, SpooledRecord, pack_record, unpack_record
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ class DeliveryWorker:
         schemas_topic: str | None = None,
         schemas: list[tuple[str, str]] = (),  # type: ignore[assignment]
     ) -> None:
-        self._producer_config = {
-            **producer_config,
-            "error_cb": self._on_error,
-            "on_delivery": self._on_delivery,
-        }
+        self._producer_config = {**producer_config, "error_cb": self._on_error}
         self._admin_config = admin_config
         self._encode = encode
         self._topics = list(dict.fromkeys([*topics, dead_letter_topic] + ([schemas_topic] if schemas_topic else [])))
@@ -114,7 +111,9 @@ class DeliveryWorker:
         self._spool: Spool | None = None
         self._spool_lock = threading.Lock()
         self._orphans: list[Spool] = []
-        self._window: deque[tuple[float, SpooledRecord]] = deque()
+        # Packed bytes, not objects: thousands of long-lived records would make the host's full
+        # garbage collections both more frequent and slower.
+        self._window: deque[tuple[float, bytes]] = deque()
         self._window_bytes = 0
         self._producer: Producer | None = None
         self._connected = False
@@ -240,7 +239,14 @@ class DeliveryWorker:
         assert self._producer is not None
         while True:
             try:
-                self._producer.produce(record.topic, record.value, record.key, headers=list(record.headers))
+                # Delivery reports do not carry headers back, so each report gets its own record.
+                self._producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=list(record.headers),
+                    on_delivery=functools.partial(self._on_delivery, record),
+                )
                 self._inflight += 1
                 return
             except BufferError:
@@ -256,9 +262,8 @@ class DeliveryWorker:
                 return
 
     # ---- callbacks (run inside poll/flush on the delivery thread) ---------------------------------
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(self, record: SpooledRecord, err: KafkaError | None, msg: Any) -> None:
         self._inflight -= 1
-        record = SpooledRecord(msg.topic(), msg.key(), msg.value(), tuple(msg.headers() or ()))
         if err is None:
             self.stats.delivered += 1
             self._remember(record)
@@ -292,24 +297,30 @@ class DeliveryWorker:
         if self._window_limit <= 0 or self._window_seconds <= 0 or record.topic == self._schemas_topic:
             return
         now = time.monotonic()
-        self._window.append((now, record))
-        self._window_bytes += len(record.value)
+        packed = pack_record(record)
+        self._window.append((now, packed))
+        self._window_bytes += len(packed)
         cutoff = now - self._window_seconds
         window = self._window
         while window and (window[0][0] < cutoff or self._window_bytes > self._window_limit):
-            self._window_bytes -= len(window.popleft()[1].value)
+            self._window_bytes -= len(window.popleft()[1])
 
     # ---- recovery -----------------------------------------------------------------------------------
     def _recover(self) -> bool:
         """Wait for the broker and our topics, then reconnect. False if asked to stop meanwhile."""
+        next_probe = 0.0
         while True:
             if self._stopping.is_set():
                 return False
-            ids = self._probe_topics()
-            if ids is not None:
-                break
+            if time.monotonic() >= next_probe:
+                ids = self._probe_topics()
+                if ids is not None:
+                    break
+                next_probe = time.monotonic() + _PROBE_INTERVAL
+            # Move queued records to disk promptly: held in memory they would outlive several GC
+            # generations and make the host's full collections slower.
             self._spool_queue()
-            if self._stopping.wait(_PROBE_INTERVAL):
+            if self._stopping.wait(0.05):
                 return False
         lost_log = bool(self._topic_ids) and any(self._topic_ids.get(t) != ids.get(t) for t in self._topic_ids)
         first_connect = not self._topic_ids
@@ -326,7 +337,7 @@ class DeliveryWorker:
         if first_connect or lost_log:
             self._publish_schemas()
         if lost_log and self._window:
-            window = [record for _, record in self._window]
+            window = [unpack_record(packed) for _, packed in self._window]
             self._window.clear()
             self._window_bytes = 0
             logger.warning(
@@ -344,8 +355,8 @@ class DeliveryWorker:
 
     def _probe_topics(self) -> dict[str, str] | None:
         try:
-            admin = AdminClient({**self._admin_config, "socket.timeout.ms": 1000})
-            metadata = admin.list_topics(timeout=1.0)
+            admin = AdminClient({**self._admin_config, "socket.timeout.ms": 500})
+            metadata = admin.list_topics(timeout=0.5)
             missing = [t for t in self._topics if t not in metadata.topics]
             if missing:
                 if not self._waiting_logged:

@@ -9,6 +9,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from agentstream.schemas import AvroSerializer, SerializationError, load_schema
 from agentstream.schemas import genai
+from agentstream.schemas.span import split_attributes
 from agentstream.schemas.topics import HEADER_EVENT_ID, REWARDS, ROLLOUT_EVENTS, SPANS
 
 from .spool import SpooledRecord
@@ -62,12 +63,8 @@ class RecordEncoder:
             "end_time": span.end_time,
             "status": span.status,
             "error": span.error,
-            "attributes": span.attributes,
-            "int_attributes": span.int_attributes,
-            "float_attributes": span.float_attributes,
-            "bool_attributes": span.bool_attributes,
-            "array_attributes": span.array_attributes,
-            "events": span.events,
+            **split_attributes(span.attributes),
+            "events": span.events or (),
             "resource_attributes": self.resource_attributes,
             "resource_name": span.resource_name,
             "resource_version": span.resource_version,

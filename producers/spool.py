@@ -35,7 +35,8 @@ class SpooledRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def _pack(record: SpooledRecord) -> bytes:
+def pack_record(record: SpooledRecord) -> bytes:
+    """The record as one bytes object (what the spool writes, and what holds it in memory untracked by the GC)."""
     topic = record.topic.encode()
     parts = [struct.pack("<H", len(topic)), topic]
     if record.key is None:
@@ -49,7 +50,7 @@ def _pack(record: SpooledRecord) -> bytes:
     return b"".join(parts)
 
 
-def _unpack(payload: bytes) -> SpooledRecord:
+def unpack_record(payload: bytes) -> SpooledRecord:
     view = memoryview(payload)
     pos = 0
 
@@ -128,7 +129,7 @@ class Spool:
             return self._file is None and not self._segments()
 
     def append(self, record: SpooledRecord) -> None:
-        payload = _pack(record)
+        payload = pack_record(record)
         frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._file is None or self._file_bytes >= _SEGMENT_BYTES:
@@ -173,7 +174,7 @@ class Spool:
             if magic != _MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
                 logger.warning("Spool: %s has a torn or corrupt record at byte %d; ignoring the rest", path, pos)
                 return
-            yield _unpack(data[start:end])
+            yield unpack_record(data[start:end])
             pos = end
 
     def release(self, segment: Path, records: int) -> None:

@@ -184,10 +184,6 @@ class ActiveSpan:
         "status",
         "error",
         "attributes",
-        "int_attributes",
-        "float_attributes",
-        "bool_attributes",
-        "array_attributes",
         "events",
         "resource_name",
         "resource_version",
@@ -221,12 +217,9 @@ class ActiveSpan:
         self.end_time = 0
         self.status = StatusCode.UNSET.value
         self.error: str | None = None
-        self.attributes: dict[str, str] = {}
-        self.int_attributes: dict[str, int] = {}
-        self.float_attributes: dict[str, float] = {}
-        self.bool_attributes: dict[str, bool] = {}
-        self.array_attributes: dict[str, list[str]] = {}
-        self.events: list[dict[str, Any]] = []
+        # One dict, split by type on the delivery thread: few objects per span for the GC.
+        self.attributes: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] | None = None
         if rollout is not None and rollout.resources:
             self.resource_name, self.resource_version = next(iter(rollout.resources.items()))
         else:
@@ -242,18 +235,12 @@ class ActiveSpan:
     def set_attribute(self, key: str, value: Any) -> ActiveSpan:
         if value is None:
             return self
-        if isinstance(value, str):
+        if isinstance(value, (str, bool, int, float)):
             self.attributes[key] = value
-        elif isinstance(value, bool):
-            self.bool_attributes[key] = value
-        elif isinstance(value, int):
-            self.int_attributes[key] = value
-        elif isinstance(value, float):
-            self.float_attributes[key] = value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
-            self.array_attributes[key] = [v if isinstance(v, str) else _scalar_str(v) for v in value]
+            self.attributes[key] = [v if isinstance(v, str) else _scalar_str(v) for v in value]
         else:
-            self.attributes[key] = _json(value)
+            self.attributes[key] = _json(value)  # snapshot now: the caller may mutate it later
         return self
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> ActiveSpan:
@@ -263,6 +250,8 @@ class ActiveSpan:
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> ActiveSpan:
         attrs = {k: v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()}
+        if self.events is None:
+            self.events = []
         self.events.append({"name": name, "time": now_us(), "attributes": attrs})
         return self
 

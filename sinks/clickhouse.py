@@ -95,6 +95,7 @@ class _Entry:
     offset: int
     coordinates: bytes  # encoded _topic_id, _partition, _offset
     value: bytes  # the record as consumed (framing header + Avro body)
+    key: bytes | None
     header_len: int
     event_id: bytes | None
     replay: bool
@@ -299,7 +300,12 @@ class ClickHouseSink:
         self._producer = Producer(
             self.settings.producer_config(**{"on_delivery": self._on_dlq_delivery, "message.timeout.ms": 0})
         )
-        consumer = Consumer(self.settings.consumer_config(self.config.group_id))
+        consumer = Consumer(
+            self.settings.consumer_config(
+                self.config.group_id,
+                **{"session.timeout.ms": self.config.session_timeout_ms, "heartbeat.interval.ms": max(self.config.session_timeout_ms // 6, 300)},
+            )
+        )
         self._consumer = consumer
         consumer.subscribe(
             list(self._by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -389,7 +395,7 @@ class ClickHouseSink:
         group = table_batch.groups.get(writer)
         if group is None:
             group = table_batch.groups[writer] = []
-        group.append(_Entry(partition, offset, coordinates, value, framing.header_len, event_id, replay))
+        group.append(_Entry(partition, offset, coordinates, value, message.key(), framing.header_len, event_id, replay))
 
     # ---- flushing -------------------------------------------------------------------------------------
     def _flush(self, retry: bool, stop: threading.Event | None = None, max_attempts: int | None = None) -> None:
@@ -470,7 +476,10 @@ class ClickHouseSink:
                     continue
                 value = SOE_MAGIC + writer.fingerprint + encode_body(writer, datum)
                 entries.append(
-                    _Entry(entry.partition, entry.offset, entry.coordinates, value, SOE_HEADER_LEN, entry.event_id, entry.replay)
+                    _Entry(
+                        entry.partition, entry.offset, entry.coordinates, value, entry.key, SOE_HEADER_LEN,
+                        entry.event_id, entry.replay,
+                    )  # fmt: skip
                 )
         entries.sort(key=lambda e: (e.partition, e.offset))
         return writer, entries
@@ -584,8 +593,21 @@ class ClickHouseSink:
 
     # ---- rejected batches ---------------------------------------------------------------------------
     def _isolate_rejected(self, sink_table: SinkTable, writer: AvroSchema, entries: list[_Entry]) -> list[_Entry]:
-        """Find the records ClickHouse rejects by bisecting against the Null-engine twin; dead-letter
-        them and return the rest (all of ``entries`` if each is acceptable)."""
+        """Dead-letter the records at fault for a rejected insert and return the rest (all of
+        ``entries`` when none is at fault).
+
+        First every body is decoded exactly in Python: a record that is truncated or has trailing
+        bytes is caught here (alone in a block, ClickHouse would accept a record with trailing
+        bytes). What remains is bisected against the Null-engine twin of the table.
+        """
+        kept: list[_Entry] = []
+        for entry in entries:
+            try:
+                decode_body(writer, entry.value, entry.header_len)
+            except MalformedRecordError as e:
+                self._dead_letter_entry(sink_table, entry, str(e))
+            else:
+                kept.append(entry)
         probe = f"{sink_table.table}__probe"
         columns = ocf.insert_columns(writer, self._columns[sink_table.table])
         schema_json = ocf.wrapper_schema_json(writer.json)
@@ -611,19 +633,13 @@ class ClickHouseSink:
                 if half_reason is not None:
                     bisect(half, half_reason)
 
-        reason = refusal(entries)
-        if reason is None:
-            return entries
-        bisect(entries, reason)
+        reason = refusal(kept) if kept else None
+        if reason is not None:
+            bisect(kept, reason)
         bad = {id(entry) for entry, _ in rejected}
         for entry, why in rejected:
-            detail = f"ClickHouse rejected it: {why}"
-            try:
-                decode_body(writer, entry.value, entry.header_len)
-            except MalformedRecordError as e:
-                detail = f"{e} (ClickHouse: {why})"
-            self._dead_letter_entry(sink_table, entry, detail)
-        return [e for e in entries if id(e) not in bad]
+            self._dead_letter_entry(sink_table, entry, f"ClickHouse rejected it: {why}")
+        return [e for e in kept if id(e) not in bad]
 
     # ---- dead letters -------------------------------------------------------------------------------
     def _send_dead_letters(self, dead_letters: list[tuple[Any, str, str]]) -> None:
@@ -655,7 +671,7 @@ class ClickHouseSink:
         ]
         if entry.event_id:
             headers.append((HEADER_EVENT_ID, entry.event_id))
-        self._producer.produce(self._dlq_topic, value, None, headers=headers)
+        self._producer.produce(self._dlq_topic, value, entry.key, headers=headers)
         self.stats.dead_lettered += 1
         logger.warning("Data error: %s/%d@%d to the dead-letter topic: %s", topic, entry.partition, entry.offset, reason)
 

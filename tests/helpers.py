@@ -46,3 +46,97 @@ def read_topic(
     finally:
         consumer.close()
     return records
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process build the same settings."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    env.update(
+        {
+            "AGENTSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
+            "AGENTSTREAM_DATA_DIR": str(settings.data_dir),
+            "AGENTSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "AGENTSTREAM_PARTITIONS": str(settings.partitions),
+            "AGENTSTREAM_SINK__BATCH_MAX_SECONDS": str(settings.sink.batch_max_seconds),
+            "AGENTSTREAM_SINK__BATCH_MAX_ROWS": str(settings.sink.batch_max_rows),
+            "AGENTSTREAM_SINK__RETRY_INITIAL_SECONDS": str(settings.sink.retry_initial_seconds),
+            "AGENTSTREAM_SINK__RETRY_MAX_SECONDS": str(settings.sink.retry_max_seconds),
+            "AGENTSTREAM_SINK__SESSION_TIMEOUT_MS": str(settings.sink.session_timeout_ms),
+            "OMP_NUM_THREADS": "1",
+        }
+    )
+    return env
+
+
+class SinkProcess:
+    """``agentstream sink`` in a child process (it owns its own chDB directory)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = settings.data_dir / "sink.log"
+        self.process: Any = None
+
+    def start(self, timeout: float = 60.0) -> SinkProcess:
+        import subprocess
+        import sys
+
+        from agentstream.sinks.gateway import GatewayState
+
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.cli", "sink"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sink exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            state = GatewayState.load(self.settings.chdb_path)
+            if state is not None and state.pid == self.process.pid and (self.status() or {}).get("assigned_partitions"):
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"sink not ready:\n{self.log.read_text()[-3000:]}")
+
+    def status(self) -> dict[str, Any] | None:
+        import json
+        import urllib.request
+
+        from agentstream.sinks.gateway import GatewayState
+
+        state = GatewayState.load(self.settings.chdb_path)
+        if state is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{state.url}/agentstream/status", timeout=2) as response:
+                return json.loads(response.read())
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
