@@ -122,6 +122,19 @@ class Settings(BaseSettings):
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}{suffix}"
 
+    def to_env(self) -> dict[str, str]:
+        """``AGENTSTREAM_*`` variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json", exclude_none=True).items():
+            key = f"AGENTSTREAM_{name.upper()}"
+            if isinstance(value, dict) and name in ("sdk", "sink"):
+                for sub, sub_value in value.items():
+                    if sub_value is not None:
+                        env[f"{key}__{sub.upper()}"] = _env_value(sub_value)
+            else:
+                env[key] = _env_value(value)
+        return env
+
     # ---- the running stack ---------------------------------------------------------------------
     def running_stack(self) -> StackState | None:
         """The live `agentstream up` of this data_dir, if one is running."""
@@ -209,6 +222,10 @@ class StackState(BaseModel):
     @staticmethod
     def clear(data_dir: Path) -> None:
         (data_dir / STACK_FILE).unlink(missing_ok=True)
+
+
+def _env_value(value: object) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -149,11 +149,8 @@ class Stack:
             self.data_dir
         )
         if self._want_sink:
-            env = {
-                **os.environ,
-                "AGENTSTREAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
-                "AGENTSTREAM_DATA_DIR": str(self.data_dir),
-            }
+            inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+            env = {**inherited, **self.resolved_settings().to_env()}
             sink = ChildProcess("sink", ["sink"], env, self.logs / "sink.log")
             sink.start()
             self.children.append(sink)

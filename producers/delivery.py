@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 from agentstream.schemas.topics import DEAD_LETTER, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_REPLAY, SCHEMAS
 
-from .spool import Spool, SpooledRecord, pack_record, unpack_record
+from .spool import Spool, SpooledRecord
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ class DeliveryWorker:
         self._spool: Spool | None = None
         self._spool_lock = threading.Lock()
         self._orphans: list[Spool] = []
-        # Packed bytes, not objects: thousands of long-lived records would make the host's full
-        # garbage collections both more frequent and slower.
-        self._window: deque[tuple[float, bytes]] = deque()
+        # Records are tuples of immutable values, which the garbage collector untracks: thousands
+        # of long-lived objects would make the host's full collections more frequent and slower.
+        self._window: deque[tuple[float, SpooledRecord]] = deque()
         self._window_bytes = 0
         self._producer: Producer | None = None
         self._connected = False
@@ -297,13 +297,12 @@ class DeliveryWorker:
         if self._window_limit <= 0 or self._window_seconds <= 0 or record.topic == self._schemas_topic:
             return
         now = time.monotonic()
-        packed = pack_record(record)
-        self._window.append((now, packed))
-        self._window_bytes += len(packed)
+        self._window.append((now, record))
+        self._window_bytes += len(record.value)
         cutoff = now - self._window_seconds
         window = self._window
         while window and (window[0][0] < cutoff or self._window_bytes > self._window_limit):
-            self._window_bytes -= len(window.popleft()[1])
+            self._window_bytes -= len(window.popleft()[1].value)
 
     # ---- recovery -----------------------------------------------------------------------------------
     def _recover(self) -> bool:
@@ -337,7 +336,7 @@ class DeliveryWorker:
         if first_connect or lost_log:
             self._publish_schemas()
         if lost_log and self._window:
-            window = [unpack_record(packed) for _, packed in self._window]
+            window = [record for _, record in self._window]
             self._window.clear()
             self._window_bytes = 0
             logger.warning(

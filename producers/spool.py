@@ -16,8 +16,8 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +27,17 @@ _SEGMENT_BYTES = 64 * 1024 * 1024
 _LOCK_FILE = "owner.lock"
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledRecord:
+class SpooledRecord(NamedTuple):
+    """A Kafka record ready to send. A tuple of immutable values, so the garbage collector stops
+    tracking it: the replay window holds thousands of them."""
+
     topic: str
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def pack_record(record: SpooledRecord) -> bytes:
-    """The record as one bytes object (what the spool writes, and what holds it in memory untracked by the GC)."""
+def _pack(record: SpooledRecord) -> bytes:
     topic = record.topic.encode()
     parts = [struct.pack("<H", len(topic)), topic]
     if record.key is None:
@@ -50,7 +51,7 @@ def pack_record(record: SpooledRecord) -> bytes:
     return b"".join(parts)
 
 
-def unpack_record(payload: bytes) -> SpooledRecord:
+def _unpack(payload: bytes) -> SpooledRecord:
     view = memoryview(payload)
     pos = 0
 
@@ -129,7 +130,7 @@ class Spool:
             return self._file is None and not self._segments()
 
     def append(self, record: SpooledRecord) -> None:
-        payload = pack_record(record)
+        payload = _pack(record)
         frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._file is None or self._file_bytes >= _SEGMENT_BYTES:
@@ -174,7 +175,7 @@ class Spool:
             if magic != _MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
                 logger.warning("Spool: %s has a torn or corrupt record at byte %d; ignoring the rest", path, pos)
                 return
-            yield unpack_record(data[start:end])
+            yield _unpack(data[start:end])
             pos = end
 
     def release(self, segment: Path, records: int) -> None:

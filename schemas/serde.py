@@ -136,6 +136,81 @@ def encode_body(schema: AvroSchema, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _zigzag_varint(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class _Varints(dict[int, bytes]):
+    """Avro encodings of integers, memoised: token ids repeat, and a dict lookup is ~20x cheaper
+    than encoding an array item generically."""
+
+    _LIMIT = 1 << 18  # bounded memory (a few MB) whatever the vocabulary
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self._low, self._high = -(1 << (bits - 1)), 1 << (bits - 1)
+
+    def __missing__(self, n: Any) -> bytes:
+        if not isinstance(n, int) or not self._low <= n < self._high:
+            raise SerializationError(f"{n!r} is not a {'long' if self._high > 1 << 31 else 'int'}")
+        encoded = _zigzag_varint(n)
+        if len(self) < self._LIMIT:
+            self[n] = encoded
+        return encoded
+
+    def array(self, items: Any) -> bytes:
+        if not items:
+            return b"\x00"
+        try:
+            return _zigzag_varint(len(items)) + b"".join(map(self.__getitem__, items)) + b"\x00"
+        except TypeError as e:  # unhashable or not a sequence
+            raise SerializationError(f"not an array of integers: {e}") from e
+
+
+_NO_DEFAULT = object()
+_INT_VARINTS = _Varints(32)
+_LONG_VARINTS = _Varints(64)
+
+
+class _Encoder:
+    """Encodes a record with fastavro, except a trailing run of ``array<int|long>`` fields, which is
+    appended from memoised varints. Avro encodes a record as the concatenation of its fields, so
+    the bytes are exactly fastavro's."""
+
+    def __init__(self, schema: AvroSchema) -> None:
+        self.schema = schema
+        fields = schema.definition["fields"]
+        tail: list[tuple[str, _Varints, Any]] = []
+        for field in reversed(fields):
+            kind = field["type"]
+            if isinstance(kind, dict) and kind.get("type") == "array" and kind.get("items") in ("int", "long"):
+                varints = _INT_VARINTS if kind["items"] == "int" else _LONG_VARINTS
+                tail.append((field["name"], varints, field.get("default", _NO_DEFAULT)))
+            else:
+                break
+        self.tail = tail[::-1]
+        head = fields[: len(fields) - len(tail)]
+        self.head = AvroSchema.from_definition(dict(schema.definition, fields=head)) if tail else schema
+
+    def __call__(self, record: dict[str, Any]) -> bytes:
+        body = encode_body(self.head, record)
+        if not self.tail:
+            return body
+        parts = [body]
+        for name, varints, default in self.tail:
+            items = record.get(name, default)
+            if items is _NO_DEFAULT:
+                raise SerializationError(f"cannot encode {self.schema.name}: no value for {name!r}")
+            parts.append(varints.array(items))
+        return b"".join(parts)
+
+
 class AvroSerializer:
     """Encode records of one schema, single-object framed, or Confluent framed with a registry.
 
@@ -152,6 +227,7 @@ class AvroSerializer:
         self._subject = subject
         self._ids: dict[str, int] = {}
         self._soe_header = SOE_MAGIC + schema.fingerprint
+        self._encode = _Encoder(schema)
 
     def _schema_id(self, topic: str | None) -> int:
         subject = self._subject or (f"{topic}-value" if topic else self.schema.name)
@@ -170,7 +246,7 @@ class AvroSerializer:
 
     def __call__(self, record: dict[str, Any], ctx: Any = None) -> bytes:
         topic = getattr(ctx, "topic", None)
-        return self.header(topic) + encode_body(self.schema, record)
+        return self.header(topic) + self._encode(record)
 
 
 class AvroDeserializer:

@@ -56,7 +56,7 @@ def coordinates(topic_id: bytes, partition_prefix: bytes, offset: int) -> bytes:
     return topic_id + partition_prefix + zigzag_varint(offset)
 
 
-def container(schema_json: str, count: int, chunks: list[bytes]) -> Iterator[bytes]:
+def container(schema_json: str, count: int, chunks: list[bytes | memoryview]) -> Iterator[bytes | memoryview]:
     """Chunks of one Avro object container file: ``count`` records, whose bytes are ``chunks``,
     in a single block."""
     sync = os.urandom(16)
@@ -79,3 +79,32 @@ def insert_columns(writer: AvroSchema, table_columns: set[str]) -> list[str]:
     their defaults.
     """
     return COORD_COLUMNS + [name for name in writer.field_names if name in table_columns]
+
+
+class ContainerStream:
+    """A read-only binary file over chunks, so an insert streams without joining them all first."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
+        self._chunks = chunks
+        self._pending: bytes | memoryview = b""
+
+    def read(self, size: int = -1) -> bytes:
+        parts: list[bytes | memoryview] = []
+        have = 0
+        if self._pending:
+            parts.append(self._pending)
+            have = len(self._pending)
+            self._pending = b""
+        for chunk in self._chunks:
+            parts.append(chunk)
+            have += len(chunk)
+            if 0 <= size <= have:
+                break
+        data = b"".join(parts)
+        if 0 <= size < len(data):
+            self._pending = memoryview(data)[size:]
+            data = data[:size]
+        return data
+
+    def readable(self) -> bool:
+        return True

@@ -53,20 +53,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
-    env.update(
-        {
-            "AGENTSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
-            "AGENTSTREAM_DATA_DIR": str(settings.data_dir),
-            "AGENTSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-            "AGENTSTREAM_PARTITIONS": str(settings.partitions),
-            "AGENTSTREAM_SINK__BATCH_MAX_SECONDS": str(settings.sink.batch_max_seconds),
-            "AGENTSTREAM_SINK__BATCH_MAX_ROWS": str(settings.sink.batch_max_rows),
-            "AGENTSTREAM_SINK__RETRY_INITIAL_SECONDS": str(settings.sink.retry_initial_seconds),
-            "AGENTSTREAM_SINK__RETRY_MAX_SECONDS": str(settings.sink.retry_max_seconds),
-            "AGENTSTREAM_SINK__SESSION_TIMEOUT_MS": str(settings.sink.session_timeout_ms),
-            "OMP_NUM_THREADS": "1",
-        }
-    )
+    env.update(settings.to_env())
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

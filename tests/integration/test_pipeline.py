@@ -6,6 +6,7 @@ ClickHouse through the gateway it serves, as every other process does.
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
@@ -112,6 +113,9 @@ def test_broker_stopped_mid_load_and_restarted_loses_nothing(tmp_path: Path) -> 
     sink = SinkProcess(settings).start()
     client = AgentStream(settings)
     latencies: list[float] = []
+    # Collect now what earlier tests left behind: a full collection of the test process's heap is
+    # ~100 ms and would land in whichever emit allocates when it falls due.
+    gc.collect()
     try:
         threads = [
             threading.Thread(target=_emit, args=(client, t, 1_500, 0.002, latencies)) for t in range(4)
@@ -137,9 +141,9 @@ def test_broker_stopped_mid_load_and_restarted_loses_nothing(tmp_path: Path) -> 
         client.close()
         sink.stop()
         broker.stop()
-    slowest = max(latencies)
+    slowest = sorted(latencies)[-5:]
     assert len(latencies) == 6_000
-    assert slowest < 0.005, f"an emit blocked the agent for {slowest * 1000:.1f} ms"
+    assert slowest[-1] < 0.005, f"an emit blocked the agent for {slowest[-1] * 1000:.1f} ms (top 5: {slowest})"
 
 
 def test_sink_killed_mid_batch_restarts_without_loss_or_duplicates(settings: Settings) -> None:

@@ -257,3 +257,27 @@ def test_decode_body_is_exact_on_container_files_too() -> None:
     assert body in buf.getvalue()
     assert decode_body(schema, body)["value"] == 2.0
     assert json.loads(schema.json)["name"] == "Reward"
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    prompt=st.lists(st.integers(min_value=-(2**31), max_value=2**31 - 1), max_size=300),
+    response=st.lists(st.integers(min_value=0, max_value=300_000), max_size=100),
+)
+def test_token_arrays_encode_exactly_like_fastavro(prompt: list[int], response: list[int]) -> None:
+    """The serializer appends memoised varints for trailing int arrays: same bytes as fastavro."""
+    datum = _span(prompt_token_ids=prompt, response_token_ids=response).to_avro()
+    schema = Span.avro_schema()
+    assert AvroSerializer(schema)(datum)[10:] == encode_body(schema, datum)
+
+
+def test_token_ids_out_of_range_or_of_the_wrong_type_are_refused() -> None:
+    schema = Span.avro_schema()
+    datum = _span().to_avro()
+    with pytest.raises(ValueError, match="is not a int"):
+        AvroSerializer(schema)({**datum, "prompt_token_ids": [2**31]})
+    with pytest.raises(ValueError, match="is not a int"):
+        AvroSerializer(schema)({**datum, "response_token_ids": ["7"]})
+    # a missing field takes its default, as fastavro does for the rest of the record
+    without = {k: v for k, v in datum.items() if k != "prompt_token_ids"}
+    assert AvroSerializer(schema)(without)[10:] == encode_body(schema, without)

@@ -1,0 +1,380 @@
+"""Writing one batch into ClickHouse: atomic per table, retried, and never skipping data.
+
+Runs on the sink's insert thread while the consumer thread fills the next batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from agentstream.schemas import AvroSchema, MalformedRecordError
+from agentstream.schemas.serde import SOE_HEADER_LEN, SOE_MAGIC, decode_body, encode_body
+from agentstream.schemas.topics import (
+    HEADER_DLQ_CONSUMER,
+    HEADER_DLQ_ERROR_CLASS,
+    HEADER_DLQ_REASON,
+    HEADER_DLQ_SOURCE,
+    HEADER_EVENT_ID,
+)
+from agentstream.settings import SinkSettings
+
+from . import ocf
+from .batch import Batch, Entry, SinkTable, TableBatch, chunks
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTER_COLUMNS = [
+    "source_topic", "source_partition", "source_offset", "consumer", "error_class", "reason",
+    "key", "value", "headers", "failed_at", "_topic_id", "_partition", "_offset",
+]  # fmt: skip
+
+
+class Abandoned(Exception):
+    """The batch was given up because its partitions were revoked; the next owner re-reads it."""
+
+
+@dataclass
+class SinkStats:
+    records: int = 0
+    rows: Counter[str] = field(default_factory=Counter)
+    dead_lettered: int = 0
+    replay_duplicates_dropped: int = 0
+    already_stored_skipped: int = 0
+    flushes: int = 0
+    retries: int = 0
+    last_flush_seconds: float = 0.0
+    last_error: str = ""
+    assigned: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "rows": dict(self.rows),
+            "dead_lettered": self.dead_lettered,
+            "replay_duplicates_dropped": self.replay_duplicates_dropped,
+            "already_stored_skipped": self.already_stored_skipped,
+            "flushes": self.flushes,
+            "retries": self.retries,
+            "last_flush_seconds": round(self.last_flush_seconds, 4),
+            "last_error": self.last_error,
+            "assigned_partitions": self.assigned,
+        }
+
+
+class _Rejected(Exception):
+    """ClickHouse refused the data of an insert (as opposed to being unreachable)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class BatchWriter:
+    """Inserts batches: one atomic ``INSERT ... FORMAT Avro`` per table, with a deduplication token.
+
+    Errors retry with exponential backoff until ``abandon`` or ``stop`` is set. A batch ClickHouse
+    rejects has its faulty records dead-lettered (see :meth:`_isolate_rejected`); the rest is
+    inserted.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        dead_letters: Any,
+        config: SinkSettings,
+        *,
+        columns: dict[str, set[str]],
+        topic_of: dict[str, str],
+        topic_ids: Callable[[], dict[str, str]],
+        dead_letter_topic: str,
+        stats: SinkStats,
+    ) -> None:
+        self.client = client
+        self.producer = dead_letters  # a confluent_kafka.Producer for the dead-letter topic
+        self.config = config
+        self.columns = columns
+        self.topic_of = topic_of
+        self.topic_ids = topic_ids
+        self.dead_letter_topic = dead_letter_topic
+        self.stats = stats
+        self.abandon = threading.Event()
+        self.stop = threading.Event()
+
+    # ---- one batch -------------------------------------------------------------------------------------
+    def write(self, batch: Batch, max_attempts: int | None = None) -> None:
+        """Insert every table of ``batch``; dead letters are durable before this returns."""
+        started = time.monotonic()
+        for message, reason, error_class in batch.dead_letters:
+            self._dead_letter_message(message, reason, error_class)
+        for table_batch in batch.tables.values():
+            self._write_table(table_batch, max_attempts)
+        self._await_dead_letters()
+        self.stats.flushes += 1
+        self.stats.last_flush_seconds = time.monotonic() - started
+
+    def _write_table(self, table_batch: TableBatch, max_attempts: int | None) -> None:
+        sink_table = table_batch.sink_table
+        if table_batch.rows:
+            self._with_retry(lambda: self._insert_rows(table_batch), sink_table.table, max_attempts)
+            self.stats.rows[sink_table.table] += len(table_batch.rows)
+            return
+        if not table_batch.groups:
+            return
+        writer, entries = self._unify(table_batch)
+        if sink_table.id_column and any(e.replay for e in entries):
+            entries = self._drop_stored_replays(sink_table, entries)
+
+        def attempt() -> None:
+            nonlocal entries
+            if not entries:
+                return
+            try:
+                self._insert_avro(sink_table.table, writer, entries)
+            except _Rejected as rejected:
+                remaining = self._isolate_rejected(sink_table, writer, entries)
+                if len(remaining) == len(entries):
+                    raise rejected.error from None  # nothing at fault in the data: back off and retry
+                entries = remaining
+                if entries:
+                    self._insert_avro(sink_table.table, writer, entries)
+
+        self._with_retry(attempt, sink_table.table, max_attempts)
+        self.stats.rows[sink_table.table] += len(entries)
+
+    def _unify(self, table_batch: TableBatch) -> tuple[AvroSchema, list[Entry]]:
+        """One writer schema per insert: re-encode records of minority writer schemas (rolling upgrades)."""
+        groups = table_batch.groups
+        writer = max(groups, key=lambda schema: len(groups[schema]))
+        if len(groups) == 1:
+            return writer, groups[writer]
+        entries = list(groups[writer])
+        for other, other_entries in groups.items():
+            if other is writer:
+                continue
+            for entry in other_entries:
+                try:
+                    datum = decode_body(other, entry.value, entry.header_len, reader=writer)
+                except MalformedRecordError as e:
+                    self._dead_letter_entry(table_batch.sink_table, entry, f"cannot be read as {writer.name}: {e}")
+                    continue
+                value = SOE_MAGIC + writer.fingerprint + encode_body(writer, datum)
+                entries.append(
+                    Entry(
+                        entry.partition, entry.offset, entry.coordinates, value, entry.key, SOE_HEADER_LEN,
+                        entry.event_id, entry.replay,
+                    )  # fmt: skip
+                )
+        entries.sort(key=lambda e: (e.partition, e.offset))
+        return writer, entries
+
+    def _drop_stored_replays(self, sink_table: SinkTable, entries: list[Entry]) -> list[Entry]:
+        """Records a producer re-sent after an outage: keep only those not stored already."""
+        replay_ids = sorted({e.event_id.decode() for e in entries if e.replay and e.event_id})
+        stored: set[str] = set()
+        for i in range(0, len(replay_ids), 10_000):
+            rows = self.client.query(
+                f"SELECT {sink_table.id_column} FROM {sink_table.table} "
+                f"WHERE {sink_table.id_column} IN {{ids:Array(String)}}",
+                parameters={"ids": replay_ids[i : i + 10_000]},
+            ).result_rows
+            stored.update(r[0] for r in rows)
+        kept, seen = [], set()
+        for entry in entries:
+            event_id = entry.event_id.decode() if entry.event_id else None
+            if event_id is not None and entry.replay and (event_id in stored or event_id in seen):
+                self.stats.replay_duplicates_dropped += 1
+                continue
+            if event_id is not None:
+                seen.add(event_id)
+            kept.append(entry)
+        return kept
+
+    # ---- inserts ------------------------------------------------------------------------------------
+    def _insert_avro(self, table: str, writer: AvroSchema, entries: list[Entry]) -> None:
+        ranges: dict[int, list[int]] = {}
+        for entry in entries:
+            span = ranges.setdefault(entry.partition, [entry.offset, entry.offset])
+            span[0], span[1] = min(span[0], entry.offset), max(span[1], entry.offset)
+        token = _token(table, self.topic_ids().get(self.topic_of[table], ""), ranges, len(entries))
+        try:
+            self.client.raw_insert(
+                table,
+                ocf.insert_columns(writer, self.columns[table]),
+                ocf.ContainerStream(ocf.container(ocf.wrapper_schema_json(writer.json), len(entries), chunks(entries))),
+                fmt="Avro",
+                settings={
+                    "insert_deduplication_token": token,
+                    # one block, so the insert is atomic (resuming after the stored offsets relies on it)
+                    "max_insert_block_size": max(len(entries), 1_048_576),
+                    # ReplacingMergeTree collapses duplicates in merges; sorting them out at insert
+                    # time is wasted work, as the sink inserts each record once.
+                    "optimize_on_insert": 0,
+                },
+            )
+        except Exception as e:
+            if _is_server_rejection(e):
+                raise _Rejected(e) from e
+            raise
+
+    def _insert_rows(self, table_batch: TableBatch) -> None:
+        table = table_batch.sink_table.table
+        ranges: dict[int, list[int]] = {}
+        for partition, offset in table_batch.row_offsets:
+            span = ranges.setdefault(partition, [offset, offset])
+            span[1] = max(span[1], offset)
+        token = _token(table, self.topic_ids().get(self.topic_of[table], ""), ranges, len(table_batch.rows))
+        self.client.insert(
+            table, table_batch.rows, column_names=DEAD_LETTER_COLUMNS, settings={"insert_deduplication_token": token}
+        )
+
+    def _with_retry(self, insert: Callable[[], None], table: str, max_attempts: int | None) -> None:
+        delay = self.config.retry_initial_seconds
+        attempt = 0
+        while True:
+            if self.abandon.is_set():
+                raise Abandoned()
+            try:
+                insert()
+                return
+            except Exception as e:
+                attempt += 1
+                self.stats.retries += 1
+                self.stats.last_error = f"{table}: {_first_line(e)}"
+                if max_attempts is not None and attempt >= max_attempts:
+                    raise
+                logger.warning("Sink: insert into %s failed (attempt %d, retrying in %.1fs): %s", table, attempt, delay, e)
+                if self.abandon.wait(delay):
+                    raise Abandoned() from e
+                delay = min(delay * 2, self.config.retry_max_seconds)
+
+    # ---- rejected batches ---------------------------------------------------------------------------
+    def _isolate_rejected(self, sink_table: SinkTable, writer: AvroSchema, entries: list[Entry]) -> list[Entry]:
+        """Dead-letter the records at fault for a rejected insert and return the rest (all of
+        ``entries`` when none is at fault).
+
+        First every body is decoded exactly in Python: a record that is truncated or has trailing
+        bytes is caught here (alone in a block, ClickHouse would accept a record with trailing
+        bytes). What remains is bisected against the Null-engine twin of the table.
+        """
+        kept: list[Entry] = []
+        for entry in entries:
+            try:
+                decode_body(writer, entry.value, entry.header_len)
+            except MalformedRecordError as e:
+                self._dead_letter_entry(sink_table, entry, str(e))
+            else:
+                kept.append(entry)
+        probe = f"{sink_table.table}__probe"
+        columns = ocf.insert_columns(writer, self.columns[sink_table.table])
+        schema_json = ocf.wrapper_schema_json(writer.json)
+        rejected: list[tuple[Entry, str]] = []
+
+        def refusal(part: list[Entry]) -> str | None:
+            try:
+                payload = ocf.ContainerStream(ocf.container(schema_json, len(part), chunks(part)))
+                self.client.raw_insert(probe, columns, payload, fmt="Avro")
+                return None
+            except Exception as e:
+                if not _is_server_rejection(e):
+                    raise
+                return _first_line(e)
+
+        def bisect(part: list[Entry], reason: str) -> None:
+            if len(part) == 1:
+                rejected.append((part[0], reason))
+                return
+            middle = len(part) // 2
+            for half in (part[:middle], part[middle:]):
+                half_reason = refusal(half)
+                if half_reason is not None:
+                    bisect(half, half_reason)
+
+        reason = refusal(kept) if kept else None
+        if reason is not None:
+            bisect(kept, reason)
+        bad = {id(entry) for entry, _ in rejected}
+        for entry, why in rejected:
+            self._dead_letter_entry(sink_table, entry, f"ClickHouse rejected it: {why}")
+        return [e for e in kept if id(e) not in bad]
+
+    # ---- dead letters -------------------------------------------------------------------------------
+    def _dead_letter_message(self, message: Any, reason: str, error_class: str) -> None:
+        source = f"{message.topic()}/{message.partition()}/{message.offset()}"
+        self._dead_letter(message.value(), message.key(), list(message.headers() or ()), reason, error_class, source)
+
+    def _dead_letter_entry(self, sink_table: SinkTable, entry: Entry, reason: str) -> None:
+        headers = [(HEADER_EVENT_ID, entry.event_id)] if entry.event_id else []
+        source = f"{self.topic_of[sink_table.table]}/{entry.partition}/{entry.offset}"
+        self._dead_letter(entry.value, entry.key, headers, reason, "ClickHouseRejected", source)
+
+    def _dead_letter(
+        self, value: bytes | None, key: bytes | None, headers: list[Any], reason: str, error_class: str, source: str
+    ) -> None:
+        headers = headers + [
+            (HEADER_DLQ_REASON, reason.encode()),
+            (HEADER_DLQ_ERROR_CLASS, error_class.encode()),
+            (HEADER_DLQ_SOURCE, source.encode()),
+            (HEADER_DLQ_CONSUMER, self.config.group_id.encode()),
+        ]
+        self.producer.produce(self.dead_letter_topic, value, key, headers=headers)
+        self.stats.dead_lettered += 1
+        logger.warning("Data error: %s to the dead-letter topic: %s", source, reason)
+
+    def _await_dead_letters(self) -> None:
+        """Dead letters must be durable before the offsets of their sources are committed."""
+        waited = 0
+        while self.producer.flush(1.0) > 0:
+            waited += 1
+            if waited % 10 == 0:
+                logger.warning("Sink: waiting %ds for the dead-letter topic to take records", waited)
+            if self.abandon.is_set():
+                raise Abandoned()
+
+
+def dead_letter_row(message: Any, topic_id: str) -> tuple[Any, ...]:
+    """A ``dead_letters`` row for a record of the dead-letter topic."""
+    headers = {name: (value or b"").decode("utf-8", "replace") for name, value in (message.headers() or ())}
+    source_topic, _, rest = headers.get(HEADER_DLQ_SOURCE, "").partition("/")
+    source_partition, _, source_offset = rest.partition("/")
+    key = message.key()
+    _, timestamp_ms = message.timestamp()
+    return (
+        source_topic,
+        int(source_partition) if source_partition.lstrip("-").isdigit() else -1,
+        int(source_offset) if source_offset.lstrip("-").isdigit() else -1,
+        headers.get(HEADER_DLQ_CONSUMER, ""),
+        headers.get(HEADER_DLQ_ERROR_CLASS, ""),
+        headers.get(HEADER_DLQ_REASON, ""),
+        key.decode("utf-8", "replace") if key is not None else None,
+        message.value() or b"",
+        headers,
+        datetime.fromtimestamp((timestamp_ms if timestamp_ms > 0 else time.time() * 1000) / 1000, timezone.utc),
+        topic_id,
+        message.partition(),
+        message.offset(),
+    )
+
+
+def _token(table: str, topic_id: str, ranges: dict[int, list[int]], count: int) -> str:
+    text = f"{table}|{topic_id}|{count}|" + ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(ranges.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _is_server_rejection(error: Exception) -> bool:
+    """ClickHouse answered with an error about the query or data (not a connection failure)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    return isinstance(error, DatabaseError) and not isinstance(error, OperationalError)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else type(error).__name__
