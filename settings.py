@@ -69,6 +69,9 @@ class SinkSettings(BaseModel):
     batch_max_rows: int = Field(50_000, ge=1)
     batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1_024)
     batch_max_seconds: float = Field(0.25, gt=0)
+    insert_lanes: int = Field(
+        2, ge=1, le=16, description="Inserts running in parallel (each owns a share of the partitions)."
+    )
     retry_initial_seconds: float = Field(0.2, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)
     gateway_host: str = "127.0.0.1"

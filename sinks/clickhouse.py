@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicCollection, TopicPartition
@@ -45,18 +46,56 @@ logger = logging.getLogger(__name__)
 __all__ = ["SINK_TABLES", "ClickHouseSink", "SinkStats", "SinkTable"]
 
 
+class _Lane:
+    """The batch of a fixed share of the partitions, inserted in order by its own thread.
+
+    A partition always maps to the same lane, so its records reach ClickHouse in offset order
+    (resuming after the stored offsets relies on it) while lanes insert in parallel.
+    """
+
+    def __init__(self, index: int, writer: BatchWriter) -> None:
+        self.index = index
+        self.writer = writer
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"agentstream-sink-insert-{index}")
+        self.batch = Batch()
+        self.inflight: tuple[Future[None], Batch] | None = None
+        self.paused = False
+
+
+class _Partition:
+    """What the sink tracks per assigned partition (one lookup per record on the hot path)."""
+
+    __slots__ = ("sink_table", "coordinates", "seen", "stored", "lane")
+
+    def __init__(self, sink_table: SinkTable, coordinates: bytes, stored: int, lane: _Lane) -> None:
+        self.sink_table = sink_table
+        self.coordinates = coordinates  # encoded _topic_id and _partition
+        self.seen = -1  # highest offset consumed
+        self.stored = stored  # highest offset known to be in ClickHouse
+        self.lane = lane
+
+
 class ClickHouseSink:
     """Consume the event topics into ClickHouse tables, exactly once.
 
     Args:
         settings: resolved settings (Kafka bootstrap servers set).
         client: a clickhouse-connect client (chDB or server); migrations are applied on start.
+        connect: opens another client for each further insert lane (a client serialises its
+            calls); without it there is one lane.
         tables: topic -> table mapping; default :data:`~.batch.SINK_TABLES`.
     """
 
-    def __init__(self, settings: Settings, client: Any, tables: tuple[SinkTable, ...] = SINK_TABLES) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        connect: Callable[[], Any] | None = None,
+        tables: tuple[SinkTable, ...] = SINK_TABLES,
+    ) -> None:
         self.settings = settings
         self.client = client
+        self._connect = connect
         self.config = settings.sink
         self.tables = tables
         self._by_topic = {settings.topic(t.topic.name): t for t in tables}
@@ -66,11 +105,8 @@ class ClickHouseSink:
         self._columns: dict[str, set[str]] = {}
         self._writers: dict[tuple[str, bytes], AvroSchema] = {}
         self._topic_ids: dict[str, str] = {}
-        self._coords: dict[tuple[str, int], bytes] = {}
-        self._stored: dict[tuple[str, int], int] = {}  # highest offset known to be in ClickHouse
-        self._seen: dict[tuple[str, int], int] = {}  # highest offset consumed
-        self._batch = Batch()
-        self._inflight: tuple[Future[None], Batch] | None = None
+        self._partitions: dict[tuple[str, int], _Partition] = {}
+        self._lanes: list[_Lane] = []
         self._consumer: Consumer | None = None
         self.stats = SinkStats()
 
@@ -94,14 +130,17 @@ class ClickHouseSink:
         ids = {name: str(f.result().topic_id) for name, f in futures.items()}
         if ids != self._topic_ids:
             self._topic_ids = ids
-            self._coords.clear()
+            for (topic, partition), state in self._partitions.items():
+                state.coordinates = self._coordinates(topic, partition)
 
     def _coordinates(self, topic: str, partition: int) -> bytes:
-        prefix = self._coords.get((topic, partition))
-        if prefix is None:
-            prefix = ocf.avro_string(self._topic_ids.get(topic, "")) + ocf.zigzag_varint(partition)
-            self._coords[(topic, partition)] = prefix
-        return prefix
+        return ocf.avro_string(self._topic_ids.get(topic, "")) + ocf.zigzag_varint(partition)
+
+    def _track(self, topic: str, partition: int, stored: int) -> _Partition:
+        lane = self._lanes[partition % len(self._lanes)]
+        state = _Partition(self._by_topic[topic], self._coordinates(topic, partition), stored, lane)
+        self._partitions[(topic, partition)] = state
+        return state
 
     def _stored_offsets(self, sink_table: SinkTable, topic_id: str) -> dict[int, int]:
         rows = self.client.query(
@@ -123,8 +162,7 @@ class ClickHouseSink:
             key = (tp.topic, tp.partition)
             start = max(committed.get(key, -1), stored.get(key, -1) + 1)
             tp.offset = start if start >= 0 else OFFSET_BEGINNING
-            self._stored[key] = stored.get(key, -1)
-            self._seen.pop(key, None)
+            self._track(tp.topic, tp.partition, stored.get(key, -1))
         consumer.assign(partitions)
         self.stats.assigned = len(partitions)
         logger.info(
@@ -135,12 +173,13 @@ class ClickHouseSink:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # An insert that lands after the next owner read the stored offsets would be duplicated
-        # by it: finish (or give up) the insert in flight before letting the partitions go.
-        self._drain(abandon=True)
-        self._batch = Batch()  # not inserted, not committed: the next owner reads it again
+        # by it: finish (or give up) the inserts in flight before letting the partitions go.
+        for lane in self._lanes:
+            self._drain(lane, abandon=True)
+            lane.batch = Batch()  # not inserted, not committed: the next owner reads it again
+            lane.paused = False
         for tp in partitions:
-            self._stored.pop((tp.topic, tp.partition), None)
-            self._seen.pop((tp.topic, tp.partition), None)
+            self._partitions.pop((tp.topic, tp.partition), None)
         consumer.unassign()
         self.stats.assigned = 0
 
@@ -153,16 +192,26 @@ class ClickHouseSink:
         if not self._columns:
             self.prepare()
         producer = Producer(self.settings.producer_config(**{"message.timeout.ms": 0}))  # dead letters: retry forever
-        self._writer = BatchWriter(
-            self.client,
-            producer,
-            self.config,
-            columns=self._columns,
-            topic_of={t.table: topic for topic, t in self._by_topic.items()},
-            topic_ids=lambda: self._topic_ids,
-            dead_letter_topic=self.settings.topic(DEAD_LETTER.name),
-            stats=self.stats,
-        )
+        lanes = self.config.insert_lanes if self._connect is not None else 1
+        clients = [self.client] + [self._connect() for _ in range(lanes - 1)]  # type: ignore[misc]
+        abandon = threading.Event()
+        self._lanes = [
+            _Lane(
+                i,
+                BatchWriter(
+                    client,
+                    producer,
+                    self.config,
+                    columns=self._columns,
+                    topic_of={t.table: topic for topic, t in self._by_topic.items()},
+                    topic_ids=lambda: self._topic_ids,
+                    dead_letter_topic=self.settings.topic(DEAD_LETTER.name),
+                    stats=self.stats,
+                    abandon=abandon,
+                ),
+            )
+            for i, client in enumerate(clients)
+        ]
         timeout_ms = self.config.session_timeout_ms
         consumer = Consumer(
             self.settings.consumer_config(
@@ -171,39 +220,43 @@ class ClickHouseSink:
             )
         )
         self._consumer = consumer
-        executor = ThreadPoolExecutor(1, thread_name_prefix="agentstream-sink-insert")
-        self._executor = executor
         consumer.subscribe(list(self._by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
-        paused = False
         try:
             while not stop.is_set():
                 for message in consumer.consume(num_messages=5_000, timeout=0.05):
                     self._add(message)
-                self._collect()
-                if self._due():
-                    if self._inflight is None:
-                        if paused:
-                            consumer.resume(consumer.assignment())
-                            paused = False
-                        self._submit()
-                    elif not paused:
-                        # Back-pressure while the previous insert runs (or retries): stay in the
-                        # group by polling, but fetch nothing more.
-                        consumer.pause(consumer.assignment())
-                        paused = True
-            self._drain(abandon=False, timeout=30)
-            if self._batch.records:
-                self._writer.write(self._batch, max_attempts=5)
-                self._commit(self._batch)
+                for lane in self._lanes:
+                    self._collect(lane)
+                    if self._due(lane.batch):
+                        if lane.inflight is None:
+                            if lane.paused:
+                                consumer.resume(self._lane_partitions(lane))
+                                lane.paused = False
+                            self._submit(lane)
+                        elif not lane.paused:
+                            # Back-pressure while the lane's previous insert runs (or retries): stay
+                            # in the group by polling, but fetch nothing more for it.
+                            consumer.pause(self._lane_partitions(lane))
+                            lane.paused = True
+            for lane in self._lanes:
+                self._drain(lane, abandon=False, timeout=30)
+                if lane.batch.records:
+                    lane.writer.write(lane.batch, max_attempts=5)
+                    self._commit(lane.batch)
         finally:
-            self._writer.abandon.set()
-            executor.shutdown(wait=True)
+            abandon.set()
+            for lane in self._lanes:
+                lane.executor.shutdown(wait=True)
+            for client in clients[1:]:
+                client.close()
             consumer.close()
             producer.flush(10)
             self._consumer = None
 
-    def _due(self) -> bool:
-        batch = self._batch
+    def _lane_partitions(self, lane: _Lane) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for (t, p), state in self._partitions.items() if state.lane is lane]
+
+    def _due(self, batch: Batch) -> bool:
         if not batch.records:
             return False
         return (
@@ -212,32 +265,24 @@ class ClickHouseSink:
             or time.monotonic() - batch.started >= self.config.batch_max_seconds
         )
 
-    def _submit(self) -> None:
-        batch, self._batch = self._batch, Batch()
-        self._writer.abandon.clear()
-        self._inflight = (self._executor.submit(self._writer.write, batch), batch)
+    def _submit(self, lane: _Lane) -> None:
+        batch, lane.batch = lane.batch, Batch()
+        lane.writer.abandon.clear()
+        lane.inflight = (lane.executor.submit(lane.writer.write, batch), batch)
 
-    def _collect(self) -> None:
-        """Commit the insert that finished, if any."""
-        if self._inflight is None or not self._inflight[0].done():
-            return
-        future, batch = self._inflight
-        self._inflight = None
-        try:
-            future.result()
-        except Abandoned:
-            logger.warning("Sink: batch of %d records abandoned after a rebalance", batch.records)
-            return
-        self._commit(batch)
+    def _collect(self, lane: _Lane) -> None:
+        """Commit the lane's insert if it finished."""
+        if lane.inflight is not None and lane.inflight[0].done():
+            self._drain(lane, abandon=False)
 
-    def _drain(self, abandon: bool, timeout: float | None = None) -> None:
-        """Wait for the insert in flight; with ``abandon`` it stops retrying (it is re-read later)."""
-        if self._inflight is None:
+    def _drain(self, lane: _Lane, abandon: bool, timeout: float | None = None) -> None:
+        """Wait for the lane's insert in flight; with ``abandon`` it stops retrying (it is re-read later)."""
+        if lane.inflight is None:
             return
         if abandon:
-            self._writer.abandon.set()
-        future, batch = self._inflight
-        self._inflight = None
+            lane.writer.abandon.set()
+        future, batch = lane.inflight
+        lane.inflight = None
         try:
             future.result(timeout=timeout)
         except Abandoned:
@@ -247,8 +292,9 @@ class ClickHouseSink:
 
     def _commit(self, batch: Batch) -> None:
         for key, offset in batch.last_offsets.items():
-            if self._stored.get(key, -1) < offset:
-                self._stored[key] = offset
+            state = self._partitions.get(key)
+            if state is not None and state.stored < offset:
+                state.stored = offset
         if self._consumer is not None and batch.last_offsets:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last_offsets.items()]
             try:
@@ -270,24 +316,25 @@ class ClickHouseSink:
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         key = (topic, partition)
-        if offset <= self._seen.get(key, -1):
+        state = self._partitions.get(key) or self._track(topic, partition, -1)
+        if offset <= state.seen:
             # The log went back: a re-created topic (new topic id) or an offset reset.
             logger.warning("Sink: %s [%d] went back to offset %d", topic, partition, offset)
-            self._drain(abandon=False)
+            self._drain(state.lane, abandon=False)
             self._refresh_topic_ids()
-            stored = self._stored_offsets(self._by_topic[topic], self._topic_ids.get(topic, ""))
-            self._stored[key] = stored.get(partition, -1)
-        self._seen[key] = offset
-        batch = self._batch
+            stored = self._stored_offsets(state.sink_table, self._topic_ids.get(topic, ""))
+            state.stored = stored.get(partition, -1)
+        state.seen = offset
+        batch = state.lane.batch
         if not batch.records:
             batch.started = time.monotonic()
         batch.records += 1
         batch.last_offsets[key] = offset
         self.stats.records += 1
-        if offset <= self._stored.get(key, -1):
+        if offset <= state.stored:
             self.stats.already_stored_skipped += 1
             return
-        sink_table = self._by_topic[topic]
+        sink_table = state.sink_table
         value = message.value()
         table_batch = batch.table(sink_table)
         if not sink_table.avro:
@@ -313,12 +360,15 @@ class ClickHouseSink:
                 event_id = header_value
             elif name == HEADER_REPLAY:
                 replay = True
-        prefix = self._coords.get(key) or self._coordinates(topic, partition)
-        coordinates = prefix + ocf.zigzag_varint(offset)
         group = table_batch.groups.get(writer)
         if group is None:
             group = table_batch.groups[writer] = []
-        group.append(Entry(partition, offset, coordinates, value, message.key(), len(header), event_id, replay))
+        group.append(
+            Entry(
+                partition, offset, state.coordinates + ocf.zigzag_varint(offset), value, message.key(), len(header),
+                event_id, replay,
+            )  # fmt: skip
+        )
 
     def _writer_for(self, sink_table: SinkTable, topic: str, value: bytes, header: bytes) -> AvroSchema:
         framing = read_framing(value)

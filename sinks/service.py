@@ -21,7 +21,7 @@ def run_sink(settings: Settings, stop: threading.Event) -> None:
     ClickHouse-compatible query gateway that `agentstream sql`, reports and dashboards use.
     """
     client = open_owner(settings)
-    sink = ClickHouseSink(settings, client)
+    sink = ClickHouseSink(settings, client, connect=lambda: open_owner(settings))
     sink.prepare()
     gateway = None
     chdb_path = chdb_path_of(settings.default_clickhouse_dsn)

@@ -43,6 +43,9 @@ class Abandoned(Exception):
 
 @dataclass
 class SinkStats:
+    """Counters for the status endpoint; insert lanes update them under ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     records: int = 0
     rows: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
@@ -55,6 +58,10 @@ class SinkStats:
     assigned: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        with self.lock:
+            return self._as_dict()
+
+    def _as_dict(self) -> dict[str, Any]:
         return {
             "records": self.records,
             "rows": dict(self.rows),
@@ -96,6 +103,7 @@ class BatchWriter:
         topic_ids: Callable[[], dict[str, str]],
         dead_letter_topic: str,
         stats: SinkStats,
+        abandon: threading.Event | None = None,
     ) -> None:
         self.client = client
         self.producer = dead_letters  # a confluent_kafka.Producer for the dead-letter topic
@@ -105,8 +113,7 @@ class BatchWriter:
         self.topic_ids = topic_ids
         self.dead_letter_topic = dead_letter_topic
         self.stats = stats
-        self.abandon = threading.Event()
-        self.stop = threading.Event()
+        self.abandon = abandon or threading.Event()
 
     # ---- one batch -------------------------------------------------------------------------------------
     def write(self, batch: Batch, max_attempts: int | None = None) -> None:
@@ -117,14 +124,16 @@ class BatchWriter:
         for table_batch in batch.tables.values():
             self._write_table(table_batch, max_attempts)
         self._await_dead_letters()
-        self.stats.flushes += 1
-        self.stats.last_flush_seconds = time.monotonic() - started
+        with self.stats.lock:
+            self.stats.flushes += 1
+            self.stats.last_flush_seconds = time.monotonic() - started
 
     def _write_table(self, table_batch: TableBatch, max_attempts: int | None) -> None:
         sink_table = table_batch.sink_table
         if table_batch.rows:
             self._with_retry(lambda: self._insert_rows(table_batch), sink_table.table, max_attempts)
-            self.stats.rows[sink_table.table] += len(table_batch.rows)
+            with self.stats.lock:
+                self.stats.rows[sink_table.table] += len(table_batch.rows)
             return
         if not table_batch.groups:
             return
@@ -147,7 +156,8 @@ class BatchWriter:
                     self._insert_avro(sink_table.table, writer, entries)
 
         self._with_retry(attempt, sink_table.table, max_attempts)
-        self.stats.rows[sink_table.table] += len(entries)
+        with self.stats.lock:
+            self.stats.rows[sink_table.table] += len(entries)
 
     def _unify(self, table_batch: TableBatch) -> tuple[AvroSchema, list[Entry]]:
         """One writer schema per insert: re-encode records of minority writer schemas (rolling upgrades)."""
@@ -190,7 +200,8 @@ class BatchWriter:
         for entry in entries:
             event_id = entry.event_id.decode() if entry.event_id else None
             if event_id is not None and entry.replay and (event_id in stored or event_id in seen):
-                self.stats.replay_duplicates_dropped += 1
+                with self.stats.lock:
+                    self.stats.replay_duplicates_dropped += 1
                 continue
             if event_id is not None:
                 seen.add(event_id)
@@ -246,8 +257,9 @@ class BatchWriter:
                 return
             except Exception as e:
                 attempt += 1
-                self.stats.retries += 1
-                self.stats.last_error = f"{table}: {_first_line(e)}"
+                with self.stats.lock:
+                    self.stats.retries += 1
+                    self.stats.last_error = f"{table}: {_first_line(e)}"
                 if max_attempts is not None and attempt >= max_attempts:
                     raise
                 logger.warning("Sink: insert into %s failed (attempt %d, retrying in %.1fs): %s", table, attempt, delay, e)
@@ -325,7 +337,8 @@ class BatchWriter:
             (HEADER_DLQ_CONSUMER, self.config.group_id.encode()),
         ]
         self.producer.produce(self.dead_letter_topic, value, key, headers=headers)
-        self.stats.dead_lettered += 1
+        with self.stats.lock:
+            self.stats.dead_lettered += 1
         logger.warning("Data error: %s to the dead-letter topic: %s", source, reason)
 
     def _await_dead_letters(self) -> None:

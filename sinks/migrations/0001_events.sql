@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS spans
     resource_attributes Map(String, String),
     resource_name       LowCardinality(String),
     resource_version    LowCardinality(String),
-    prompt_token_ids    Array(UInt32) CODEC(ZSTD(1)),
-    response_token_ids  Array(UInt32) CODEC(ZSTD(1)),
+    prompt_token_ids    Array(UInt32),
+    response_token_ids  Array(UInt32),
 
     duration_ms         Float64 MATERIALIZED dateDiff('microsecond', start_time, end_time) / 1000,
     operation_name      LowCardinality(String) MATERIALIZED attributes['gen_ai.operation.name'],
