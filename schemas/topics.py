@@ -37,7 +37,7 @@ class TopicSpec:
 
 
 SPANS = TopicSpec(
-    "spans", "rollout_id", "span", "delete", 7 * DAY_MS, "Finished spans from the SDK and OTel ingest."
+    "spans", "rollout_id", "span", "delete", 7 * DAY_MS, "Finished spans of agents (LLM calls, tool calls, steps)."
 )
 REWARDS = TopicSpec(
     "rewards", "rollout_id", "reward", "delete", 30 * DAY_MS, "Rewards: rules, humans, business events, judges."

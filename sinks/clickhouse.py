@@ -192,8 +192,9 @@ class ClickHouseSink:
         if not self._columns:
             self.prepare()
         producer = Producer(self.settings.producer_config(**{"message.timeout.ms": 0}))  # dead letters: retry forever
-        lanes = self.config.insert_lanes if self._connect is not None else 1
-        clients = [self.client] + [self._connect() for _ in range(lanes - 1)]  # type: ignore[misc]
+        # Each lane inserts through a client of its own (a client runs one call at a time); the
+        # consumer thread keeps ``self.client`` for its own queries.
+        clients = [self._connect() for _ in range(self.config.insert_lanes)] if self._connect else [self.client]
         abandon = threading.Event()
         self._lanes = [
             _Lane(
@@ -247,8 +248,9 @@ class ClickHouseSink:
             abandon.set()
             for lane in self._lanes:
                 lane.executor.shutdown(wait=True)
-            for client in clients[1:]:
-                client.close()
+            for client in clients:
+                if client is not self.client:
+                    client.close()
             consumer.close()
             producer.flush(10)
             self._consumer = None
