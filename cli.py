@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -42,10 +42,10 @@ state = _State()
 @app.callback()
 def main_options(
     data_dir: Annotated[
-        Optional[Path], typer.Option("--data-dir", help="Data directory (chDB, spool, logs). Env AGENTSTREAM_DATA_DIR.")
+        Path | None, typer.Option("--data-dir", help="Data directory (chDB, spool, logs). Env AGENTSTREAM_DATA_DIR.")
     ] = None,
     bootstrap_servers: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--bootstrap-servers", help="Kafka to use instead of the embedded broker. Env AGENTSTREAM_BOOTSTRAP_SERVERS."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
@@ -233,7 +233,7 @@ def demo(
     tickets: Annotated[int, typer.Option(help="Support tickets to run.")] = 200,
     workers: Annotated[int, typer.Option(help="Concurrent rollouts.")] = 4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON here.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON here.")] = None,
 ) -> None:
     """Bring the embedded stack up, run the example support agent, and show what landed."""
     from agentstream.examples.quickstart import run

@@ -214,7 +214,7 @@ class StackState(BaseModel):
             state = cls.model_validate(json.loads(path.read_text()))
         except (OSError, ValueError):
             return None
-        return state if _pid_alive(state.pid) else None
+        return state if pid_alive(state.pid) else None
 
     def save(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,8 @@ def _env_value(value: object) -> str:
     return json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -48,6 +48,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedBroker:
     """Start, check and stop one Tansu broker on 127.0.0.1.
 
@@ -162,13 +174,8 @@ class EmbeddedBroker:
         nothing to save, so the grace period is short.
         """
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

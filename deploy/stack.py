@@ -7,22 +7,19 @@ Crashed members are restarted with backoff; a restarted memory-only broker gets 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentstream.settings import Settings, StackState
 
-from .broker import EmbeddedBroker
+from .broker import EmbeddedBroker, terminate
 from .topics import ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -89,13 +86,8 @@ class ChildProcess:
 
     def stop(self, timeout: float = 20.0) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, timeout)
         if self._log is not None:
             self._log.close()
         self.status.state = "stopped"
@@ -191,13 +183,7 @@ class Stack:
         from agentstream.sinks.gateway import GatewayState
 
         state = GatewayState.load(self.settings.chdb_path)
-        if state is None:
-            return None
-        try:
-            with urllib.request.urlopen(f"{state.url}/agentstream/status", timeout=1) as response:
-                return json.loads(response.read())
-        except Exception:
-            return None
+        return state.status(timeout=1) if state is not None else None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the sink serves queries."""

@@ -13,8 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from agentstream.schemas import RewardSource, SpanKind
-from agentstream.schemas import genai
+from agentstream.schemas import RewardSource, SpanKind, genai
 from agentstream.schemas.rollout_event import RolloutEventType
 from agentstream.schemas.topics import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
 from agentstream.settings import Settings

@@ -27,7 +27,11 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
-from agentstream.schemas.topics import DEAD_LETTER, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_REPLAY, SCHEMAS
+from agentstream.schemas.topics import (
+    HEADER_DLQ_REASON,
+    HEADER_DLQ_SOURCE,
+    HEADER_REPLAY,
+)
 
 from .spool import Spool, SpooledRecord
 

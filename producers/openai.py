@@ -114,7 +114,7 @@ def uninstrument_openai(client: Any = None) -> None:
             current = cls.__dict__.get("create")
             original = getattr(current, _ORIGINAL, None)
             if original is not None:
-                setattr(cls, "create", original)
+                cls.create = original
         for resource in list(_instances):
             _restore_instance(resource)
 
@@ -153,7 +153,7 @@ def _patch_class(cls: type, make_wrapper: Callable[[Callable[..., Any]], Callabl
         return
     wrapper = make_wrapper(current)
     setattr(wrapper, _ORIGINAL, current)
-    setattr(cls, "create", wrapper)
+    cls.create = wrapper
 
 
 def _restore_instance(resource: Any) -> None:

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from agentstream.schemas import AvroSerializer, SerializationError, load_schema
-from agentstream.schemas import genai
+from agentstream.schemas import AvroSerializer, SerializationError, genai, load_schema
 from agentstream.schemas.span import split_attributes
 from agentstream.schemas.topics import HEADER_EVENT_ID, REWARDS, ROLLOUT_EVENTS, SPANS
 

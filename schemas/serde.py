@@ -136,7 +136,8 @@ def encode_body(schema: AvroSchema, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _zigzag_varint(n: int) -> bytes:
+def zigzag_varint(n: int) -> bytes:
+    """Avro's encoding of an ``int`` or ``long``."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n > 0x7F:
@@ -159,7 +160,7 @@ class _Varints(dict[int, bytes]):
     def __missing__(self, n: Any) -> bytes:
         if not isinstance(n, int) or not self._low <= n < self._high:
             raise SerializationError(f"{n!r} is not a {'long' if self._high > 1 << 31 else 'int'}")
-        encoded = _zigzag_varint(n)
+        encoded = zigzag_varint(n)
         if len(self) < self._LIMIT:
             self[n] = encoded
         return encoded
@@ -168,7 +169,7 @@ class _Varints(dict[int, bytes]):
         if not items:
             return b"\x00"
         try:
-            return _zigzag_varint(len(items)) + b"".join(map(self.__getitem__, items)) + b"\x00"
+            return zigzag_varint(len(items)) + b"".join(map(self.__getitem__, items)) + b"\x00"
         except TypeError as e:  # unhashable or not a sequence
             raise SerializationError(f"not an array of integers: {e}") from e
 

@@ -28,6 +28,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from base64 import b64decode
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -43,6 +44,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from agentstream.settings import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -140,19 +143,15 @@ class GatewayState(BaseModel):
             state = cls.model_validate_json(cls.file_for(chdb_path).read_bytes())
         except (OSError, ValueError):
             return None
-        return state if _pid_alive(state.pid) else None
+        return state if state.pid > 0 and pid_alive(state.pid) else None
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The serving process's counters (``/agentstream/status``); None if it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/agentstream/status", timeout=timeout) as response:
+                return json.loads(response.read())
+        except (OSError, ValueError):
+            return None
 
 
 def _quote_identifier(name: str) -> str:

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from agentstream.schemas import AvroSchema
+from agentstream.schemas.serde import zigzag_varint
 
 COORD_FIELDS = [
     {"name": "_topic_id", "type": "string"},
@@ -25,17 +26,6 @@ COORD_FIELDS = [
     {"name": "_offset", "type": "long"},
 ]
 COORD_COLUMNS = [f["name"] for f in COORD_FIELDS]
-
-
-def zigzag_varint(n: int) -> bytes:
-    """Avro's ``long``/``int`` encoding."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def avro_string(text: str) -> bytes:

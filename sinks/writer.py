@@ -9,10 +9,10 @@ import hashlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from agentstream.schemas import AvroSchema, MalformedRecordError
@@ -369,7 +369,7 @@ def dead_letter_row(message: Any, topic_id: str) -> tuple[Any, ...]:
         key.decode("utf-8", "replace") if key is not None else None,
         message.value() or b"",
         headers,
-        datetime.fromtimestamp((timestamp_ms if timestamp_ms > 0 else time.time() * 1000) / 1000, timezone.utc),
+        datetime.fromtimestamp((timestamp_ms if timestamp_ms > 0 else time.time() * 1000) / 1000, UTC),
         topic_id,
         message.partition(),
         message.offset(),

@@ -92,19 +92,10 @@ class SinkProcess:
         raise TimeoutError(f"sink not ready:\n{self.log.read_text()[-3000:]}")
 
     def status(self) -> dict[str, Any] | None:
-        import json
-        import urllib.request
-
         from agentstream.sinks.gateway import GatewayState
 
         state = GatewayState.load(self.settings.chdb_path)
-        if state is None:
-            return None
-        try:
-            with urllib.request.urlopen(f"{state.url}/agentstream/status", timeout=2) as response:
-                return json.loads(response.read())
-        except OSError:
-            return None
+        return state.status() if state is not None else None
 
     def kill(self) -> None:
         self.process.kill()

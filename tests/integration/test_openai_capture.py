@@ -17,13 +17,12 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from helpers import read_topic
 
 import agentstream
 from agentstream.producers import AgentStream
 from agentstream.producers.openai import instrument_openai, is_instrumented, uninstrument_openai
 from agentstream.settings import Settings
-
-from helpers import read_topic
 
 pytestmark = pytest.mark.integration
 

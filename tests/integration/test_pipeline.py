@@ -159,7 +159,7 @@ def test_sink_killed_mid_batch_restarts_without_loss_or_duplicates(settings: Set
         ch = connect(fast)
         kills = 0
         for _ in range(3):
-            landed = wait_for(lambda: _count(ch, "spans")[0] > 0 and sink.status(), timeout=60)
+            landed = wait_for(lambda ch=ch: _count(ch, "spans")[0] > 0 and sink.status(), timeout=60)
             assert landed
             time.sleep(random.uniform(0.05, 0.4))
             sink.kill()  # SIGKILL: no flush, no commit, maybe half way through an insert

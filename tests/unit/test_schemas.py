@@ -8,7 +8,8 @@ import json
 
 import fastavro
 import pytest
-from hypothesis import given, settings as hypothesis_settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from agentstream.schemas import (
