@@ -1,0 +1,65 @@
+"""`agentstream up`: the supervised group restarts what dies, and data keeps flowing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from agentstream.deploy.stack import Stack
+from agentstream.producers.client import AgentStream
+from agentstream.settings import Settings, StackState
+from agentstream.sinks.connect import connect
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _emit(client: AgentStream, n: int) -> None:
+    for i in range(n):
+        with client.rollout({"i": i}):
+            with client.span("step", kind="tool"):
+                pass
+
+
+def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        topic_prefix="stack.",
+        partitions=2,
+        sink={"batch_max_seconds": 0.1, "session_timeout_ms": 2000},
+        sdk={"delivery_timeout_ms": 3000},
+    )
+    with Stack(settings) as stack:
+        stack.wait_ready()
+        assert StackState.load(settings.data_dir).bootstrap_servers == stack.bootstrap_servers  # type: ignore[union-attr]
+        resolved = Settings(data_dir=settings.data_dir, topic_prefix="stack.").resolved()
+        assert resolved.bootstrap_servers == stack.bootstrap_servers  # agents find the running stack
+        client = AgentStream(resolved)
+        try:
+            _emit(client, 50)
+            assert client.flush(20)
+
+            sink = stack.children[0]
+            os.kill(sink.status.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            assert wait_for(lambda: sink.status.restarts == 1 and stack.sink_status(), timeout=60)
+            _emit(client, 50)
+
+            address = stack.bootstrap_servers
+            os.kill(stack.broker.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            assert wait_for(lambda: stack.broker_status.restarts == 1, timeout=60)
+            assert stack.bootstrap_servers == address  # same address: clients just reconnect
+            topics = AdminClient({"bootstrap.servers": address}).list_topics(timeout=10).topics
+            assert {"stack.spans", "stack.rewards", "stack.dead-letter"} <= set(topics)
+            _emit(client, 50)
+            assert client.flush(60), client.stats
+        finally:
+            client.close()
+        ch = connect(resolved)
+        count = "SELECT count(), uniqExact(span_id) FROM spans"
+        assert wait_for(lambda: ch.query(count).result_rows[0][0] >= 300, timeout=60), stack.sink_status()
+        assert tuple(ch.query(count).result_rows[0]) == (300, 300)
+    assert StackState.load(settings.data_dir) is None  # stopped: no longer advertised
