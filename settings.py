@@ -70,7 +70,17 @@ class SinkSettings(BaseModel):
     batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1_024)
     batch_max_seconds: float = Field(0.25, gt=0)
     insert_lanes: int = Field(
-        2, ge=1, le=16, description="Inserts running in parallel (each owns a share of the partitions)."
+        1,
+        ge=1,
+        le=16,
+        description="Inserts running in parallel, each owning a share of the partitions; more helps "
+        "with cores to spare (on 2 cores a second lane raised throughput ~5% and freshness p99 1.7x).",
+    )
+    gap_verify_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long a jump over offsets is re-read before it is accepted as a real gap "
+        "(transaction markers); 0 accepts gaps at once.",
     )
     retry_initial_seconds: float = Field(0.2, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)

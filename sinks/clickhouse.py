@@ -65,14 +65,16 @@ class _Lane:
 class _Partition:
     """What the sink tracks per assigned partition (one lookup per record on the hot path)."""
 
-    __slots__ = ("sink_table", "coordinates", "seen", "stored", "lane")
+    __slots__ = ("sink_table", "coordinates", "seen", "stored", "lane", "gap_round", "gap_since")
 
-    def __init__(self, sink_table: SinkTable, coordinates: bytes, stored: int, lane: _Lane) -> None:
+    def __init__(self, sink_table: SinkTable, coordinates: bytes, stored: int, lane: _Lane, seen: int | None) -> None:
         self.sink_table = sink_table
         self.coordinates = coordinates  # encoded _topic_id and _partition
-        self.seen = -1  # highest offset consumed
+        self.seen = seen  # highest offset consumed; None until the first record when unknown
         self.stored = stored  # highest offset known to be in ClickHouse
         self.lane = lane
+        self.gap_round = 0  # consume() round of the last seek back over a gap; 0 = no gap open
+        self.gap_since = 0.0
 
 
 class ClickHouseSink:
@@ -108,6 +110,7 @@ class ClickHouseSink:
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._lanes: list[_Lane] = []
         self._consumer: Consumer | None = None
+        self._round = 0  # consume() calls so far
         self.stats = SinkStats()
 
     # ---- setup -------------------------------------------------------------------------------------
@@ -136,9 +139,10 @@ class ClickHouseSink:
     def _coordinates(self, topic: str, partition: int) -> bytes:
         return ocf.avro_string(self._topic_ids.get(topic, "")) + ocf.zigzag_varint(partition)
 
-    def _track(self, topic: str, partition: int, stored: int) -> _Partition:
+    def _track(self, topic: str, partition: int, stored: int, start: int | None = None) -> _Partition:
         lane = self._lanes[partition % len(self._lanes)]
-        state = _Partition(self._by_topic[topic], self._coordinates(topic, partition), stored, lane)
+        seen = start - 1 if start is not None and start >= 0 else None
+        state = _Partition(self._by_topic[topic], self._coordinates(topic, partition), stored, lane, seen)
         self._partitions[(topic, partition)] = state
         return state
 
@@ -162,7 +166,7 @@ class ClickHouseSink:
             key = (tp.topic, tp.partition)
             start = max(committed.get(key, -1), stored.get(key, -1) + 1)
             tp.offset = start if start >= 0 else OFFSET_BEGINNING
-            self._track(tp.topic, tp.partition, stored.get(key, -1))
+            self._track(tp.topic, tp.partition, stored.get(key, -1), start)
         consumer.assign(partitions)
         self.stats.assigned = len(partitions)
         logger.info(
@@ -224,6 +228,7 @@ class ClickHouseSink:
         consumer.subscribe(list(self._by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not stop.is_set():
+                self._round += 1
                 for message in consumer.consume(num_messages=5_000, timeout=0.05):
                     self._add(message)
                 for lane in self._lanes:
@@ -319,13 +324,23 @@ class ClickHouseSink:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         key = (topic, partition)
         state = self._partitions.get(key) or self._track(topic, partition, -1)
-        if offset <= state.seen:
-            # The log went back: a re-created topic (new topic id) or an offset reset.
-            logger.warning("Sink: %s [%d] went back to offset %d", topic, partition, offset)
-            self._drain(state.lane, abandon=False)
-            self._refresh_topic_ids()
-            stored = self._stored_offsets(state.sink_table, self._topic_ids.get(topic, ""))
-            state.stored = stored.get(partition, -1)
+        seen = state.seen
+        if seen is not None and offset != seen + 1:
+            if offset > seen + 1:
+                if self._gap(state, topic, partition, offset):
+                    return  # reading again from seen + 1
+            elif state.gap_round:
+                return  # a record we already have, re-read after seeking back over a gap
+            else:
+                # The log went back: a re-created topic (new topic id) or an offset reset.
+                logger.warning("Sink: %s [%d] went back to offset %d", topic, partition, offset)
+                self._drain(state.lane, abandon=False)
+                self._refresh_topic_ids()
+                stored = self._stored_offsets(state.sink_table, self._topic_ids.get(topic, ""))
+                state.stored = stored.get(partition, -1)
+        elif state.gap_round:
+            state.gap_round = 0
+            logger.info("Sink: %s [%d] gap before offset %d closed on re-reading", topic, partition, offset)
         state.seen = offset
         batch = state.lane.batch
         if not batch.records:
@@ -371,6 +386,33 @@ class ClickHouseSink:
                 event_id, replay,
             )  # fmt: skip
         )
+
+    def _gap(self, state: _Partition, topic: str, partition: int, offset: int) -> bool:
+        """A record arrived after a jump over offsets. True: seek back and read again.
+
+        A broker may expose a later record batch before an earlier one of the same partition
+        (the embedded broker does, under concurrent producers); reading past the gap would skip the
+        earlier batch for good. Real gaps (transaction markers, compaction) stay after re-reading
+        for ``gap_verify_seconds``, and are then accepted.
+        """
+        now = time.monotonic()
+        if not state.gap_round:
+            state.gap_since = now
+        elif state.gap_round == self._round:
+            return True  # fetched before our seek: the partition is being read again anyway
+        assert state.seen is not None
+        if now - state.gap_since < self.config.gap_verify_seconds and self._consumer is not None:
+            state.gap_round = self._round
+            self._consumer.seek(TopicPartition(topic, partition, state.seen + 1))
+            return True
+        if self.config.gap_verify_seconds > 0:
+            logger.warning(
+                "Sink: %s [%d] has no offsets %d..%d after re-reading for %.1fs; going on",
+                topic, partition, state.seen + 1, offset - 1, now - state.gap_since,
+            )  # fmt: skip
+        self.stats.gaps_accepted += 1
+        state.gap_round = 0
+        return False
 
     def _writer_for(self, sink_table: SinkTable, topic: str, value: bytes, header: bytes) -> AvroSchema:
         framing = read_framing(value)

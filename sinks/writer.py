@@ -51,6 +51,7 @@ class SinkStats:
     dead_lettered: int = 0
     replay_duplicates_dropped: int = 0
     already_stored_skipped: int = 0
+    gaps_accepted: int = 0
     flushes: int = 0
     retries: int = 0
     last_flush_seconds: float = 0.0
@@ -68,6 +69,7 @@ class SinkStats:
             "dead_lettered": self.dead_lettered,
             "replay_duplicates_dropped": self.replay_duplicates_dropped,
             "already_stored_skipped": self.already_stored_skipped,
+            "gaps_accepted": self.gaps_accepted,
             "flushes": self.flushes,
             "retries": self.retries,
             "last_flush_seconds": round(self.last_flush_seconds, 4),
