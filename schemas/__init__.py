@@ -4,7 +4,17 @@ serializers, and the topic catalogue. This package imports nothing else of agent
 from .avro import SCHEMA_FILES, AvroSchema, all_schemas, load_schema
 from .resource_version import ResourceKind, ResourceVersion
 from .reward import Reward, RewardSource
-from .rollout_event import AttemptStatus, RolloutEvent, RolloutEventType
+from .rollout_event import (
+    TERMINAL_ATTEMPT,
+    TERMINAL_ROLLOUT,
+    AttemptStatus,
+    CreditAssignment,
+    RolloutConfig,
+    RolloutEvent,
+    RolloutEventType,
+    RolloutStatus,
+)
+from .rollout_state import AttemptState, RolloutState
 from .serde import (
     AvroDeserializer,
     AvroSerializer,
@@ -17,7 +27,9 @@ from .serde import (
 )
 from .span import AttributeValue, Span, SpanEvent, SpanKind, StatusCode
 from .topics import CATALOGUE, TopicSpec
+from .task import Task
 from .triplet import Triplet
+from .version_metrics import LATENCY_BUCKETS_MS, VersionMetrics
 
 #: Model class per schema stem.
 MODELS = {
@@ -26,10 +38,23 @@ MODELS = {
     "rollout_event": RolloutEvent,
     "triplet": Triplet,
     "resource_version": ResourceVersion,
+    "task": Task,
+    "rollout_state": RolloutState,
+    "version_metrics": VersionMetrics,
 }
 
 __all__ = [
+    "LATENCY_BUCKETS_MS",
+    "TERMINAL_ATTEMPT",
+    "TERMINAL_ROLLOUT",
+    "AttemptState",
     "AttemptStatus",
+    "CreditAssignment",
+    "RolloutConfig",
+    "RolloutState",
+    "RolloutStatus",
+    "Task",
+    "VersionMetrics",
     "AttributeValue",
     "AvroDeserializer",
     "AvroSchema",

@@ -19,6 +19,9 @@ SCHEMA_FILES = {
     "rollout_event": "io.agentstream.RolloutEvent",
     "triplet": "io.agentstream.Triplet",
     "resource_version": "io.agentstream.ResourceVersion",
+    "task": "io.agentstream.Task",
+    "rollout_state": "io.agentstream.RolloutState",
+    "version_metrics": "io.agentstream.VersionMetrics",
 }
 
 

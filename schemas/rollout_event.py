@@ -1,10 +1,11 @@
-"""``RolloutEvent``: one step of a rollout's lifecycle (schema: ``rollout_event.avsc``)."""
+"""``RolloutEvent``: one step of a rollout's lifecycle (schema: ``rollout_event.avsc``); the
+``RolloutConfig`` it carries on ``task_enqueued``; the statuses of rollouts and attempts."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .record import AvroRecord, TimestampMicros
 
@@ -16,6 +17,20 @@ class RolloutEventType(StrEnum):
     ATTEMPT_FINISHED = "attempt_finished"
     #: what readers see for a type added by a newer writer
     UNKNOWN = "unknown"
+    ATTEMPT_TIMEOUT = "attempt_timeout"
+    ATTEMPT_UNRESPONSIVE = "attempt_unresponsive"
+    #: a runner shutting down gives an unfinished attempt back to the queue
+    ATTEMPT_RELEASED = "attempt_released"
+    CANCEL_REQUESTED = "cancel_requested"
+
+
+class RolloutStatus(StrEnum):
+    QUEUING = "queuing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEUING = "requeuing"
 
 
 class AttemptStatus(StrEnum):
@@ -25,6 +40,49 @@ class AttemptStatus(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     UNRESPONSIVE = "unresponsive"
+
+
+TERMINAL_ROLLOUT = frozenset({RolloutStatus.SUCCEEDED, RolloutStatus.FAILED, RolloutStatus.CANCELLED})
+TERMINAL_ATTEMPT = frozenset(
+    {AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.TIMEOUT, AttemptStatus.UNRESPONSIVE}
+)
+
+
+class CreditAssignment(StrEnum):
+    #: a reward goes to the latest unassigned LLM call that ended before it
+    FIRST_OCCURRENCE = "first_occurrence"
+    #: the final reward goes to every LLM call of the attempt
+    FINAL_BROADCAST = "final_broadcast"
+    #: the final reward, discounted by gamma per turn counted back from the last call
+    DISCOUNTED = "discounted"
+
+
+class RolloutConfig(BaseModel):
+    """How a rollout is retried and watched (Avro record ``io.agentstream.RolloutConfig``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(1, ge=1)
+    retry_condition: list[AttemptStatus] = Field(
+        default_factory=lambda: [AttemptStatus.FAILED, AttemptStatus.TIMEOUT, AttemptStatus.UNRESPONSIVE]
+    )
+    timeout_seconds: float | None = Field(None, gt=0)
+    unresponsive_seconds: float | None = Field(None, gt=0)
+    credit_assignment: CreditAssignment | None = None
+    discount: float | None = Field(None, gt=0, le=1)
+
+    def to_avro(self) -> dict[str, object]:
+        data = self.model_dump(mode="json")
+        data["credit_assignment"] = data["credit_assignment"] or ""
+        return data
+
+    @classmethod
+    def from_avro(cls, record: dict[str, object] | None) -> RolloutConfig:
+        if not record:
+            return cls()
+        data = dict(record)
+        data["credit_assignment"] = data.get("credit_assignment") or None
+        return cls.model_validate(data)
 
 
 class RolloutEvent(AvroRecord):
@@ -42,3 +100,19 @@ class RolloutEvent(AvroRecord):
     task: str | None = None
     resources: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str] = Field(default_factory=dict)
+    task_type: str = ""
+    mode: str = ""
+    config: RolloutConfig | None = None
+    started_at: TimestampMicros | None = None
+
+    def to_avro(self) -> dict[str, object]:
+        data = self.model_dump(mode="python", exclude={"config"})
+        data["config"] = self.config.to_avro() if self.config is not None else None
+        return data
+
+    @classmethod
+    def from_avro(cls, record: dict[str, object]) -> RolloutEvent:
+        data = dict(record)
+        if data.get("config") is not None:
+            data["config"] = RolloutConfig.from_avro(data["config"])  # type: ignore[arg-type]
+        return cls.model_validate(data)

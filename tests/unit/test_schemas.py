@@ -81,6 +81,12 @@ def test_every_avro_field_added_after_the_first_has_a_default() -> None:
         "rollout_event": {"event_id", "rollout_id", "type", "timestamp"},
         "triplet": {"triplet_id", "rollout_id", "span_id", "prompt_messages", "response", "created_at", "emitted_at"},
         "resource_version": {"resource_name", "version", "kind", "created_at"},
+        "task": {"rollout_id", "attempt_number", "input", "config", "enqueued_at"},
+        "rollout_state": {"rollout_id", "status", "version", "config", "created_at", "updated_at"},
+        "version_metrics": {
+            "resource_name", "resource_version", "window_start", "window_end", "rollouts", "succeeded", "failed",
+            "rewards", "reward_sum", "reward_sum_squares", "latency_ms_sum", "latency_ms_max", "emitted_at",
+        },
     }
     for stem, names in required.items():
         no_default = {f["name"] for f in load_schema(stem).definition["fields"] if "default" not in f}
@@ -282,3 +288,59 @@ def test_token_ids_out_of_range_or_of_the_wrong_type_are_refused() -> None:
     # a missing field takes its default, as fastavro does for the rest of the record
     without = {k: v for k, v in datum.items() if k != "prompt_token_ids"}
     assert AvroSerializer(schema)(without)[10:] == encode_body(schema, without)
+
+
+def test_lifecycle_contracts_roundtrip() -> None:
+    from agentstream.schemas import (
+        AttemptState,
+        RolloutConfig,
+        RolloutEvent,
+        RolloutState,
+        Task,
+        VersionMetrics,
+    )
+
+    config = RolloutConfig(max_attempts=3, timeout_seconds=30, credit_assignment="discounted", discount=0.9)
+    samples = [
+        RolloutEvent(
+            event_id="ev-1", rollout_id="ro-1", type="task_enqueued", timestamp=T0, task='{"q": 1}',
+            task_type="support", mode="train", config=config,
+        ),
+        RolloutEvent(event_id="ev-2", rollout_id="ro-1", type="attempt_finished", status="failed", timestamp=T0, started_at=T0 - 5),
+        Task(rollout_id="ro-1", attempt_number=2, input='{"q": 1}', config=config, enqueued_at=T0, resources={"prompt": "3"}),
+        RolloutState(
+            rollout_id="ro-1", status="requeuing", version=4, config=config, created_at=T0, updated_at=T0 + 9,
+            attempts=[AttemptState(attempt_number=1, status="timeout", started_at=T0, error="too slow")],
+            seen_event_ids=["ev-1", "ev-2"],
+        ),
+        VersionMetrics(
+            resource_name="prompt", resource_version="3", window_start=T0, window_end=T0 + 60_000_000, rollouts=10,
+            succeeded=7, failed=3, rewards=10, reward_sum=7.5, reward_sum_squares=6.25, latency_ms_sum=900.0,
+            latency_ms_max=300.0, emitted_at=T0,
+        ),
+    ]  # fmt: skip
+    for sample in samples:
+        schema = type(sample).avro_schema()
+        decoded = type(sample).from_avro(AvroDeserializer(schema)(AvroSerializer(schema)(sample.to_avro())))
+        assert decoded == sample, type(sample).__name__
+
+
+def test_old_rollout_events_read_with_the_new_schema() -> None:
+    """Issue 2's RolloutEvent (no config, fewer types) still decodes: the new fields default."""
+    old = AvroSchema.from_definition(
+        {
+            "type": "record", "name": "RolloutEvent", "namespace": "io.agentstream",
+            "fields": [
+                {"name": "event_id", "type": "string"}, {"name": "rollout_id", "type": "string"},
+                {"name": "type", "type": {"type": "enum", "name": "RolloutEventType",
+                 "symbols": ["task_enqueued", "attempt_started", "heartbeat", "attempt_finished", "unknown"],
+                 "default": "unknown"}},
+                {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+            ],
+        }
+    )  # fmt: skip
+    data = AvroSerializer(old)({"event_id": "e", "rollout_id": "r", "type": "heartbeat", "timestamp": T0})
+    from agentstream.schemas import RolloutEvent
+
+    event = RolloutEvent.from_avro(AvroDeserializer(RolloutEvent.avro_schema(), SchemaStore([old]))(data))
+    assert event.type == "heartbeat" and event.config is None and event.task_type == ""
