@@ -90,6 +90,54 @@ class SinkSettings(BaseModel):
     gateway_port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
 
 
+class StreamSettings(BaseModel):
+    """The Faust stream workers (``agentstream worker``): lifecycle, triplet joiner, metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str = Field("agentstream-streams", description="Faust app id: consumer group and table topic prefix.")
+    workers: int = Field(2, ge=0, description="Stream workers `agentstream up` runs; they share the partitions.")
+    fetch_wait_ms: int = Field(
+        50, ge=1, description="Fetch long-poll wait; Faust hard-codes 1500 ms, which is the live latency floor."
+    )
+    producer_linger_ms: int = Field(10, ge=0)
+    session_timeout_ms: int = Field(6_000, ge=1_000, description="Group session; joins take half of it.")
+    heartbeat_interval_ms: int = Field(1_000, ge=100)
+    commit_interval_seconds: float = Field(1.0, gt=0)
+    gap_verify_seconds: float = Field(
+        2.0, ge=0, description="How long an offset gap is re-read before it is accepted (compacted topics)."
+    )
+    timer_interval_seconds: float = Field(0.25, gt=0, description="How often attempts are checked for timeouts.")
+    credit_assignment: dict[str, str] = Field(
+        default_factory=dict, description="Credit-assignment strategy per task type (first_occurrence, ...)."
+    )
+    default_credit_assignment: str = "first_occurrence"
+    discount: float = Field(0.9, gt=0, le=1, description="Gamma of the discounted strategy.")
+    late_reward_horizon_seconds: float = Field(
+        3_600.0, ge=0, description="Rewards this long after a rollout ended still update its triplets."
+    )
+    metrics_window_seconds: float = Field(60.0, gt=0, description="Tumbling window of per-version metrics.")
+    metrics_flush_seconds: float = Field(1.0, gt=0, description="How often changed metric windows are emitted.")
+    web_port: int = Field(0, ge=0, le=65535, description="Faust web UI port; 0 disables it.")
+
+
+class RunnerSettings(BaseModel):
+    """Runners (``agentstream.producers.Runner``): take tasks, run the agent, report outcomes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str = "agentstream-runners"
+    concurrency: int = Field(4, ge=1, description="Rollouts one runner runs at once.")
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    lazy_start_seconds: float = Field(
+        0.5, ge=0, description="attempt_started is sent only for attempts running longer than this."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="On shutdown, in-flight rollouts get this long to finish before they are handed back."
+    )
+    session_timeout_ms: int = Field(6_000, ge=1_000)
+
+
 class Settings(BaseSettings):
     """Everything agentstream needs to know about where things run."""
 
@@ -115,6 +163,8 @@ class Settings(BaseSettings):
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
     sdk: SdkSettings = Field(default_factory=SdkSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -142,7 +192,7 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json", exclude_none=True).items():
             key = f"AGENTSTREAM_{name.upper()}"
-            if isinstance(value, dict) and name in ("sdk", "sink"):
+            if isinstance(value, dict) and name in ("sdk", "sink", "streams", "runner"):
                 for sub, sub_value in value.items():
                     if sub_value is not None:
                         env[f"{key}__{sub.upper()}"] = _env_value(sub_value)

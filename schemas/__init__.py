@@ -13,6 +13,7 @@ from .rollout_event import (
     RolloutEvent,
     RolloutEventType,
     RolloutStatus,
+    attempt_id_for,
 )
 from .rollout_state import AttemptState, RolloutState
 from .serde import (
@@ -78,6 +79,7 @@ __all__ = [
     "StatusCode",
     "TopicSpec",
     "Triplet",
+    "attempt_id_for",
     "UnknownSchemaError",
     "all_schemas",
     "load_schema",

@@ -85,6 +85,12 @@ class RolloutConfig(BaseModel):
         return cls.model_validate(data)
 
 
+def attempt_id_for(rollout_id: str, attempt_number: int) -> str:
+    """The deterministic id of attempt ``attempt_number`` of a rollout: a re-sent task or a
+    re-processed event always names the same attempt."""
+    return f"{rollout_id}#{attempt_number}"
+
+
 class RolloutEvent(AvroRecord):
     avro_stem = "rollout_event"
 
@@ -104,6 +110,9 @@ class RolloutEvent(AvroRecord):
     mode: str = ""
     config: RolloutConfig | None = None
     started_at: TimestampMicros | None = None
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     def to_avro(self) -> dict[str, object]:
         data = self.model_dump(mode="python", exclude={"config"})

@@ -48,6 +48,30 @@ ROLLOUT_EVENTS = TopicSpec(
 TRIPLETS = TopicSpec(
     "triplets", "rollout_id", "triplet", "delete", 30 * DAY_MS, "Prompt/response/reward triplets for trainers."
 )
+TASKS = TopicSpec(
+    "tasks",
+    "rollout_id",
+    "task",
+    "delete",
+    7 * DAY_MS,
+    "The work queue: attempt N of a rollout, written only by the lifecycle processor; runners consume it as a group.",
+)
+ROLLOUT_STATE = TopicSpec(
+    "rollout-state",
+    "rollout_id",
+    "rollout_state",
+    "compact",
+    None,
+    "Current state of every rollout; the changelog of the lifecycle processor's table.",
+)
+METRICS = TopicSpec(
+    "metrics",
+    "resource_name/version/window_start/source_partition",
+    "version_metrics",
+    "compact",
+    None,
+    "Per-version windowed outcomes, pre-aggregated per source partition (sum the partials of a window).",
+)
 RESOURCES = TopicSpec(
     "resources",
     "resource_name/version",
@@ -76,7 +100,18 @@ SCHEMAS = TopicSpec(
     partitions=1,
 )
 
-CATALOGUE: tuple[TopicSpec, ...] = (SPANS, REWARDS, ROLLOUT_EVENTS, TRIPLETS, RESOURCES, DEAD_LETTER, SCHEMAS)
+CATALOGUE: tuple[TopicSpec, ...] = (
+    SPANS,
+    REWARDS,
+    ROLLOUT_EVENTS,
+    TRIPLETS,
+    TASKS,
+    ROLLOUT_STATE,
+    METRICS,
+    RESOURCES,
+    DEAD_LETTER,
+    SCHEMAS,
+)
 
 #: Header names agentstream sets on records.
 HEADER_EVENT_ID = "agentstream-id"

@@ -20,6 +20,8 @@ class VersionMetrics(AvroRecord):
     resource_version: str
     window_start: TimestampMicros
     window_end: TimestampMicros
+    source_partition: int = 0
+    revision: int = 0
     rollouts: int = 0
     succeeded: int = 0
     failed: int = 0
