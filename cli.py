@@ -147,6 +147,19 @@ def sink() -> None:
 
 
 @app.command()
+def worker(
+    loglevel: str = typer.Option("WARNING", help="Log level of the worker (faust and agentstream)."),
+) -> None:
+    """Run a stream worker (rollout lifecycle, triplet joiner, per-version metrics) until Ctrl-C.
+
+    Start several: workers of the same app id share the partitions.
+    """
+    from agentstream.streams.service import run_worker
+
+    run_worker(_resolved(), loglevel=loglevel.upper())
+
+
+@app.command()
 def migrate() -> None:
     """Apply pending ClickHouse migrations (the sink also does this at start)."""
     from agentstream.sinks.connect import connect

@@ -10,17 +10,18 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentstream.schemas import RewardSource, SpanKind, genai
-from agentstream.schemas.rollout_event import RolloutEventType
+from agentstream.schemas.rollout_event import RolloutConfig, RolloutEventType
 from agentstream.schemas.topics import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
 from agentstream.settings import Settings
 
 from .delivery import DeliveryStats, DeliveryWorker
 from .records import RecordEncoder
 from .spool import SpooledRecord
+from .tasks import prepare_tasks
 from .tracer import ActiveSpan, Rollout, _json, current_rollout, current_span, now_us
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,12 @@ class AgentStream:
         attempt_number: int = 1,
         resources: Mapping[str, str] | None = None,
         worker_id: str = "",
+        lifecycle_events: bool = True,
     ) -> Rollout:
         """A context manager for one attempt at one task: ``with client.rollout(task) as r: ...``.
 
-        Emits ``attempt_started`` / ``attempt_finished`` rollout events and a root ``agent`` span;
+        Emits ``attempt_started`` / ``attempt_finished`` rollout events (unless
+        ``lifecycle_events=False``: a runner reports them itself) and a root ``agent`` span;
         spans and rewards inside it carry its ids. An exception (or :meth:`Rollout.fail`) marks the
         attempt failed.
         """
@@ -95,6 +98,7 @@ class AgentStream:
             attempt_number=attempt_number,
             resources=resources,
             worker_id=worker_id,
+            lifecycle_events=lifecycle_events,
         )
 
     def span(
@@ -188,8 +192,20 @@ class AgentStream:
         task: Any = None,
         resources: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        task_type: str = "",
+        mode: str = "",
+        config: RolloutConfig | None = None,
+        started_at: int | None = None,
+        llm_calls: int = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        on_delivered: Callable[[], None] | None = None,
     ) -> str:
-        """Emit one lifecycle event of a rollout; returns its id."""
+        """Emit one lifecycle event of a rollout; returns its id.
+
+        ``on_delivered`` runs on the delivery thread once Kafka acknowledged the event (also when
+        it goes out later from the outage spool); it must be quick and must not block.
+        """
         datum = {
             "event_id": f"ev-{random.getrandbits(64):016x}",
             "rollout_id": rollout_id,
@@ -203,9 +219,64 @@ class AgentStream:
             "task": None if task is None else (task if isinstance(task, str) else _json(task)),
             "resources": dict(resources or {}),
             "metadata": dict(metadata or {}),
+            "task_type": task_type,
+            "mode": mode,
+            "config": config.to_avro() if config is not None else None,
+            "started_at": started_at,
+            "llm_calls": llm_calls,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
         }
+        if on_delivered is not None:
+            self._worker.on_delivered(datum["event_id"], on_delivered)
         self._worker.submit(("rollout_event", datum))
         return datum["event_id"]
+
+    # ---- tasks ----------------------------------------------------------------------------------------
+    def enqueue(
+        self,
+        tasks: Any,
+        *,
+        task_type: str = "",
+        mode: str = "train",
+        config: RolloutConfig | Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Enqueue tasks for runners; returns their rollout ids, in order.
+
+        ``tasks`` is one task or many: a list, tuple or generator is many tasks (wrap a task whose
+        input is itself a list: ``[the_list]`` or :class:`TaskSpec`). A task is any JSON value, the
+        agent's input; a dict with a ``"rollout_id"`` key names its rollout (else a random
+        ``ro-…`` id is drawn), and a :class:`TaskSpec` sets per-task fields. Each task becomes a
+        ``task_enqueued`` rollout event, delivered in the background like everything else (call
+        :meth:`flush` to wait for it).
+
+        Args:
+            task_type: selects e.g. the credit-assignment strategy of the stream processors.
+            mode: ``train``, ``val``, ``test`` or ``prod``.
+            config: retries and watchdogs (a :class:`RolloutConfig` or a dict of its fields).
+            resources: pinned resource versions (name -> version) the attempts must use.
+            metadata: free-form string tags.
+
+        Raises:
+            ValueError: a task is invalid (nothing is enqueued then).
+        """
+        prepared = prepare_tasks(
+            tasks, task_type=task_type, mode=mode, config=config, resources=resources, metadata=metadata
+        )
+        for task in prepared:
+            self.emit_rollout_event(
+                task.rollout_id,
+                RolloutEventType.TASK_ENQUEUED,
+                task=task.input_json,
+                resources=task.resources,
+                metadata=task.metadata,
+                task_type=task.task_type,
+                mode=task.mode,
+                config=task.config,
+            )
+        return [task.rollout_id for task in prepared]
 
     # ---- delivery -------------------------------------------------------------------------------------
     def _emit_span(self, span: ActiveSpan) -> None:
@@ -241,6 +312,10 @@ class AgentStream:
             error=rollout.error,
             worker_id=rollout.worker_id,
             resources=rollout.resources,
+            started_at=rollout.started_at or None,
+            llm_calls=rollout.llm_calls,
+            input_tokens=rollout.input_tokens,
+            output_tokens=rollout.output_tokens,
         )
 
     @property

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from agentstream.schemas.topics import (
     HEADER_DLQ_REASON,
     HEADER_DLQ_SOURCE,
+    HEADER_EVENT_ID,
     HEADER_REPLAY,
 )
 
@@ -126,6 +127,8 @@ class DeliveryWorker:
         self._purge_pending = False
         self._deferred_dead_letters: list[tuple[SpooledRecord, str]] = []
         self._waiting_logged = False
+        # event id (the agentstream-id header) -> callback run once Kafka acknowledged that record
+        self._waiters: dict[bytes, Callable[[], None]] = {}
         self.stats = DeliveryStats()
         self._thread = threading.Thread(target=self._run, name=f"agentstream-delivery-{name}", daemon=True)
 
@@ -142,6 +145,12 @@ class DeliveryWorker:
         self.stats.submitted += 1
         if self._idle:
             self._wake.set()
+
+    def on_delivered(self, event_id: str, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (on the delivery thread; it must be quick) once the record carrying
+        ``event_id`` in its ``agentstream-id`` header is acknowledged by Kafka, whether it goes
+        out directly or later from the spool. Register it before submitting the record."""
+        self._waiters[event_id.encode()] = callback
 
     def _spill(self, item: Any) -> None:
         try:
@@ -271,6 +280,8 @@ class DeliveryWorker:
         if err is None:
             self.stats.delivered += 1
             self._remember(record)
+            if self._waiters:
+                self._notify(record)
             return
         if err.code() in _PERMANENT:
             self._deferred_dead_letters.append((record, f"{err.name()}: {err.str()}"))
@@ -278,6 +289,17 @@ class DeliveryWorker:
         self._note_error(f"{err.name()}: {err.str()}")
         self._spool_append(record)
         self._mark_disconnected(err)
+
+    def _notify(self, record: SpooledRecord) -> None:
+        for name, value in record.headers:
+            if name == HEADER_EVENT_ID:
+                callback = self._waiters.pop(value, None)
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception:  # never let a caller's callback stop delivery
+                        logger.exception("agentstream delivery callback failed")
+                return
 
     def _on_error(self, err: KafkaError) -> None:
         self._note_error(f"{err.name()}: {err.str()}")

@@ -12,7 +12,9 @@ import contextvars
 import functools
 import inspect
 import itertools
+import math
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from agentstream.schemas import SpanKind, StatusCode
+from agentstream.schemas import SpanKind, StatusCode, genai
 
 if TYPE_CHECKING:
     from .client import AgentStream
@@ -72,7 +74,12 @@ def bind_context(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Rollout:
-    """One attempt at one task. Spans and rewards inside it carry its ids and a monotonic sequence."""
+    """One attempt at one task. Spans and rewards inside it carry its ids and a monotonic sequence.
+
+    It also counts the LLM calls made inside it (``llm``-kind spans) and sums their
+    ``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens``: ``llm_calls``,
+    ``input_tokens`` and ``output_tokens``, reported on ``attempt_finished``.
+    """
 
     __slots__ = (
         "client",
@@ -83,6 +90,12 @@ class Rollout:
         "task",
         "resources",
         "worker_id",
+        "lifecycle_events",
+        "started_at",
+        "llm_calls",
+        "input_tokens",
+        "output_tokens",
+        "_usage_lock",
         "_sequence",
         "_root",
         "_token",
@@ -100,6 +113,7 @@ class Rollout:
         attempt_number: int = 1,
         resources: Mapping[str, str] | None = None,
         worker_id: str = "",
+        lifecycle_events: bool = True,
     ) -> None:
         self.client = client
         self.rollout_id = rollout_id or f"ro-{random.getrandbits(64):016x}"
@@ -109,6 +123,14 @@ class Rollout:
         self.task = task
         self.resources: dict[str, str] = dict(resources or {})
         self.worker_id = worker_id
+        # False when a runner reports attempt_started/attempt_finished itself (lazily, with retries
+        # and releases the context manager cannot know about).
+        self.lifecycle_events = lifecycle_events
+        self.started_at = 0
+        self.llm_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self._usage_lock = threading.Lock()
         self._sequence = itertools.count(1)
         self._root: ActiveSpan | None = None
         self._token: contextvars.Token[Rollout | None] | None = None
@@ -117,6 +139,16 @@ class Rollout:
 
     def next_sequence_id(self) -> int:
         return next(self._sequence)
+
+    def _count_llm_call(self, attributes: Mapping[str, Any]) -> None:
+        """Add one ended LLM span's usage (called from :meth:`ActiveSpan.end`)."""
+        input_tokens = _token_count(attributes.get(genai.USAGE_INPUT_TOKENS))
+        output_tokens = _token_count(attributes.get(genai.USAGE_OUTPUT_TOKENS))
+        # Spans of one rollout may end on several threads (bind_context fan-out).
+        with self._usage_lock:
+            self.llm_calls += 1
+            self.input_tokens += input_tokens
+            self.output_tokens += output_tokens
 
     # -- SDK conveniences bound to this rollout ------------------------------------------------------
     def emit_reward(self, value: float, **kwargs: Any) -> str:
@@ -134,7 +166,9 @@ class Rollout:
     # -- context manager ----------------------------------------------------------------------------
     def __enter__(self) -> Rollout:
         self._token = _current_rollout.set(self)
-        self.client._rollout_started(self)
+        self.started_at = now_us()
+        if self.lifecycle_events:
+            self.client._rollout_started(self)
         self._root = ActiveSpan(
             self.client, "rollout", SpanKind.AGENT.value, self, parent=None, attributes=None
         )
@@ -153,7 +187,8 @@ class Rollout:
         if self.status == "failed" and exc is None:
             self._root.set_status(StatusCode.ERROR.value, self.error)
         self._root.__exit__(exc_type, exc, tb)
-        self.client._rollout_finished(self)
+        if self.lifecycle_events:
+            self.client._rollout_finished(self)
         if self._token is not None:
             _current_rollout.reset(self._token)
 
@@ -296,6 +331,8 @@ class ActiveSpan:
             self.status = StatusCode.OK.value
         if self.rollout is not None:
             self.sequence_id = self.rollout.next_sequence_id()
+            if self.kind == "llm":
+                self.rollout._count_llm_call(self.attributes)
         self.client._emit_span(self)
 
     def __enter__(self) -> ActiveSpan:
@@ -319,6 +356,22 @@ class ActiveSpan:
 
 def _kind(kind: str) -> str:
     raise ValueError(f"unknown span kind {kind!r}; use one of {sorted(_KINDS)}")
+
+
+def _token_count(value: Any) -> int:
+    """A usage attribute as a token count; 0 when absent or not a count."""
+    if isinstance(value, bool) or value is None:
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value > 0 else 0
+    if isinstance(value, str):
+        try:
+            return max(int(value), 0)
+        except ValueError:
+            return 0
+    return 0
 
 
 def _scalar_str(value: Any) -> str:

@@ -45,6 +45,14 @@ class RolloutState(AvroRecord):
     error: str | None = None
     last_event_id: str = ""
     seen_event_ids: list[str] = Field(default_factory=list)
+    reward_count: int = 0
+    reward_sum: float = 0.0
+    reward_sum_squares: float = 0.0
+    last_reward: float | None = None
+    last_reward_at: TimestampMicros | None = None
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @property
     def current(self) -> AttemptState | None:

@@ -1,0 +1,249 @@
+"""The Faust application of the stream workers, made safe for brokers with the embedded broker's gaps.
+
+Three measured problems of Faust 0.15 on the embedded (Tansu) broker, and what this module does:
+
+* **Lost changelog updates after a restart.** Table recovery reads each changelog partition up to
+  its "highwater", which Faust takes from ListOffsets; Tansu answers the newest *batch's base
+  offset* + 1, so recovery stopped before the last records of the last batch.
+  :meth:`TansuSafeConsumerThread._highwaters` takes the end offset from a Fetch response instead,
+  which is correct on every broker.
+* **Source events never processed.** Faust treats any jump in the offsets it is handed as a
+  compaction gap: it marks the missing offsets as processed and moves on. Jumps also happen when
+  (a) the broker exposes a later batch before an earlier one under concurrent produce (we saw the
+  same in the ClickHouse sink), and (b) records fetched while partitions were paused for table
+  recovery are dropped by Faust after aiokafka already advanced its position. Either way the events
+  after the jump point were lost. :class:`GapGuard` makes every source partition contiguous: on a
+  jump it seeks back to the first missing offset and re-reads, and only accepts a gap that is still
+  there after ``gap_verify_seconds`` (a real compaction gap).
+* **1.5 s fetch wait.** Faust hard-codes aiokafka's ``fetch_max_wait_ms=1500``; with a broker whose
+  fetch is a sleep-poll loop that is the live-latency floor. We set it from settings (50 ms).
+
+Plus the settings Tansu needs: no transactions and no idempotent aiokafka producer (the broker
+rejects InitProducerId v0), short sessions (joins are held for half of the session timeout),
+``producer_linger`` so the broker is not flooded with tiny batches, and a per-app data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from agentstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+# ---- contiguity ------------------------------------------------------------------------------------
+@dataclass
+class _Position:
+    expected: int | None = None
+    gap_since: float | None = None
+    gaps_accepted: int = 0
+
+
+@dataclass
+class GapGuard:
+    """Keeps the offsets handed to Faust contiguous per guarded partition.
+
+    ``expected`` is the next offset Faust should see; it is learned from seeks (committed offsets
+    after an assignment) and advanced by every accepted record.
+    """
+
+    verify_seconds: float
+    guarded_topics: set[str] = field(default_factory=set)
+    positions: dict[TP, _Position] = field(default_factory=dict)
+    rereads: int = 0
+
+    def seek(self, tp: TP, offset: int | None) -> None:
+        self.positions[tp] = _Position(expected=offset if offset is not None and offset >= 0 else None)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self.positions.pop(tp, None)
+
+    def filter(self, tp: TP, records: list[Any], now: float) -> tuple[list[Any], int | None]:
+        """The records to hand on, and the offset to seek back to (``None``: no seek)."""
+        if tp.topic not in self.guarded_topics or not records:
+            return records, None
+        pos = self.positions.setdefault(tp, _Position())
+        accepted: list[Any] = []
+        for record in records:
+            offset = record.offset
+            if pos.expected is None or offset == pos.expected:
+                accepted.append(record)
+                pos.expected = offset + 1
+                pos.gap_since = None
+            elif offset < pos.expected:
+                continue  # re-read after a seek back: already handed on
+            else:
+                if pos.gap_since is None:
+                    pos.gap_since = now
+                if now - pos.gap_since < self.verify_seconds:
+                    self.rereads += 1
+                    return accepted, pos.expected
+                logger.warning(
+                    "accepting offset gap %s..%s on %s[%s] after %.1fs (compacted or deleted records)",
+                    pos.expected,
+                    offset - 1,
+                    tp.topic,
+                    tp.partition,
+                    now - pos.gap_since,
+                )
+                pos.gaps_accepted += 1
+                pos.gap_since = None
+                accepted.append(record)
+                pos.expected = offset + 1
+        return accepted, None
+
+
+# ---- the end offsets of a partition, from a Fetch response -----------------------------------------
+def fetch_end_offsets(consumer_config: Mapping[str, Any], tps: Iterable[TP], timeout: float = 10.0) -> dict[TP, int]:
+    """End offset (high watermark) of each partition as reported by a Fetch response.
+
+    ListOffsets(LATEST) is only used as a starting point: on some brokers it trails the true end.
+    """
+    tps = list(tps)
+    if not tps:
+        return {}
+    config = {
+        **consumer_config,
+        "group.id": f"agentstream-hwm-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+    }
+    consumer = KafkaConsumer(config)
+    try:
+        assignment = []
+        for tp in tps:
+            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
+            assignment.append(TopicPartition(tp.topic, tp.partition, max(high - 1, low, 0)))
+        consumer.assign(assignment)
+        result: dict[TP, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(result) < len(tps) and time.monotonic() < deadline:
+            consumer.consume(num_messages=100, timeout=0.1)
+            for tp in tps:
+                if tp not in result:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+                    if high >= 0:
+                        result[tp] = high
+        missing = [tp for tp in tps if tp not in result]
+        if missing:
+            raise TimeoutError(f"no fetch response for {missing} within {timeout}s")
+        return result
+    finally:
+        consumer.close()
+
+
+# ---- Faust driver classes --------------------------------------------------------------------------
+class TansuSafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka passes this to its Fetcher when the consumer starts.
+        consumer._fetch_max_wait_ms = self.app.agentstream.streams.fetch_wait_ms  # type: ignore[attr-defined]
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        config = self.app.agentstream.consumer_config("unused")  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, fetch_end_offsets, config, list(partitions))
+
+
+class TansuSafeConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> TansuSafeConsumerThread:
+        return TansuSafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @property
+    def gap_guard(self) -> GapGuard:
+        return self.app.gap_guard  # type: ignore[attr-defined, no-any-return]
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        if not records:
+            return records
+        guard = self.gap_guard
+        now = time.monotonic()
+        filtered = {}
+        for tp, batch in records.items():
+            accepted, seek_to = guard.filter(tp, batch, now)
+            if seek_to is not None:
+                self._thread.seek(tp, seek_to)
+            if accepted:
+                filtered[tp] = accepted
+        return filtered
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            self.gap_guard.seek(tp, offset)
+        return committed
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        await super()._seek(partition, offset)
+        self.gap_guard.seek(partition, offset)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.gap_guard.forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+
+class TansuSafeTransport(faust_aiokafka.Transport):
+    Consumer = TansuSafeConsumer
+
+
+class StreamApp(faust.App):
+    """A Faust app carrying agentstream settings, with the broker-safety fixes above."""
+
+    agentstream: Settings
+    gap_guard: GapGuard
+
+    def _new_transport(self) -> Any:
+        return TansuSafeTransport(self.conf.broker_consumer, self)
+
+
+def create_app(settings: Settings, *, guarded_topics: Iterable[str] = ()) -> StreamApp:
+    """A Faust app for ``settings`` (resolved: bootstrap servers set).
+
+    ``guarded_topics`` are the source topics whose offsets must stay contiguous (see :class:`GapGuard`).
+    """
+    streams = settings.streams
+    datadir = settings.data_dir / "streams"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = StreamApp(
+        streams.app_id,
+        broker=[f"kafka://{server.strip()}" for server in (settings.bootstrap_servers or "").split(",")],
+        datadir=str(datadir),
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        table_standby_replicas=0,
+        broker_session_timeout=streams.session_timeout_ms / 1000,
+        broker_heartbeat_interval=streams.heartbeat_interval_ms / 1000,
+        broker_request_timeout=max(90.0, streams.session_timeout_ms / 1000 + 10),
+        broker_commit_interval=streams.commit_interval_seconds,
+        producer_linger=streams.producer_linger_ms / 1000,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=streams.web_port > 0,
+        web_port=streams.web_port or 6066,
+        web_bind="127.0.0.1",
+        web_in_thread=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    app.agentstream = settings
+    app.gap_guard = GapGuard(streams.gap_verify_seconds, set(guarded_topics))
+    return app

@@ -1,0 +1,19 @@
+"""Run a stream worker process (``agentstream worker``)."""
+
+from __future__ import annotations
+
+import logging
+
+from agentstream.settings import Settings
+
+from .worker import build_worker
+
+
+def run_worker(settings: Settings, *, loglevel: str = "WARNING") -> None:
+    """Run one stream worker until SIGINT/SIGTERM; workers of the same app id share the partitions."""
+    from faust.worker import Worker
+
+    app = build_worker(settings)
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    logging.getLogger("faust").setLevel(loglevel)
+    worker.execute_from_commandline()
