@@ -11,17 +11,25 @@ The agent-side SDK is available at the top level::
         reply = agent(text)
         agentstream.emit_reward(1.0 if ok else 0.0, feedback=why)
 
+Or let runners run the agent on enqueued tasks (retries, timeouts, rewards from return values)::
+
+    agentstream.enqueue(dataset, task_type="math", config={"max_attempts": 3})
+    agentstream.Runner(agent, concurrency=8).run()      # on each worker machine
+
 Subpackages: ``schemas`` (event contracts), ``producers`` (SDK), ``streams`` (stream processors),
 ``sinks`` (ClickHouse), ``trainers`` (optimisers), ``deploy`` (embedded broker, stack, manifests).
 """
 
 from agentstream.producers import (
     AgentStream,
+    Runner,
+    TaskSpec,
     bind_context,
     current_rollout,
     current_span,
     emit_message,
     emit_reward,
+    enqueue,
     flush,
     init,
     instrument_openai,
@@ -30,17 +38,22 @@ from agentstream.producers import (
     span,
     traced,
 )
+from agentstream.schemas import RolloutConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AgentStream",
+    "RolloutConfig",
+    "Runner",
+    "TaskSpec",
     "__version__",
     "bind_context",
     "current_rollout",
     "current_span",
     "emit_message",
     "emit_reward",
+    "enqueue",
     "flush",
     "init",
     "instrument_openai",

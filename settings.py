@@ -95,7 +95,9 @@ class StreamSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    app_id: str = Field("agentstream-streams", description="Faust app id: consumer group and table topic prefix.")
+    app_id: str = Field(
+        "streams", description="Faust app id after the topic prefix: consumer group and table changelog names."
+    )
     workers: int = Field(2, ge=0, description="Stream workers `agentstream up` runs; they share the partitions.")
     fetch_wait_ms: int = Field(
         50, ge=1, description="Fetch long-poll wait; Faust hard-codes 1500 ms, which is the live latency floor."

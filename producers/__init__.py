@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .client import AgentStream, default_client, init, shutdown
+from .runner import Runner, RunnerStats
+from .tasks import TaskFileError, TaskSpec, read_task_file
 from .tracer import ActiveSpan, Rollout, bind_context, current_rollout, current_span, traced
 
 
@@ -40,6 +42,15 @@ def emit_message(message: str, **kwargs: Any) -> None:
     default_client().emit_message(message, **kwargs)
 
 
+def enqueue(tasks: Any, **kwargs: Any) -> list[str]:
+    """Enqueue one task or many for runners; returns rollout ids. See :meth:`AgentStream.enqueue`.
+
+    >>> agentstream.enqueue([{"question": "2+2"}, {"question": "3*3"}], task_type="math",
+    ...                     config={"max_attempts": 3})
+    """
+    return default_client().enqueue(tasks, **kwargs)
+
+
 def flush(timeout: float = 10.0) -> bool:
     """Wait until everything emitted is delivered; False on timeout."""
     return default_client().flush(timeout)
@@ -56,15 +67,21 @@ __all__ = [
     "ActiveSpan",
     "AgentStream",
     "Rollout",
+    "Runner",
+    "RunnerStats",
+    "TaskFileError",
+    "TaskSpec",
     "bind_context",
     "current_rollout",
     "current_span",
     "default_client",
     "emit_message",
     "emit_reward",
+    "enqueue",
     "flush",
     "init",
     "instrument_openai",
+    "read_task_file",
     "rollout",
     "shutdown",
     "span",

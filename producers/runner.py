@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -83,7 +83,6 @@ class RunnerStats:
     skipped: int = 0
     in_flight: int = 0
     assigned_partitions: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -242,9 +241,12 @@ def _wants_rollout(agent: Callable[..., Any]) -> bool:
     return second.default is inspect.Parameter.empty or second.name == "rollout"
 
 
-def _emit_return_reward(result: Any, rollout: Rollout) -> None:
+def _emit_return_reward(result: Any, attempt: _Attempt) -> None:
+    rollout = attempt.rollout
     if isinstance(result, bool) or not isinstance(result, numbers.Real):
         return
+    if attempt.state != _RUNNING:
+        return  # released: the return value of an abandoned attempt is not its outcome
     value = float(result)
     if not math.isfinite(value):
         logger.warning("Agent returned %r for rollout %s: not emitted as a reward", result, rollout.rollout_id)
@@ -327,6 +329,13 @@ class Runner:
         thread; a second signal skips the grace period), then shut down gracefully."""
         if self._running:
             raise RuntimeError("this Runner is already running")
+        self._stop_requested.clear()
+        self._force.clear()
+        self._run()
+
+    def _run(self) -> None:
+        if self._running:
+            raise RuntimeError("this Runner is already running")
         self._running = True
         self._finished.clear()
         restore = self._install_signals()
@@ -370,9 +379,22 @@ class Runner:
             self._thread.join(timeout=1.0)
         return done
 
+    def request_stop(self, force: bool = False) -> None:
+        """Ask the runner to stop and return at once; ``force`` skips the grace period (in-flight
+        attempts are released right away)."""
+        if force:
+            self._force.set()
+        self._stop_requested.set()
+
     @property
     def running(self) -> bool:
+        """Whether :meth:`run` is executing (taking tasks or shutting down)."""
         return self._running
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a run has completed its shutdown."""
+        return self._finished.is_set()
 
     def __enter__(self) -> Runner:
         return self.start()
@@ -383,7 +405,7 @@ class Runner:
     # ---- setup and teardown -----------------------------------------------------------------------
     def _run_logged(self) -> None:
         try:
-            self.run()
+            self._run()
         except Exception:
             logger.exception("Runner %s stopped on an error", self.worker_id)
 
@@ -618,7 +640,7 @@ class Runner:
             self._offsets.setdefault((tp.topic, tp.partition), _PartitionOffsets())
         # a new assignment starts unpaused; the next step pauses it again if we are full
         self._paused = False
-        self.stats.assigned_partitions = len(consumer.assignment()) or len(partitions)
+        self.stats.assigned_partitions = len(partitions)  # eager assignor: the whole assignment
         logger.info("Runner %s: assigned %s", self.worker_id, sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -677,7 +699,7 @@ class Runner:
                 result = self.agent(*self._arguments(attempt))
                 if inspect.isawaitable(result):  # a sync callable that returned a coroutine
                     result = asyncio.run(_awaited(result))
-                _emit_return_reward(result, attempt.rollout)
+                _emit_return_reward(result, attempt)
         except BaseException:  # the rollout recorded it as the attempt's error
             pass
         self._finish(attempt)
@@ -686,7 +708,7 @@ class Runner:
         try:
             async with attempt.rollout:
                 result = await self.agent(*self._arguments(attempt))
-                _emit_return_reward(result, attempt.rollout)
+                _emit_return_reward(result, attempt)
         except asyncio.CancelledError:
             pass  # released at shutdown: nothing is reported
         except Exception:  # the rollout recorded it as the attempt's error
@@ -749,7 +771,7 @@ class Runner:
                 attempt.handle.cancel()  # async agents: stop the abandoned coroutine
         if attempts:
             logger.warning(
-                "Runner %s: released %d unfinished attempt(s) after the %.0f s grace period",
+                "Runner %s: released %d unfinished attempt(s) after the %g s grace period",
                 self.worker_id,
                 len(attempts),
                 self.config.shutdown_grace_seconds,

@@ -126,6 +126,8 @@ def prepare_task(
     Raises:
         ValueError: the input is not JSON, or a field is invalid.
     """
+    if isinstance(task, PreparedTask):
+        return task  # validated already (read_task_file)
     if isinstance(task, TaskSpec):
         spec = task
     else:

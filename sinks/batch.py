@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentstream.schemas import AvroSchema, load_schema
-from agentstream.schemas.topics import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SPANS, TRIPLETS, TopicSpec
+from agentstream.schemas.topics import (
+    DEAD_LETTER,
+    METRICS,
+    REWARDS,
+    ROLLOUT_EVENTS,
+    ROLLOUT_STATE,
+    SPANS,
+    TRIPLETS,
+    TopicSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,8 @@ SINK_TABLES: tuple[SinkTable, ...] = (
     SinkTable(REWARDS, "rewards", "reward_id"),
     SinkTable(ROLLOUT_EVENTS, "rollout_events", "event_id"),
     SinkTable(TRIPLETS, "triplets"),
+    SinkTable(ROLLOUT_STATE, "rollout_states"),
+    SinkTable(METRICS, "version_metrics"),
     SinkTable(DEAD_LETTER, "dead_letters"),
 )
 

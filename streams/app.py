@@ -221,7 +221,8 @@ def create_app(settings: Settings, *, guarded_topics: Iterable[str] = ()) -> Str
     datadir = settings.data_dir / "streams"
     datadir.mkdir(parents=True, exist_ok=True)
     app = StreamApp(
-        streams.app_id,
+        # prefixed like the topics: the app id names the consumer group and the table changelogs
+        settings.topic(streams.app_id),
         broker=[f"kafka://{server.strip()}" for server in (settings.bootstrap_servers or "").split(",")],
         datadir=str(datadir),
         store="memory://",

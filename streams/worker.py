@@ -16,7 +16,9 @@ the idempotent sinks keep one copy.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ import faust
 from faust.serializers import codecs
 
 from agentstream.schemas import (
+    AvroSchema,
     CreditAssignment,
     MalformedRecordError,
     Reward,
@@ -37,7 +40,7 @@ from agentstream.schemas import (
     load_schema,
 )
 from agentstream.schemas.catalog import SchemaTopicResolver
-from agentstream.schemas.serde import AvroDeserializer, AvroSerializer
+from agentstream.schemas.serde import AvroDeserializer, AvroSerializer, decode_body, read_framing
 from agentstream.schemas.topics import (
     DEAD_LETTER,
     HEADER_DLQ_CONSUMER,
@@ -111,6 +114,34 @@ def codec_type(codec: str) -> type:
     return Passthrough
 
 
+def _strip_logical(schema: AvroSchema) -> AvroSchema:
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "logicalType"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return AvroSchema.from_definition(strip(json.loads(schema.json)))
+
+
+class MicrosDeserializer(AvroDeserializer):
+    """Decodes like :class:`AvroDeserializer` but reads timestamps as plain microsecond ints: no
+    datetimes, which cost time, and every comparison here is on integers."""
+
+    def __init__(self, stem: str, store: SchemaStore, registry: Any = None) -> None:
+        super().__init__(_strip_logical(load_schema(stem)), store, registry)
+        self._stripped: dict[bytes, AvroSchema] = {}
+
+    def __call__(self, data: bytes, ctx: Any = None) -> dict[str, Any]:
+        framing = read_framing(data)
+        writer = self.writer_schema(framing)
+        stripped = self._stripped.get(writer.fingerprint)
+        if stripped is None:
+            stripped = self._stripped[writer.fingerprint] = _strip_logical(writer)
+        return decode_body(stripped, data, framing.header_len, self.reader_schema)
+
+
 @dataclass
 class WorkerStats:
     events: int = 0
@@ -137,9 +168,9 @@ def build_worker(settings: Settings) -> StreamApp:
 
     resolver = SchemaTopicResolver(s.consumer_config("unused"), s.topic(SCHEMAS.name))
     store = SchemaStore.shipped(resolver)
-    decode_span = AvroDeserializer(load_schema("span"), store, s.schema_registry_url)
-    decode_reward = AvroDeserializer(load_schema("reward"), store, s.schema_registry_url)
-    decode_event = AvroDeserializer(load_schema("rollout_event"), store, s.schema_registry_url)
+    decode_span = MicrosDeserializer("span", store, s.schema_registry_url)
+    decode_reward = MicrosDeserializer("reward", store, s.schema_registry_url)
+    decode_event = MicrosDeserializer("rollout_event", store, s.schema_registry_url)
     encode_task = AvroSerializer(load_schema("task"), s.schema_registry_url)
     encode_event = AvroSerializer(load_schema("rollout_event"), s.schema_registry_url)
     encode_triplet = AvroSerializer(load_schema("triplet"), s.schema_registry_url)
@@ -435,6 +466,24 @@ def build_worker(settings: Settings) -> StreamApp:
             await metrics_topic.send(key=key.encode(), value=encode_metrics(record.to_avro()))
             emitted_revisions[key] = partial["revision"]
             stats.metrics_emitted += 1
+
+    status_path = s.data_dir / "streams" / f"worker-{os.getpid()}.json"
+
+    @app.timer(1.0)
+    async def write_status() -> None:
+        """A status file per worker: what `agentstream up` shows and tests wait for."""
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic(ROLLOUT_EVENTS.name))
+        status = {
+            "pid": os.getpid(),
+            "ready": bool(assigned) and not app.rebalancing and not getattr(app, "in_recovery", False),
+            "assigned_partitions": assigned,
+            "gap_rereads": app.gap_guard.rereads,
+            "uptime_s": round(time.monotonic() - stats.started, 1),
+            **{k: v for k, v in vars(stats).items() if k != "started"},
+        }
+        tmp = status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(status_path)
 
     @app.task
     async def publish_schemas() -> None:

@@ -119,3 +119,72 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+class WorkerProcess:
+    """``agentstream worker`` (a Faust stream worker) in a child process."""
+
+    def __init__(self, settings: Settings, name: str = "worker") -> None:
+        self.settings = settings
+        self.log = settings.data_dir / f"{name}.log"
+        self.process: Any = None
+
+    @property
+    def status_path(self) -> Any:
+        return self.settings.data_dir / "streams" / f"worker-{self.process.pid}.json"
+
+    def start(self) -> WorkerProcess:
+        import subprocess
+        import sys
+
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.cli", "worker", "--loglevel", "warning"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        import json
+
+        try:
+            return json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait_ready(self, timeout: float = 60.0) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            if (self.status() or {}).get("ready"):
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+
+
+def latest_by(records: list[dict[str, Any]], key: str, version: str) -> dict[str, dict[str, Any]]:
+    """The record with the highest ``version`` per ``key`` (a compacted topic's or a replacing table's view)."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:
+        current = out.get(record[key])
+        if current is None or record[version] >= current[version]:
+            out[record[key]] = record
+    return out
