@@ -175,7 +175,7 @@ def migrate() -> None:
 # ---- the stack ---------------------------------------------------------------------------------------
 @app.command()
 def up() -> None:
-    """Run broker, topic setup and sink as one supervised group with a live status line."""
+    """Run broker, topic setup, sink and stream workers as one supervised group with a live status line."""
     from agentstream.deploy.stack import Stack
 
     stop = _stop_event()
@@ -201,7 +201,13 @@ def _status_table(stack: Any) -> Table:
     table = Table("member", "state", "pid", "restarts", "detail", title=f"agentstream — up {time.time() - stack.started_at:.0f}s")
     for member in stack.members():
         detail = member.detail
-        if member.info:
+        if member.info and "events" in member.info:
+            info = member.info
+            detail = (
+                f"partitions {info.get('assigned_partitions')} | events {info.get('events', 0)} | "
+                f"tasks {info.get('tasks', 0)} | triplets {info.get('triplets', 0)} | dead letters {info.get('dead_lettered', 0)}"
+            )
+        elif member.info:
             rows = member.info.get("rows", {})
             detail = "rows " + ", ".join(f"{t} {n}" for t, n in sorted(rows.items())) if rows else "waiting for records"
             detail += f" | dead letters {member.info.get('dead_lettered', 0)}"

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n, p = args.spans, args.producers
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
         data_dir = Path(tmp)
-        with Stack(Settings(data_dir=data_dir / "stack", topic_prefix="bench.", partitions=8)) as stack:
+        with Stack(Settings(data_dir=data_dir / "stack", topic_prefix="bench.", partitions=8), workers=0) as stack:
             stack.wait_ready()
             bootstrap = stack.bootstrap_servers
             settings = stack.resolved_settings()

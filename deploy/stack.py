@@ -7,6 +7,7 @@ Crashed members are restarted with backoff; a restarted memory-only broker gets 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -93,15 +94,25 @@ class ChildProcess:
         self.status.state = "stopped"
 
 
+def worker_status(data_dir: Path, pid: int) -> dict[str, Any] | None:
+    """The status a stream worker writes every second (``<data_dir>/streams/worker-<pid>.json``)."""
+    try:
+        return json.loads((data_dir / "streams" / f"worker-{pid}.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
 class Stack:
-    """Broker + topics + sink, supervised. Use as a context manager or ``start()``/``stop()``.
+    """Broker + topics + sink + stream workers, supervised. Use as a context manager or
+    ``start()``/``stop()``.
 
     Args:
         settings: where things run; with ``bootstrap_servers`` unset an embedded broker is started.
         sink: run the ClickHouse sink.
+        workers: stream workers to run (they share the partitions); default ``settings.streams.workers``.
     """
 
-    def __init__(self, settings: Settings, *, sink: bool = True) -> None:
+    def __init__(self, settings: Settings, *, sink: bool = True, workers: int | None = None) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
         self.logs = settings.data_dir / "logs"
@@ -110,6 +121,7 @@ class Stack:
         self.topics_status = MemberStatus("topics")
         self.children: list[ChildProcess] = []
         self._want_sink = sink
+        self._workers = settings.streams.workers if workers is None else workers
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self.started_at = 0.0
@@ -140,12 +152,15 @@ class Stack:
         StackState(pid=os.getpid(), bootstrap_servers=self.bootstrap_servers, started_at=self.started_at).save(
             self.data_dir
         )
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+        env = {**inherited, **self.resolved_settings().to_env()}
         if self._want_sink:
-            inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
-            env = {**inherited, **self.resolved_settings().to_env()}
-            sink = ChildProcess("sink", ["sink"], env, self.logs / "sink.log")
-            sink.start()
-            self.children.append(sink)
+            self.children.append(ChildProcess("sink", ["sink"], env, self.logs / "sink.log"))
+        for index in range(self._workers):
+            name = f"worker-{index + 1}"
+            self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log"))
+        for child in self.children:
+            child.start()
         self._monitor = threading.Thread(target=self._supervise, name="agentstream-stack", daemon=True)
         self._monitor.start()
         return self
@@ -177,6 +192,8 @@ class Stack:
                 child.check()
                 if child.name == "sink":
                     child.status.info = self.sink_status() or {}
+                elif child.name.startswith("worker") and child.status.pid:
+                    child.status.info = worker_status(self.data_dir, child.status.pid) or {}
 
     def sink_status(self) -> dict[str, Any] | None:
         """The sink's live counters, read from its gateway."""
@@ -186,13 +203,18 @@ class Stack:
         return state.status(timeout=1) if state is not None else None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the sink serves queries."""
+        """Block until the sink serves queries and every stream worker has its partitions."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._want_sink or self.sink_status() is not None:
+            sink_ready = not self._want_sink or self.sink_status() is not None
+            workers = [c for c in self.children if c.name.startswith("worker")]
+            workers_ready = all(
+                (worker_status(self.data_dir, c.status.pid) or {}).get("ready") for c in workers if c.status.pid
+            )
+            if sink_ready and workers_ready:
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"the sink did not become ready in {timeout:.0f}s; see {self.logs / 'sink.log'}")
+        raise TimeoutError(f"the stack did not become ready in {timeout:.0f}s; see the logs in {self.logs}")
 
     def members(self) -> list[MemberStatus]:
         return [self.broker_status, self.topics_status, *(c.status for c in self.children)]

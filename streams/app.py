@@ -146,6 +146,46 @@ def fetch_end_offsets(consumer_config: Mapping[str, Any], tps: Iterable[TP], tim
         consumer.close()
 
 
+# ---- outputs -------------------------------------------------------------------------------------
+class OutputProducer:
+    """The workers' output records (tasks, triplets, metrics, dead letters) go through librdkafka:
+    an order of magnitude less CPU per record than Faust's aiokafka path. Table changelogs stay on
+    Faust's producer. Both are flushed before any source offset is committed (at-least-once)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer({**config, "error_cb": self._on_error})
+        self._failed: str | None = None
+        self.produced = 0
+
+    def _on_error(self, error: Any) -> None:
+        logger.warning("output producer: %s", error)
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._failed = f"{message.topic()}: {error}"
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self.produced += 1
+        if self.produced % 1000 == 0:
+            self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every record is acknowledged; raise if one could not be delivered (the
+        worker then restarts and re-processes from the last committed offsets)."""
+        remaining = self._producer.flush(timeout)
+        failed, self._failed = self._failed, None
+        if remaining or failed:
+            raise RuntimeError(f"output records not delivered ({remaining} pending; {failed})")
+
+
 # ---- Faust driver classes --------------------------------------------------------------------------
 class TansuSafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
@@ -193,6 +233,12 @@ class TansuSafeConsumer(faust_aiokafka.Consumer):
         await super()._seek(partition, offset)
         self.gap_guard.seek(partition, offset)
 
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        outputs: OutputProducer | None = getattr(self.app, "outputs", None)
+        if outputs is not None:
+            await asyncio.get_running_loop().run_in_executor(None, outputs.flush)
+        return await super()._commit(offsets)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.gap_guard.forget(revoked)
         await super().on_partitions_revoked(revoked)
@@ -207,6 +253,7 @@ class StreamApp(faust.App):
 
     agentstream: Settings
     gap_guard: GapGuard
+    outputs: OutputProducer
 
     def _new_transport(self) -> Any:
         return TansuSafeTransport(self.conf.broker_consumer, self)
@@ -247,4 +294,5 @@ def create_app(settings: Settings, *, guarded_topics: Iterable[str] = ()) -> Str
     )
     app.agentstream = settings
     app.gap_guard = GapGuard(streams.gap_verify_seconds, set(guarded_topics))
+    app.outputs = OutputProducer(settings.producer_config(**{"linger.ms": streams.producer_linger_ms}))
     return app

@@ -180,14 +180,11 @@ def build_worker(settings: Settings) -> StreamApp:
         return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     # ---- topics ----------------------------------------------------------------------------------
-    events_topic = raw_topic(s.topic(ROLLOUT_EVENTS.name))
     lifecycle_sources = raw_topic(s.topic(ROLLOUT_EVENTS.name), s.topic(REWARDS.name))
     joiner_sources = raw_topic(s.topic(SPANS.name), s.topic(REWARDS.name))
-    tasks_topic = raw_topic(s.topic(TASKS.name))
-    triplets_topic = raw_topic(s.topic(TRIPLETS.name))
-    metrics_topic = raw_topic(s.topic(METRICS.name))
-    dead_letter_topic = raw_topic(s.topic(DEAD_LETTER.name))
-    schemas_topic = raw_topic(s.topic(SCHEMAS.name))
+    outputs = app.outputs
+    events_name, tasks_name, triplets_name = (s.topic(t.name) for t in (ROLLOUT_EVENTS, TASKS, TRIPLETS))
+    metrics_name, dead_letter_name = s.topic(METRICS.name), s.topic(DEAD_LETTER.name)
     utf8, state_codec, json_codec = (
         codec_type("agentstream-utf8"), codec_type("agentstream-rollout-state"), codec_type("json")
     )
@@ -223,7 +220,7 @@ def build_worker(settings: Settings) -> StreamApp:
     emitted_revisions: dict[str, int] = {}
 
     # ---- helpers -----------------------------------------------------------------------------------
-    async def dead_letter(message: Any, error: BaseException) -> None:
+    def dead_letter(message: Any, error: BaseException) -> None:
         stats.dead_lettered += 1
         reason = f"{type(error).__name__}: {error}"[:2000]
         logger.warning("stream worker: %s/%s/%s to the dead-letter topic: %s",
@@ -234,7 +231,7 @@ def build_worker(settings: Settings) -> StreamApp:
             (HEADER_DLQ_SOURCE, f"{message.topic}/{message.partition}/{message.offset}".encode()),
             (HEADER_DLQ_CONSUMER, streams.app_id.encode()),
         ]
-        await dead_letter_topic.send(key=message.key, value=message.value, headers=headers)
+        outputs.send(dead_letter_name, message.key, message.value, headers)
 
     def strategy_for(rollout_id: str) -> tuple[str, float]:
         state = rollouts.get(rollout_id)
@@ -247,11 +244,11 @@ def build_worker(settings: Settings) -> StreamApp:
         discount = config.discount if config is not None and config.discount else streams.discount
         return CreditAssignment(strategy).value, discount
 
-    async def send_tasks(transition: Any) -> None:
+    def send_tasks(transition: Any) -> None:
         for task in transition.tasks:
             key = task.rollout_id.encode()
             headers = [(HEADER_EVENT_ID, f"{task.rollout_id}#{task.attempt_number}".encode())]
-            await tasks_topic.send(key=key, value=encode_task(task.to_avro()), headers=headers)
+            outputs.send(tasks_name, key, encode_task(task.to_avro()), headers)
             stats.tasks += 1
 
     def watch(state: RolloutState, partition: int) -> None:
@@ -299,19 +296,19 @@ def build_worker(settings: Settings) -> StreamApp:
                     rollout_id = rollout_event.rollout_id
                     transition = lifecycle.apply(rollouts.get(rollout_id), rollout_event, now_us())
             except (MalformedRecordError, ValueError) as e:
-                await dead_letter(message, e)
+                dead_letter(message, e)
                 continue
             if not transition.changed or transition.state is None:
                 continue
             state = transition.state
-            await send_tasks(transition)
+            send_tasks(transition)
             rollouts[rollout_id] = state
             if transition.ended:
                 count_outcome(state, message.partition)
             watch(state, message.partition)
 
     # ---- triplet joiner --------------------------------------------------------------------------------
-    async def emit_triplets(join: RolloutJoin, updates: list[TripletUpdate], strategy: str) -> None:
+    def emit_triplets(join: RolloutJoin, updates: list[TripletUpdate], strategy: str) -> None:
         state = rollouts.get(join.rollout_id)
         task_type = state.task_type if state is not None else ""
         emitted_at = now_us()
@@ -342,9 +339,7 @@ def build_worker(settings: Settings) -> StreamApp:
                 emitted_at=emitted_at,
             )
             headers = [(HEADER_EVENT_ID, f"{triplet.triplet_id}@{triplet.version}".encode())]
-            await triplets_topic.send(
-                key=join.rollout_id.encode(), value=encode_triplet(triplet.to_avro()), headers=headers
-            )
+            outputs.send(triplets_name, join.rollout_id.encode(), encode_triplet(triplet.to_avro()), headers)
             stats.triplets += 1
 
     @app.agent(joiner_sources, name="triplet-joiner")
@@ -411,13 +406,13 @@ def build_worker(settings: Settings) -> StreamApp:
                     if not added:
                         continue
             except (MalformedRecordError, ValueError, KeyError, TypeError) as e:
-                await dead_letter(message, e)
+                dead_letter(message, e)
                 continue
             join.set_strategy(strategy, discount)
             updates = join.changes()
             joins[rollout_id] = join.to_dict()
             if updates:
-                await emit_triplets(join, updates, strategy)
+                emit_triplets(join, updates, strategy)
 
     # ---- timers ------------------------------------------------------------------------------------------
     @app.timer(streams.timer_interval_seconds)
@@ -453,7 +448,7 @@ def build_worker(settings: Settings) -> StreamApp:
                 worker_id=streams.app_id,
                 timestamp=now,
             )
-            await events_topic.send(key=rollout_id.encode(), value=encode_event(event.to_avro()))
+            outputs.send(events_name, rollout_id.encode(), encode_event(event.to_avro()))
             stats.timers_fired += 1
 
     @app.timer(streams.metrics_flush_seconds)
@@ -463,7 +458,7 @@ def build_worker(settings: Settings) -> StreamApp:
             if partial is None or emitted_revisions.get(key) == partial["revision"]:
                 continue
             record = version_metrics.to_record(key, partial, emitted_at)
-            await metrics_topic.send(key=key.encode(), value=encode_metrics(record.to_avro()))
+            outputs.send(metrics_name, key.encode(), encode_metrics(record.to_avro()))
             emitted_revisions[key] = partial["revision"]
             stats.metrics_emitted += 1
 
@@ -491,6 +486,6 @@ def build_worker(settings: Settings) -> StreamApp:
             return
         for stem in ("task", "triplet", "rollout_state", "version_metrics", "rollout_event"):
             schema = load_schema(stem)
-            await schemas_topic.send(key=schema.fingerprint.hex().encode(), value=schema.json.encode())
+            outputs.send(s.topic(SCHEMAS.name), schema.fingerprint.hex().encode(), schema.json.encode())
 
     return app

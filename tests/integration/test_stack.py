@@ -31,9 +31,10 @@ def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
         topic_prefix="stack.",
         partitions=2,
         sink={"batch_max_seconds": 0.1, "session_timeout_ms": 2000},
+        streams={"session_timeout_ms": 2000, "heartbeat_interval_ms": 400},
         sdk={"delivery_timeout_ms": 3000},
     )
-    with Stack(settings) as stack:
+    with Stack(settings, workers=1) as stack:
         stack.wait_ready()
         assert StackState.load(settings.data_dir).bootstrap_servers == stack.bootstrap_servers  # type: ignore[union-attr]
         resolved = Settings(data_dir=settings.data_dir, topic_prefix="stack.").resolved()
@@ -62,4 +63,10 @@ def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
         count = "SELECT count(), uniqExact(span_id) FROM spans"
         assert wait_for(lambda: ch.query(count).result_rows[0][0] >= 300, timeout=60), stack.sink_status()
         assert tuple(ch.query(count).result_rows[0]) == (300, 300)
+        # the stream workers followed every rollout, through the sink and broker restarts
+        succeeded = "SELECT count() FROM rollout_states FINAL WHERE status = 'succeeded'"
+        assert wait_for(lambda: ch.query(succeeded).result_rows[0][0] >= 150, timeout=90), (
+            ch.query(succeeded).result_rows, [(c.name, c.status) for c in stack.children]
+        )
+        assert ch.query(succeeded).result_rows[0][0] == 150
     assert StackState.load(settings.data_dir) is None  # stopped: no longer advertised
