@@ -118,6 +118,9 @@ class StreamSettings(BaseModel):
     late_reward_horizon_seconds: float = Field(
         3_600.0, ge=0, description="Rewards this long after a rollout ended still update its triplets."
     )
+    call_cache_size: int = Field(
+        20_000, ge=1, description="LLM-call contents the joiner keeps in memory; older ones are re-read from Kafka."
+    )
     metrics_window_seconds: float = Field(60.0, gt=0, description="Tumbling window of per-version metrics.")
     metrics_flush_seconds: float = Field(1.0, gt=0, description="How often changed metric windows are emitted.")
     web_port: int = Field(0, ge=0, le=65535, description="Faust web UI port; 0 disables it.")

@@ -89,6 +89,18 @@ class RunnerStats:
         return self.succeeded + self.failed
 
 
+class _Outcome:
+    """What a runner remembers of an attempt it ran: the task records it answers (a redelivered
+    copy adds one) and whether its outcome event was acknowledged by Kafka (then they may be
+    committed). Guarded by ``Runner._lock``."""
+
+    __slots__ = ("positions", "delivered")
+
+    def __init__(self, positions: list[Position]) -> None:
+        self.positions = positions
+        self.delivered = False
+
+
 class _Attempt:
     """One attempt this runner started. Fields that change are guarded by ``Runner._lock``."""
 
@@ -96,13 +108,12 @@ class _Attempt:
         "task",
         "attempt_id",
         "rollout",
-        "positions",
+        "outcome",
         "t0",
         "started_at",
         "started_sent",
         "last_beat",
         "state",
-        "delivered",
         "handle",
     )
 
@@ -110,15 +121,12 @@ class _Attempt:
         self.task = task
         self.attempt_id = attempt_id
         self.rollout = rollout
-        #: task-topic records this attempt answers (a redelivered copy adds one)
-        self.positions = positions
+        self.outcome = _Outcome(positions)
         self.t0 = time.monotonic()
         self.started_at = now_us()
         self.started_sent = False
         self.last_beat = self.t0
         self.state = _RUNNING
-        #: the outcome event was acknowledged by Kafka: its positions may be committed
-        self.delivered = False
         self.handle: Future[Any] | None = None
 
 
@@ -264,8 +272,9 @@ class Runner:
             decoded from JSON. A real number it returns is emitted as a reward (name ``return``,
             source ``rule``); an exception, or ``rollout.fail(...)``, fails the attempt.
         settings: Kafka and the ``runner`` settings; default: the client's, else from the environment.
-        client: the SDK client spans, rewards and lifecycle events go through; default: the one
-            :func:`agentstream.init` made, else a client of the runner's own (closed with it).
+        client: the SDK client spans, rewards and lifecycle events go through; default: without
+            ``settings``, the one :func:`agentstream.init` made; else a client of the runner's own
+            (closed when it stops).
         concurrency: attempts run at once (default ``settings.runner.concurrency``); sync agents
             run in that many threads, async agents on one event loop thread.
         worker_id: reported on every lifecycle event; default ``<host>-<pid>-<random>``.
@@ -307,7 +316,7 @@ class Runner:
 
         self._lock = threading.Lock()
         self._inflight: dict[str, _Attempt] = {}
-        self._recent: OrderedDict[str, _Attempt] = OrderedDict()
+        self._recent: OrderedDict[str, _Outcome] = OrderedDict()
         self._undelivered = 0
         self._acks: queue.SimpleQueue[list[Position]] = queue.SimpleQueue()
         self._backlog: OrderedDict[str, _Queued] = OrderedDict()
@@ -345,8 +354,8 @@ class Runner:
         self._finished.clear()
         restore = self._install_signals()
         try:
-            self._open()
             try:
+                self._open()
                 while not self._stop_requested.is_set():
                     self._step()
             finally:
@@ -599,7 +608,8 @@ class Runner:
         attempt_id = attempt_id_for(task.rollout_id, task.attempt_number)
         position = (key, offset)
         with self._lock:
-            known = self._inflight.get(attempt_id) or self._recent.get(attempt_id)
+            running = self._inflight.get(attempt_id)
+            known = running.outcome if running is not None else self._recent.get(attempt_id)
             if known is not None:
                 # Redelivered (a rebalance came before the commit): answered by the run we have.
                 self.stats.skipped += 1
@@ -767,7 +777,7 @@ class Runner:
                 llm_calls=rollout.llm_calls,
                 input_tokens=rollout.input_tokens,
                 output_tokens=rollout.output_tokens,
-                on_delivered=functools.partial(self._delivered, attempt),
+                on_delivered=functools.partial(self._delivered, attempt.outcome),
             )
         self._slot_freed.set()
 
@@ -791,7 +801,7 @@ class Runner:
                     llm_calls=rollout.llm_calls,
                     input_tokens=rollout.input_tokens,
                     output_tokens=rollout.output_tokens,
-                    on_delivered=functools.partial(self._delivered, attempt),
+                    on_delivered=functools.partial(self._delivered, attempt.outcome),
                 )
         for attempt in attempts:
             if attempt.handle is not None:
@@ -809,15 +819,15 @@ class Runner:
         del self._inflight[attempt.attempt_id]
         self.stats.in_flight = len(self._inflight)
         self._undelivered += 1
-        self._recent[attempt.attempt_id] = attempt
+        self._recent[attempt.attempt_id] = attempt.outcome
         while len(self._recent) > _RECENT_ATTEMPTS:
             self._recent.popitem(last=False)
 
-    def _delivered(self, attempt: _Attempt) -> None:
-        """Kafka acknowledged the attempt's outcome (delivery thread): its tasks may be committed."""
+    def _delivered(self, outcome: _Outcome) -> None:
+        """Kafka acknowledged an attempt's outcome (delivery thread): its tasks may be committed."""
         with self._lock:
-            attempt.delivered = True
-            positions, attempt.positions = attempt.positions, []
+            outcome.delivered = True
+            positions, outcome.positions = outcome.positions, []
             self._undelivered -= 1
         self._acks.put(positions)
 

@@ -119,6 +119,28 @@ class RolloutJoin:
         updates.sort(key=lambda u: (u.attempt_id, u.step, u.span_id))
         return updates
 
+    def emitted(self) -> list[TripletUpdate]:
+        """The last emitted version of every triplet, as it was emitted (retractions included).
+
+        Re-sending these is how a worker makes good on outputs that a crash may have lost after
+        its state was saved: the event is then a duplicate and ``changes()`` has nothing new.
+        """
+        credits = assign_credit(
+            self._strategy, self._calls.values(), self._rewards.values(), discount=self._discount
+        )
+        steps = {
+            call.span_id: step
+            for attempt_calls in group_turns(self._calls.values()).values()
+            for step, call in enumerate(attempt_calls)
+        }
+        out = []
+        for span_id, (version, fingerprint) in sorted(self._emitted.items()):
+            call = self._calls[span_id]
+            credit = credits.get(span_id) if fingerprint is not None else None
+            out.append(TripletUpdate(triplet_id_for(self.rollout_id, span_id), span_id, call.attempt_id,
+                                     version, steps[span_id], credit))
+        return out
+
     # -- inspection -----------------------------------------------------------------------------
 
     @property

@@ -60,6 +60,8 @@ class Transition:
     tasks: list[Task] = field(default_factory=list)
     #: the rollout reached succeeded/failed/cancelled with this event
     ended: bool = False
+    #: the event was seen before (a redelivery)
+    duplicate: bool = False
 
 
 class RolloutLifecycle:
@@ -67,7 +69,7 @@ class RolloutLifecycle:
 
     def apply(self, state: RolloutState | None, event: RolloutEvent, now_us: int) -> Transition:
         if state is not None and event.event_id in state.seen_event_ids:
-            return Transition(state)
+            return Transition(state, duplicate=True)
         kind = event.type
         if kind == RolloutEventType.TASK_ENQUEUED:
             transition = self._enqueue(state, event, now_us)
@@ -98,7 +100,7 @@ class RolloutLifecycle:
                 rollout_id=reward.rollout_id, status=RolloutStatus.QUEUING, created_at=now_us, updated_at=now_us
             )
         elif reward.reward_id in state.seen_event_ids:
-            return Transition(state)
+            return Transition(state, duplicate=True)
         state.reward_count += 1
         state.reward_sum += reward.value
         state.reward_sum_squares += reward.value * reward.value
@@ -109,6 +111,13 @@ class RolloutLifecycle:
         state.version += 1
         state.updated_at = now_us
         return Transition(state, changed=True)
+
+    def pending_task(self, state: RolloutState, now_us: int) -> Task | None:
+        """The task of the current attempt if it is still waiting for a runner."""
+        attempt = state.current
+        if state.status in TERMINAL_ROLLOUT or attempt is None or attempt.status != AttemptStatus.PREPARING:
+            return None
+        return self._task(state, attempt.attempt_number, now_us)
 
     def due(
         self, state: RolloutState, now_us: int, last_activity_us: int | None = None
@@ -135,7 +144,7 @@ class RolloutLifecycle:
     # ---- transitions ---------------------------------------------------------------------------
     def _enqueue(self, state: RolloutState | None, event: RolloutEvent, now_us: int) -> Transition:
         if state is not None and (state.attempts or state.input != "null"):
-            return Transition(state)  # enqueued before
+            return Transition(state, duplicate=True)  # enqueued before
         config = event.config or RolloutConfig()
         fresh = RolloutState(
             rollout_id=event.rollout_id,
@@ -262,8 +271,8 @@ class RolloutLifecycle:
     def _counted(state: RolloutState) -> int:
         return sum(1 for a in state.attempts if a.error != RELEASED_ERROR)
 
-    @staticmethod
-    def _queue_attempt(state: RolloutState, number: int, now_us: int) -> Task:
+    @classmethod
+    def _queue_attempt(cls, state: RolloutState, number: int, now_us: int) -> Task:
         state.attempts.append(
             AttemptState(
                 attempt_number=number,
@@ -271,6 +280,10 @@ class RolloutLifecycle:
                 status=AttemptStatus.PREPARING,
             )
         )
+        return cls._task(state, number, now_us)
+
+    @staticmethod
+    def _task(state: RolloutState, number: int, now_us: int) -> Task:
         return Task(
             rollout_id=state.rollout_id,
             attempt_number=number,

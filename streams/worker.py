@@ -16,6 +16,7 @@ the idempotent sinks keep one copy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -61,9 +62,10 @@ from agentstream.settings import Settings
 
 from . import metrics as version_metrics
 from .app import StreamApp, create_app
+from .calls import CallContentStore, call_content
 from .credit import LlmCall, RewardEvent
 from .join import RolloutJoin, TripletUpdate
-from .lifecycle import RolloutLifecycle
+from .lifecycle import RolloutLifecycle, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,7 @@ class WorkerStats:
     tasks: int = 0
     dead_lettered: int = 0
     late_rewards_dropped: int = 0
+    resent: int = 0
     timers_fired: int = 0
     metrics_emitted: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -205,10 +208,11 @@ def build_worker(settings: Settings) -> StreamApp:
 
     #: rollout id -> RolloutState; its changelog is the compacted rollout-state topic
     rollouts = table("rollouts", state_codec, changelog_topic=state_topic)
-    #: rollout id -> RolloutJoin.to_dict()
+    #: rollout id -> {"join": RolloutJoin.to_dict(), "at": {span id: [partition, offset]}}
     joins = table("joins", json_codec)
-    #: "rollout id/span id" -> what a triplet needs of an LLM call (written once per call)
-    llm_calls = table("llm-calls", json_codec)
+    calls = CallContentStore(
+        s.consumer_config("unused"), s.topic(SPANS.name), decode_span, streams.call_cache_size
+    )
     #: metrics partial key -> counters (see .metrics)
     metric_partials = table("metric-partials", json_codec)
 
@@ -250,6 +254,15 @@ def build_worker(settings: Settings) -> StreamApp:
             headers = [(HEADER_EVENT_ID, f"{task.rollout_id}#{task.attempt_number}".encode())]
             outputs.send(tasks_name, key, encode_task(task.to_avro()), headers)
             stats.tasks += 1
+
+    def resend_task(state: RolloutState) -> None:
+        """As for triplets: a redelivered event re-sends the task of a still-queued attempt, in case
+        it was lost with a crash (a runner that gets it twice runs the same attempt id; the
+        lifecycle keeps the first outcome)."""
+        task = lifecycle.pending_task(state, now_us())
+        if task is not None:
+            stats.resent += 1
+            send_tasks(Transition(state, tasks=[task]))
 
     def watch(state: RolloutState, partition: int) -> None:
         config = state.config
@@ -298,6 +311,8 @@ def build_worker(settings: Settings) -> StreamApp:
             except (MalformedRecordError, ValueError) as e:
                 dead_letter(message, e)
                 continue
+            if transition.duplicate and transition.state is not None:
+                resend_task(transition.state)
             if not transition.changed or transition.state is None:
                 continue
             state = transition.state
@@ -308,13 +323,22 @@ def build_worker(settings: Settings) -> StreamApp:
             watch(state, message.partition)
 
     # ---- triplet joiner --------------------------------------------------------------------------------
-    def emit_triplets(join: RolloutJoin, updates: list[TripletUpdate], strategy: str) -> None:
+    async def emit_triplets(
+        join: RolloutJoin, locations: dict[str, list[int]], updates: list[TripletUpdate], strategy: str
+    ) -> None:
         state = rollouts.get(join.rollout_id)
         task_type = state.task_type if state is not None else ""
         emitted_at = now_us()
+        # held here, not re-read from the cache: fetching may evict what was cached
+        contents = {u.span_id: calls.cached(u.span_id) for u in updates}
+        missing = {k: tuple(locations[k]) for k, v in contents.items() if v is None and k in locations}
+        if missing:
+            contents.update(await asyncio.get_running_loop().run_in_executor(None, calls.fetch, missing))
         for update in updates:
-            content = llm_calls.get(f"{join.rollout_id}/{update.span_id}")
+            content = contents.get(update.span_id)
             if content is None:
+                logger.error("span %s of rollout %s is gone from the spans topic: triplet not emitted",
+                             update.span_id, join.rollout_id)
                 continue
             credit = update.credit
             triplet = Triplet(
@@ -342,6 +366,21 @@ def build_worker(settings: Settings) -> StreamApp:
             outputs.send(triplets_name, join.rollout_id.encode(), encode_triplet(triplet.to_avro()), headers)
             stats.triplets += 1
 
+    async def resend(join: RolloutJoin, locations: dict[str, list[int]], strategy: str) -> None:
+        """A redelivered event changes nothing, but the worker may have died after saving the state
+        and before its outputs were acknowledged: send the current triplets again (same ids and
+        versions: the sink and trainers keep one copy)."""
+        current = join.emitted()
+        if current:
+            stats.resent += len(current)
+            await emit_triplets(join, locations, current, join.strategy.value)
+
+    def load_join(rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, dict[str, list[int]]]:
+        raw = joins.get(rollout_id)
+        if raw is None:
+            return RolloutJoin(rollout_id, strategy, discount), {}
+        return RolloutJoin.from_dict(raw["join"]), raw["at"]
+
     @app.agent(joiner_sources, name="triplet-joiner")
     async def joiner_agent(stream: Any) -> None:
         spans_topic_name = s.topic(SPANS.name)
@@ -359,8 +398,7 @@ def build_worker(settings: Settings) -> StreamApp:
                     if span["kind"] != "llm":
                         continue
                     strategy, discount = strategy_for(rollout_id)
-                    raw = joins.get(rollout_id)
-                    join = RolloutJoin.from_dict(raw) if raw is not None else RolloutJoin(rollout_id, strategy, discount)
+                    join, locations = load_join(rollout_id, strategy, discount)
                     attributes = span["attributes"]
                     call = LlmCall(
                         span_id=span["span_id"],
@@ -371,23 +409,15 @@ def build_worker(settings: Settings) -> StreamApp:
                         response_id=attributes.get(genai.RESPONSE_ID),
                     )
                     if not join.add_call(call):
-                        continue  # a redelivered span
-                    llm_calls[f"{rollout_id}/{call.span_id}"] = {
-                        "prompt": attributes.get(genai.INPUT_MESSAGES, "[]"),
-                        "response": attributes.get(genai.OUTPUT_MESSAGES, "[]"),
-                        "prompt_ids": span["prompt_token_ids"],
-                        "response_ids": span["response_token_ids"],
-                        "model": attributes.get(genai.RESPONSE_MODEL) or attributes.get(genai.REQUEST_MODEL, ""),
-                        "resource_name": span["resource_name"],
-                        "resource_version": span["resource_version"],
-                        "created_at": span["start_time"],
-                    }
+                        await resend(join, locations, strategy)  # redelivered: its outputs may be lost
+                        continue
+                    locations[call.span_id] = [message.partition, message.offset]
+                    calls.put(call.span_id, call_content(span))
                 else:
                     reward = decode_reward(message.value)
                     rollout_id = reward["rollout_id"]
                     strategy, discount = strategy_for(rollout_id)
-                    raw = joins.get(rollout_id)
-                    join = RolloutJoin.from_dict(raw) if raw is not None else RolloutJoin(rollout_id, strategy, discount)
+                    join, locations = load_join(rollout_id, strategy, discount)
                     last_call = max((c.end_us for c in join.calls), default=None)
                     if last_call is not None and reward["timestamp"] - last_call > horizon_us:
                         stats.late_rewards_dropped += 1
@@ -404,15 +434,16 @@ def build_worker(settings: Settings) -> StreamApp:
                         name=reward["name"],
                     ))
                     if not added:
+                        await resend(join, locations, strategy)
                         continue
             except (MalformedRecordError, ValueError, KeyError, TypeError) as e:
                 dead_letter(message, e)
                 continue
             join.set_strategy(strategy, discount)
             updates = join.changes()
-            joins[rollout_id] = join.to_dict()
+            joins[rollout_id] = {"join": join.to_dict(), "at": locations}
             if updates:
-                emit_triplets(join, updates, strategy)
+                await emit_triplets(join, locations, updates, strategy)
 
     # ---- timers ------------------------------------------------------------------------------------------
     @app.timer(streams.timer_interval_seconds)
@@ -473,6 +504,7 @@ def build_worker(settings: Settings) -> StreamApp:
             "ready": bool(assigned) and not app.rebalancing and not getattr(app, "in_recovery", False),
             "assigned_partitions": assigned,
             "gap_rereads": app.gap_guard.rereads,
+            "span_rereads": calls.rereads,
             "uptime_s": round(time.monotonic() - stats.started, 1),
             **{k: v for k, v in vars(stats).items() if k != "started"},
         }

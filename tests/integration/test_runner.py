@@ -514,3 +514,47 @@ def test_cli_runner_runs_an_agent_module(rsettings: Settings, tmp_path: Path) ->
     assert statuses == {tasks[0].rollout_id: "succeeded", tasks[1].rollout_id: "failed"}
     assert all(e.worker_id == "cli-w" for e in records)
     assert "cli-w" in output
+
+
+# ---- end to end: enqueue -> lifecycle processor -> runner ---------------------------------------------------
+def test_enqueued_rollouts_run_to_completion_with_the_stream_worker(rsettings: Settings, client: AgentStream) -> None:
+    from tests.helpers import WorkerProcess, latest_by
+
+    rsettings = rsettings.model_copy(
+        update={
+            "streams": rsettings.streams.model_copy(
+                update={"session_timeout_ms": 2_000, "heartbeat_interval_ms": 400, "timer_interval_seconds": 0.1}
+            )
+        }
+    )
+    worker = WorkerProcess(rsettings).start()
+    try:
+        worker.wait_ready()
+
+        def agent(task: dict, rollout: agentstream.producers.Rollout) -> float:
+            if task.get("flaky") and rollout.attempt_number == 1:
+                raise RuntimeError("first attempt fails")
+            return 1.0
+
+        ids = client.enqueue([{"n": 1}, {"n": 2, "flaky": True}], config={"max_attempts": 2})
+        with Runner(agent, rsettings, client=client):
+            final = wait_for(
+                lambda: (
+                    s
+                    if len(
+                        s := latest_by(
+                            read_topic(rsettings, rsettings.topic("rollout-state"), timeout=1.0), "rollout_id", "version"
+                        )
+                    ) == 2
+                    and all(v["status"] == "succeeded" for v in s.values())
+                    else None
+                ),
+                timeout=45,
+            )
+    finally:
+        worker.stop()
+    assert final, "rollouts did not all succeed"
+    assert set(final) == set(ids)
+    flaky = final[ids[1]]
+    assert [(a["attempt_number"], a["status"]) for a in flaky["attempts"]] == [(1, "failed"), (2, "succeeded")]
+    assert "first attempt fails" in (flaky["attempts"][0]["error"] or "")
