@@ -74,12 +74,12 @@ def emit_rollout(client: AgentStream, rollout_id: str, calls: int = 2) -> None:
 
 
 def bench_events_per_s(settings: Settings, rollouts: int) -> float:
-    """Preload rollouts (5 source events each), then time one worker draining them."""
+    """Preload rollouts (4 source events each), then time one worker draining them."""
     with AgentStream(settings) as client:
         for i in range(rollouts):
             emit_rollout(client, f"pre-{i}")
         client.flush(120)
-    total = rollouts * 5  # 2 spans + attempt_finished + reward, the reward read by two agents
+    total = rollouts * 4  # 2 spans, attempt_finished, reward
     process = start_worker(settings, "events-worker")
     try:
         first = wait_worker(settings, process.pid, lambda s: s.get("events", 0) > 0, 120)

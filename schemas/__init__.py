@@ -27,8 +27,8 @@ from .serde import (
     read_framing,
 )
 from .span import AttributeValue, Span, SpanEvent, SpanKind, StatusCode
-from .topics import CATALOGUE, TopicSpec
 from .task import Task
+from .topics import CATALOGUE, TopicSpec
 from .triplet import Triplet
 from .version_metrics import LATENCY_BUCKETS_MS, VersionMetrics
 

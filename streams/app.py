@@ -1,26 +1,33 @@
-"""The Faust application of the stream workers, made safe for brokers with the embedded broker's gaps.
+"""The Faust application of the stream workers, made safe on the embedded broker (and any other).
 
-Three measured problems of Faust 0.15 on the embedded (Tansu) broker, and what this module does:
+What the kill tests showed, and what this package does about it:
 
-* **Lost changelog updates after a restart.** Table recovery reads each changelog partition up to
-  its "highwater", which Faust takes from ListOffsets; Tansu answers the newest *batch's base
-  offset* + 1, so recovery stopped before the last records of the last batch.
-  :meth:`TansuSafeConsumerThread._highwaters` takes the end offset from a Fetch response instead,
-  which is correct on every broker.
-* **Source events never processed.** Faust treats any jump in the offsets it is handed as a
-  compaction gap: it marks the missing offsets as processed and moves on. Jumps also happen when
-  (a) the broker exposes a later batch before an earlier one under concurrent produce (we saw the
-  same in the ClickHouse sink), and (b) records fetched while partitions were paused for table
-  recovery are dropped by Faust after aiokafka already advanced its position. Either way the events
-  after the jump point were lost. :class:`GapGuard` makes every source partition contiguous: on a
-  jump it seeks back to the first missing offset and re-reads, and only accepts a gap that is still
-  there after ``gap_verify_seconds`` (a real compaction gap).
-* **1.5 s fetch wait.** Faust hard-codes aiokafka's ``fetch_max_wait_ms=1500``; with a broker whose
-  fetch is a sleep-poll loop that is the live-latency floor. We set it from settings (50 ms).
+* **Lost changelog updates / a crash at restart.** Table recovery reads each changelog partition up
+  to a "highwater" that Faust takes from ListOffsets; Tansu answers the newest *batch's base
+  offset* + 1, so recovery stopped short of the last records, or Faust refused to start
+  ("persisted offset greater than highwater"). :meth:`TansuSafeConsumerThread._highwaters` takes
+  the end offset from a Fetch response instead, which is correct on every broker.
+* **Outputs and state lost around a rebalance.** An ``await`` inside an agent lets a rebalance run
+  while an event is half processed; the worker module never awaits mid-event (see
+  ``streams/worker.py``). A worker may also die after saving state and before its outputs are
+  acknowledged: redelivered events re-send the outputs the state says were emitted.
+* **Outputs vs. offsets.** Output records go through librdkafka (:class:`OutputProducer`), flushed
+  together with Faust's changelog producer before any source offset is committed.
 
-Plus the settings Tansu needs: no transactions and no idempotent aiokafka producer (the broker
-rejects InitProducerId v0), short sessions (joins are held for half of the session timeout),
-``producer_linger`` so the broker is not flooded with tiny batches, and a per-app data directory.
+Defences kept because the failure is possible even though the kill tests did not catch it:
+
+* Faust's commit can jump over an unacked message at the committed offset (an off-by-one in its
+  "gap at the head" test, see ``_new_offset``); we refuse such a commit.
+* Faust treats any jump in source offsets as a compaction gap and moves on. The broker can expose
+  a later batch before an earlier one under concurrent produce (this lost data in the ClickHouse
+  sink), so :class:`GapGuard` seeks back over a jump and re-reads, accepting a gap only when it is
+  still there after ``gap_verify_seconds``.
+
+Plus the settings Tansu needs: the fetch wait (Faust hard-codes aiokafka's 1500 ms, the live
+latency floor on a broker whose fetch is a sleep-poll loop; we use 50 ms), no transactions and no
+idempotent aiokafka producer (the broker rejects InitProducerId v0), short sessions (joins are held
+for half of the session timeout), ``producer_linger`` so the broker is not flooded with tiny
+batches, and a per-app data directory.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class GapGuard:
     guarded_topics: set[str] = field(default_factory=set)
     positions: dict[TP, _Position] = field(default_factory=dict)
     rereads: int = 0
+    duplicates_dropped: int = 0
 
     def seek(self, tp: TP, offset: int | None) -> None:
         self.positions[tp] = _Position(expected=offset if offset is not None and offset >= 0 else None)
@@ -85,7 +93,8 @@ class GapGuard:
                 pos.expected = offset + 1
                 pos.gap_since = None
             elif offset < pos.expected:
-                continue  # re-read after a seek back: already handed on
+                self.duplicates_dropped += 1  # re-read after a seek back: already handed on
+                continue
             else:
                 if pos.gap_since is None:
                     pos.gap_since = now
@@ -232,6 +241,22 @@ class TansuSafeConsumer(faust_aiokafka.Consumer):
     async def _seek(self, partition: TP, offset: int) -> None:
         await super()._seek(partition, offset)
         self.gap_guard.seek(partition, offset)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust's version lets the commit jump over the message AT the committed offset: its
+        # "gap at the head" test is ``min(acked) - committed > 1`` while the committed offset is
+        # already the next offset to read. A message fetched but never acked (Faust clears agent
+        # queues on a rebalance) could then be committed as processed: lost.
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None:
+            gaps = self._gap[tp]
+            covered = set(acked)
+            for interval in gaps.overlap(0, max(acked) + 1) if gaps else ():
+                covered.update(range(interval.begin, interval.end))
+            if min(covered) > committed:
+                return None
+        return super()._new_offset(tp)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         outputs: OutputProducer | None = getattr(self.app, "outputs", None)

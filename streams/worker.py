@@ -16,7 +16,6 @@ the idempotent sinks keep one copy.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -183,7 +182,7 @@ def build_worker(settings: Settings) -> StreamApp:
         return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     # ---- topics ----------------------------------------------------------------------------------
-    lifecycle_sources = raw_topic(s.topic(ROLLOUT_EVENTS.name), s.topic(REWARDS.name))
+    events_topic = raw_topic(s.topic(ROLLOUT_EVENTS.name))
     joiner_sources = raw_topic(s.topic(SPANS.name), s.topic(REWARDS.name))
     outputs = app.outputs
     events_name, tasks_name, triplets_name = (s.topic(t.name) for t in (ROLLOUT_EVENTS, TASKS, TRIPLETS))
@@ -289,28 +288,33 @@ def build_worker(settings: Settings) -> StreamApp:
             metric_partials[key] = partial
 
     # ---- lifecycle -------------------------------------------------------------------------------------
-    @app.agent(lifecycle_sources, name="lifecycle")
+    def record_reward(reward: dict[str, Any], partition: int) -> None:
+        """Count a reward on its rollout's state (for per-version metrics)."""
+        rollout_id = reward["rollout_id"]
+        before = rollouts.get(rollout_id)
+        was_ended = before is not None and before.ended_at is not None
+        transition = lifecycle.apply_reward(before, Reward.model_validate(reward), now_us())
+        if transition.changed and transition.state is not None:
+            rollouts[rollout_id] = transition.state
+            if was_ended:
+                count_late_reward(transition.state, float(reward["value"]), partition)
+
+    # Every source topic has exactly one consuming agent (a message delivered to two agents is
+    # acked only when both are done, and a rebalance can clear one agent's queue): rewards are read
+    # by the joiner only, which also counts them on the rollout's state. Both agents own the same
+    # partitions, so both tables are local.
+    @app.agent(events_topic, name="lifecycle")
     async def lifecycle_agent(stream: Any) -> None:
-        reward_topic_name = s.topic(REWARDS.name)
         async for event in stream.events():
             message = event.message
             stats.events += 1
             try:
-                if message.topic == reward_topic_name:
-                    reward = Reward.model_validate(decode_reward(message.value))
-                    rollout_id = reward.rollout_id
-                    before = rollouts.get(rollout_id)
-                    was_ended = before is not None and before.ended_at is not None
-                    transition = lifecycle.apply_reward(before, reward, now_us())
-                    if transition.changed and was_ended:
-                        count_late_reward(transition.state, reward.value, message.partition)
-                else:
-                    rollout_event = RolloutEvent.from_avro(decode_event(message.value))
-                    rollout_id = rollout_event.rollout_id
-                    transition = lifecycle.apply(rollouts.get(rollout_id), rollout_event, now_us())
+                rollout_event = RolloutEvent.from_avro(decode_event(message.value))
             except (MalformedRecordError, ValueError) as e:
                 dead_letter(message, e)
                 continue
+            rollout_id = rollout_event.rollout_id
+            transition = lifecycle.apply(rollouts.get(rollout_id), rollout_event, now_us())
             if transition.duplicate and transition.state is not None:
                 resend_task(transition.state)
             if not transition.changed or transition.state is None:
@@ -323,7 +327,7 @@ def build_worker(settings: Settings) -> StreamApp:
             watch(state, message.partition)
 
     # ---- triplet joiner --------------------------------------------------------------------------------
-    async def emit_triplets(
+    def emit_triplets(
         join: RolloutJoin, locations: dict[str, list[int]], updates: list[TripletUpdate], strategy: str
     ) -> None:
         state = rollouts.get(join.rollout_id)
@@ -333,7 +337,9 @@ def build_worker(settings: Settings) -> StreamApp:
         contents = {u.span_id: calls.cached(u.span_id) for u in updates}
         missing = {k: tuple(locations[k]) for k, v in contents.items() if v is None and k in locations}
         if missing:
-            contents.update(await asyncio.get_running_loop().run_in_executor(None, calls.fetch, missing))
+            # Blocking on purpose. With an await here a rebalance could run while an event was half
+            # processed, and the kill test lost joiner state and outputs (never without the await).
+            contents.update(calls.fetch(missing))
         for update in updates:
             content = contents.get(update.span_id)
             if content is None:
@@ -366,14 +372,14 @@ def build_worker(settings: Settings) -> StreamApp:
             outputs.send(triplets_name, join.rollout_id.encode(), encode_triplet(triplet.to_avro()), headers)
             stats.triplets += 1
 
-    async def resend(join: RolloutJoin, locations: dict[str, list[int]], strategy: str) -> None:
+    def resend(join: RolloutJoin, locations: dict[str, list[int]], strategy: str) -> None:
         """A redelivered event changes nothing, but the worker may have died after saving the state
         and before its outputs were acknowledged: send the current triplets again (same ids and
         versions: the sink and trainers keep one copy)."""
         current = join.emitted()
         if current:
             stats.resent += len(current)
-            await emit_triplets(join, locations, current, join.strategy.value)
+            emit_triplets(join, locations, current, join.strategy.value)
 
     def load_join(rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, dict[str, list[int]]]:
         raw = joins.get(rollout_id)
@@ -409,13 +415,14 @@ def build_worker(settings: Settings) -> StreamApp:
                         response_id=attributes.get(genai.RESPONSE_ID),
                     )
                     if not join.add_call(call):
-                        await resend(join, locations, strategy)  # redelivered: its outputs may be lost
+                        resend(join, locations, strategy)  # redelivered: its outputs may be lost
                         continue
                     locations[call.span_id] = [message.partition, message.offset]
                     calls.put(call.span_id, call_content(span))
                 else:
                     reward = decode_reward(message.value)
                     rollout_id = reward["rollout_id"]
+                    record_reward(reward, message.partition)
                     strategy, discount = strategy_for(rollout_id)
                     join, locations = load_join(rollout_id, strategy, discount)
                     last_call = max((c.end_us for c in join.calls), default=None)
@@ -434,7 +441,7 @@ def build_worker(settings: Settings) -> StreamApp:
                         name=reward["name"],
                     ))
                     if not added:
-                        await resend(join, locations, strategy)
+                        resend(join, locations, strategy)
                         continue
             except (MalformedRecordError, ValueError, KeyError, TypeError) as e:
                 dead_letter(message, e)
@@ -443,7 +450,7 @@ def build_worker(settings: Settings) -> StreamApp:
             updates = join.changes()
             joins[rollout_id] = {"join": join.to_dict(), "at": locations}
             if updates:
-                await emit_triplets(join, locations, updates, strategy)
+                emit_triplets(join, locations, updates, strategy)
 
     # ---- timers ------------------------------------------------------------------------------------------
     @app.timer(streams.timer_interval_seconds)
@@ -504,6 +511,7 @@ def build_worker(settings: Settings) -> StreamApp:
             "ready": bool(assigned) and not app.rebalancing and not getattr(app, "in_recovery", False),
             "assigned_partitions": assigned,
             "gap_rereads": app.gap_guard.rereads,
+            "duplicates_dropped": app.gap_guard.duplicates_dropped,
             "span_rereads": calls.rereads,
             "uptime_s": round(time.monotonic() - stats.started, 1),
             **{k: v for k, v in vars(stats).items() if k != "started"},

@@ -270,7 +270,19 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
             for t in in_topic.values():
                 per_rollout[t["rollout_id"]] = per_rollout.get(t["rollout_id"], 0) + 1
             short = sorted(r for r in final if per_rollout.get(r, 0) < 2)
+            history = []
+            if short:
+                for m in read_topic(settings, f"{settings.topic(settings.streams.app_id)}-joins-changelog", decode=False, timeout=10):
+                    if m.key() and short[0].encode() in m.key():
+                        value = json.loads(m.value()) if m.value() else None
+                        history.append((m.partition(), m.offset(), value and len(value["join"]["calls"]),
+                                        value and len(value["join"]["rewards"]), value and value["join"].get("emitted")))
+                spans = [(m.partition(), m.offset()) for m in read_topic(settings, settings.topic("spans"), decode=False, timeout=10)
+                         if m.key() == short[0].encode()]
+                history.append(("spans at", spans))
             raise AssertionError(
+                f"history of {short[:1]}: {history}\n"
+                f"per-rollout triplets of short: {[per_rollout.get(r, 0) for r in short[:20]]}\n"
                 f"ClickHouse {len(stored)} triplets, topic {len(in_topic)}; rollouts missing in ClickHouse "
                 f"{missing_rollouts[:10]}; rollouts with < 2 triplets in the topic: {len(short)} {short[:10]}"
             )
