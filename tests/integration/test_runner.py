@@ -558,3 +558,53 @@ def test_enqueued_rollouts_run_to_completion_with_the_stream_worker(rsettings: S
     flaky = final[ids[1]]
     assert [(a["attempt_number"], a["status"]) for a in flaky["attempts"]] == [(1, "failed"), (2, "succeeded")]
     assert "first attempt fails" in (flaky["attempts"][0]["error"] or "")
+
+
+def test_timed_out_attempt_is_requeued_and_completes_on_another_runner(
+    rsettings: Settings, client: AgentStream
+) -> None:
+    """Runner A hangs; the stream worker times its attempt out and requeues it; runner B completes it."""
+    from tests.helpers import WorkerProcess, latest_by
+
+    rsettings = rsettings.model_copy(
+        update={
+            "streams": rsettings.streams.model_copy(
+                update={"session_timeout_ms": 2_000, "heartbeat_interval_ms": 400, "timer_interval_seconds": 0.1}
+            ),
+            "runner": rsettings.runner.model_copy(update={"shutdown_grace_seconds": 0.0}),
+        }
+    )
+    release = threading.Event()
+
+    def hanging_agent(task: dict) -> float:
+        release.wait(30)
+        return 0.0
+
+    def agent(task: dict) -> float:
+        return 1.0
+
+    def state() -> dict[str, Any]:
+        return latest_by(read_topic(rsettings, rsettings.topic("rollout-state"), timeout=1.0), "rollout_id", "version")
+
+    worker = WorkerProcess(rsettings).start()
+    try:
+        worker.wait_ready()
+        [rollout_id] = client.enqueue({"ticket": "printer on fire"}, config={"timeout_seconds": 2.0, "max_attempts": 3})
+        runner_a = Runner(hanging_agent, rsettings, client=client, worker_id="runner-a").start()
+        try:
+            timed_out = wait_for(
+                lambda: (s := state().get(rollout_id)) and s["attempts"][0]["status"] == "timeout" and s, timeout=30
+            )
+            assert timed_out, state()
+        finally:
+            runner_a.stop(10)  # an attempt it still holds is handed back (released)
+        with Runner(agent, rsettings, client=client, worker_id="runner-b"):
+            final = wait_for(lambda: (s := state().get(rollout_id)) and s["status"] == "succeeded" and s, timeout=30)
+    finally:
+        release.set()
+        worker.stop()
+    assert final, state()
+    attempts = [(a["status"], a["worker_id"]) for a in final["attempts"]]
+    assert attempts[0] == ("timeout", "runner-a")
+    assert attempts[-1] == ("succeeded", "runner-b")
+    assert all(status in ("timeout", "failed") for status, _ in attempts[:-1])
