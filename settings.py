@@ -234,6 +234,8 @@ class Settings(BaseSettings):
             **self._base_kafka(),
             "enable.idempotence": True,
             "acks": "all",
+            # the Java client's partitioner: keyed records land where any Kafka client puts them
+            "partitioner": "murmur2_random",
             "linger.ms": self.sdk.linger_ms,
             "batch.size": 1_048_576,
             "compression.type": self.sdk.compression,

@@ -175,10 +175,18 @@ class OutputProducer:
         if error is not None:
             self._failed = f"{message.topic()}: {error}"
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery, **extra)
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -273,6 +281,30 @@ class TansuSafeTransport(faust_aiokafka.Transport):
     Consumer = TansuSafeConsumer
 
 
+class ChangelogTable(faust.Table):
+    """A Faust table whose changelog records go through the workers' librdkafka producer.
+
+    Same topic, partition, key and value bytes as Faust would write, at a fraction of the CPU; the
+    records are flushed with every other output before source offsets are committed, so the
+    at-least-once contract of Faust's own path holds.
+    """
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self._send(key, value, self.value_serializer)
+
+    def on_key_del(self, key: Any) -> None:
+        self._send(key, None, "raw")
+
+    def _send(self, key: Any, value: Any, value_serializer: Any) -> None:
+        serializers = self.app.serializers
+        key_bytes = serializers.dumps_key(self.key_type, key, serializer=self.key_serializer)
+        value_bytes = (
+            None if value is None else serializers.dumps_value(self.value_type, value, serializer=value_serializer)
+        )
+        partition = self.partition_for_key(key)
+        self.app.outputs.send(self.changelog_topic.get_topic_name(), key_bytes, value_bytes, partition=partition)  # type: ignore[attr-defined]
+
+
 class StreamApp(faust.App):
     """A Faust app carrying agentstream settings, with the broker-safety fixes above."""
 
@@ -316,6 +348,7 @@ def create_app(settings: Settings, *, guarded_topics: Iterable[str] = ()) -> Str
         web_in_thread=False,
         key_serializer="raw",
         value_serializer="raw",
+        Table=ChangelogTable,
     )
     app.agentstream = settings
     app.gap_guard = GapGuard(streams.gap_verify_seconds, set(guarded_topics))

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 from faust.serializers import codecs
 
 from agentstream.schemas import (
@@ -143,6 +145,25 @@ class MicrosDeserializer(AvroDeserializer):
         return decode_body(stripped, data, framing.header_len, self.reader_schema)
 
 
+class JoinRecord:
+    """The joiner's table value: a rollout's join state and where its calls' spans are."""
+
+    __slots__ = ("join", "locations")
+
+    def __init__(self, join: RolloutJoin, locations: dict[str, list[int]] | None = None) -> None:
+        self.join = join
+        self.locations = locations if locations is not None else {}
+
+
+class _JoinCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps({"join": obj.join.to_dict(), "at": obj.locations})
+
+    def _loads(self, s: bytes) -> JoinRecord:
+        data = orjson.loads(s)
+        return JoinRecord(RolloutJoin.from_dict(data["join"]), data["at"])
+
+
 @dataclass
 class WorkerStats:
     events: int = 0
@@ -167,6 +188,7 @@ def build_worker(settings: Settings) -> StreamApp:
 
     codecs.register("agentstream-utf8", _Utf8())
     codecs.register("agentstream-rollout-state", _AvroModel(RolloutState, s))
+    codecs.register("agentstream-join", _JoinCodec())
 
     resolver = SchemaTopicResolver(s.consumer_config("unused"), s.topic(SCHEMAS.name))
     store = SchemaStore.shipped(resolver)
@@ -207,8 +229,8 @@ def build_worker(settings: Settings) -> StreamApp:
 
     #: rollout id -> RolloutState; its changelog is the compacted rollout-state topic
     rollouts = table("rollouts", state_codec, changelog_topic=state_topic)
-    #: rollout id -> {"join": RolloutJoin.to_dict(), "at": {span id: [partition, offset]}}
-    joins = table("joins", json_codec)
+    #: rollout id -> JoinRecord (held as objects; serialized only for the changelog)
+    joins = table("joins", codec_type("agentstream-join"))
     calls = CallContentStore(
         s.consumer_config("unused"), s.topic(SPANS.name), decode_span, streams.call_cache_size
     )
@@ -293,7 +315,9 @@ def build_worker(settings: Settings) -> StreamApp:
         rollout_id = reward["rollout_id"]
         before = rollouts.get(rollout_id)
         was_ended = before is not None and before.ended_at is not None
-        transition = lifecycle.apply_reward(before, Reward.model_validate(reward), now_us())
+        if not math.isfinite(reward["value"]):
+            raise ValueError(f"reward value must be finite, got {reward['value']!r}")
+        transition = lifecycle.apply_reward(before, Reward.model_construct(**reward), now_us())
         if transition.changed and transition.state is not None:
             rollouts[rollout_id] = transition.state
             if was_ended:
@@ -382,10 +406,10 @@ def build_worker(settings: Settings) -> StreamApp:
             emit_triplets(join, locations, current, join.strategy.value)
 
     def load_join(rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, dict[str, list[int]]]:
-        raw = joins.get(rollout_id)
-        if raw is None:
+        record = joins.get(rollout_id)
+        if record is None:
             return RolloutJoin(rollout_id, strategy, discount), {}
-        return RolloutJoin.from_dict(raw["join"]), raw["at"]
+        return record.join, record.locations
 
     @app.agent(joiner_sources, name="triplet-joiner")
     async def joiner_agent(stream: Any) -> None:
@@ -448,7 +472,7 @@ def build_worker(settings: Settings) -> StreamApp:
                 continue
             join.set_strategy(strategy, discount)
             updates = join.changes()
-            joins[rollout_id] = {"join": join.to_dict(), "at": locations}
+            joins[rollout_id] = JoinRecord(join, locations)
             if updates:
                 emit_triplets(join, locations, updates, strategy)
 
