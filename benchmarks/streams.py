@@ -7,7 +7,7 @@ Measures (JSON keys):
 * ``stream_events_per_s``: one worker draining preloaded source events (LLM-call spans, rewards,
   rollout events in the proportions of a real rollout), first to last event processed;
 * ``reward_to_triplet_p50_s`` / ``_p99_s``: a reward emitted by the SDK → its triplet read by a
-  consumer of the triplets topic, at a steady live load;
+  consumer of the triplets topic, at a steady live load (after a 2 s warm-up);
 * ``rollouts_per_s``: ``enqueue`` → stream worker queues the task → a runner runs a trivial agent →
   attempt_finished → the rollout's state is ``succeeded``, end to end, with the stack's two workers.
 """
@@ -37,6 +37,8 @@ from agentstream.schemas import AvroDeserializer, genai  # noqa: E402
 from agentstream.settings import Settings  # noqa: E402
 
 console = Console(stderr=True)
+#: latency samples of the first seconds are not counted (connections, metadata, JIT-free warm-up)
+WARMUP_S = 2.0
 PROMPT = json.dumps([{"role": "user", "parts": [{"type": "text", "content": "Route this ticket: " + "x" * 600}]}])
 RESPONSE = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "billing"}]}])
 
@@ -106,6 +108,7 @@ def bench_reward_to_triplet(settings: Settings, seconds: float, rate: float) -> 
         decode = AvroDeserializer()
         sent: dict[str, float] = {}
         stop = threading.Event()
+        first_sent = time.time()
 
         def produce() -> None:
             with AgentStream(settings) as client:
@@ -136,7 +139,8 @@ def bench_reward_to_triplet(settings: Settings, seconds: float, rate: float) -> 
                 rollout_id = triplet["rollout_id"]
                 if rollout_id in sent and rollout_id not in seen:
                     seen.add(rollout_id)
-                    latencies.append(arrived - sent[rollout_id])
+                    if sent[rollout_id] - first_sent >= WARMUP_S:
+                        latencies.append(arrived - sent[rollout_id])
             if not producer.is_alive() and len(seen) >= len(sent):
                 break
         stop.set()

@@ -168,6 +168,11 @@ class OutputProducer:
         self._failed: str | None = None
         self.produced = 0
 
+    def warm(self, topics: Iterable[str], timeout: float = 10.0) -> None:
+        """Fetch the topics' metadata now, so the first records are not delayed by the lookup."""
+        for topic in topics:
+            self._producer.list_topics(topic, timeout=timeout)
+
     def _on_error(self, error: Any) -> None:
         logger.warning("output producer: %s", error)
 

@@ -16,6 +16,7 @@ the idempotent sinks keep one copy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -543,6 +544,12 @@ def build_worker(settings: Settings) -> StreamApp:
         tmp = status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         tmp.replace(status_path)
+
+    @app.task
+    async def warm_outputs() -> None:
+        topics = [events_name, tasks_name, triplets_name, metrics_name, dead_letter_name]
+        topics += [t.changelog_topic.get_topic_name() for t in (rollouts, joins, metric_partials)]
+        await asyncio.get_running_loop().run_in_executor(None, outputs.warm, topics)
 
     @app.task
     async def publish_schemas() -> None:
