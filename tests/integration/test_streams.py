@@ -309,3 +309,33 @@ def sink_query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in client.query(sql).result_rows]
     finally:
         client.close()
+
+
+def test_per_version_metrics_reach_the_metrics_topic_and_clickhouse(
+    stream_settings: Settings, worker: WorkerProcess, client: AgentStream
+) -> None:
+    sink = SinkProcess(stream_settings).start()
+    try:
+        outcomes = {"v1": [True, True, False, True], "v2": [False, True]}
+        for version, results in outcomes.items():
+            for i, ok in enumerate(results):
+                rollout_id = f"m-{version}-{i}"
+                client.emit_rollout_event(
+                    rollout_id, "attempt_finished", attempt_id=f"{rollout_id}#1", attempt_number=1,
+                    status="succeeded" if ok else "failed", resources={"prompt": version},
+                    llm_calls=2, input_tokens=100, output_tokens=10,
+                )
+                client.emit_reward(1.0 if ok else 0.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
+        client.flush()
+        query = (
+            "SELECT resource_version, sum(rollouts), sum(succeeded), sum(rewards), sum(input_tokens) "
+            "FROM version_metrics_by_window WHERE resource_name = 'prompt' GROUP BY resource_version "
+            "ORDER BY resource_version"
+        )
+        expected = [("v1", 4, 3, 4, 400), ("v2", 2, 1, 2, 200)]
+        rows = wait_for(lambda: (r := sink_query(stream_settings, query)) == expected and r, timeout=40, interval=0.5)
+        assert rows == expected, sink_query(stream_settings, query)
+        records = read_topic(stream_settings, stream_settings.topic("metrics"), timeout=5)
+        assert {r["resource_version"] for r in records} == {"v1", "v2"}
+    finally:
+        sink.stop()
