@@ -22,6 +22,7 @@ Subpackages: ``schemas`` (event contracts), ``producers`` (SDK), ``streams`` (st
 
 from agentstream.producers import (
     AgentStream,
+    Rollout,
     Runner,
     TaskSpec,
     bind_context,
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentStream",
+    "Rollout",
     "RolloutConfig",
     "Runner",
     "TaskSpec",

@@ -764,22 +764,29 @@ class Runner:
             else:
                 self.stats.failed += 1
             # Submitted under the lock, so no heartbeat of this attempt can follow it.
-            self.client.emit_rollout_event(
-                rollout.rollout_id,
-                RolloutEventType.ATTEMPT_FINISHED,
-                attempt_id=attempt.attempt_id,
-                attempt_number=rollout.attempt_number,
-                status=status,
+            self._report_outcome(
+                attempt, RolloutEventType.ATTEMPT_FINISHED, status=status,
                 error=rollout.error if status == "failed" else None,
-                worker_id=self.worker_id,
-                resources=rollout.resources,
-                started_at=attempt.started_at,
-                llm_calls=rollout.llm_calls,
-                input_tokens=rollout.input_tokens,
-                output_tokens=rollout.output_tokens,
-                on_delivered=functools.partial(self._delivered, attempt.outcome),
             )
         self._slot_freed.set()
+
+    def _report_outcome(self, attempt: _Attempt, kind: RolloutEventType, **fields: Any) -> None:
+        """The attempt's final event; its task offset is committed once Kafka has it."""
+        rollout = attempt.rollout
+        self.client.emit_rollout_event(
+            rollout.rollout_id,
+            kind,
+            attempt_id=attempt.attempt_id,
+            attempt_number=rollout.attempt_number,
+            worker_id=self.worker_id,
+            resources=rollout.resources,
+            started_at=attempt.started_at,
+            llm_calls=rollout.llm_calls,
+            input_tokens=rollout.input_tokens,
+            output_tokens=rollout.output_tokens,
+            on_delivered=functools.partial(self._delivered, attempt.outcome),
+            **fields,
+        )
 
     def _release_all(self) -> None:
         with self._lock:
@@ -788,20 +795,9 @@ class Runner:
                 attempt.state = _RELEASED
                 self._retire(attempt)
                 self.stats.released += 1
-                rollout = attempt.rollout
-                self.client.emit_rollout_event(
-                    rollout.rollout_id,
-                    RolloutEventType.ATTEMPT_RELEASED,
-                    attempt_id=attempt.attempt_id,
-                    attempt_number=rollout.attempt_number,
+                self._report_outcome(
+                    attempt, RolloutEventType.ATTEMPT_RELEASED,
                     error=f"runner {self.worker_id} stopped before the attempt finished",
-                    worker_id=self.worker_id,
-                    resources=rollout.resources,
-                    started_at=attempt.started_at,
-                    llm_calls=rollout.llm_calls,
-                    input_tokens=rollout.input_tokens,
-                    output_tokens=rollout.output_tokens,
-                    on_delivered=functools.partial(self._delivered, attempt.outcome),
                 )
         for attempt in attempts:
             if attempt.handle is not None:

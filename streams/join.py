@@ -88,14 +88,7 @@ class RolloutJoin:
     def changes(self) -> list[TripletUpdate]:
         """Updates for every triplet whose content changed since it was last emitted, ordered by
         ``(attempt_id, step, span_id)``; marks them emitted. ``[]`` if nothing changed."""
-        credits = assign_credit(
-            self._strategy, self._calls.values(), self._rewards.values(), discount=self._discount
-        )
-        steps = {
-            call.span_id: step
-            for attempt_calls in group_turns(self._calls.values()).values()
-            for step, call in enumerate(attempt_calls)
-        }
+        credits, steps = self._credits_and_steps()
         updates: list[TripletUpdate] = []
         for span_id in sorted(credits.keys() | self._emitted.keys()):
             credit = credits.get(span_id)
@@ -125,6 +118,16 @@ class RolloutJoin:
         Re-sending these is how a worker makes good on outputs that a crash may have lost after
         its state was saved: the event is then a duplicate and ``changes()`` has nothing new.
         """
+        credits, steps = self._credits_and_steps()
+        out = []
+        for span_id, (version, fingerprint) in sorted(self._emitted.items()):
+            call = self._calls[span_id]
+            credit = credits.get(span_id) if fingerprint is not None else None
+            out.append(TripletUpdate(triplet_id_for(self.rollout_id, span_id), span_id, call.attempt_id,
+                                     version, steps[span_id], credit))
+        return out
+
+    def _credits_and_steps(self) -> tuple[dict[str, Credit], dict[str, int]]:
         credits = assign_credit(
             self._strategy, self._calls.values(), self._rewards.values(), discount=self._discount
         )
@@ -133,13 +136,7 @@ class RolloutJoin:
             for attempt_calls in group_turns(self._calls.values()).values()
             for step, call in enumerate(attempt_calls)
         }
-        out = []
-        for span_id, (version, fingerprint) in sorted(self._emitted.items()):
-            call = self._calls[span_id]
-            credit = credits.get(span_id) if fingerprint is not None else None
-            out.append(TripletUpdate(triplet_id_for(self.rollout_id, span_id), span_id, call.attempt_id,
-                                     version, steps[span_id], credit))
-        return out
+        return credits, steps
 
     # -- inspection -----------------------------------------------------------------------------
 

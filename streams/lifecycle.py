@@ -73,9 +73,10 @@ class RolloutLifecycle:
         kind = event.type
         if kind == RolloutEventType.TASK_ENQUEUED:
             transition = self._enqueue(state, event, now_us)
-        elif state is None and kind in (RolloutEventType.ATTEMPT_STARTED, RolloutEventType.HEARTBEAT,
-                                        RolloutEventType.ATTEMPT_FINISHED):
-            transition = self._untracked(event, now_us)
+        elif (state is None or not state.attempts) and kind in (
+            RolloutEventType.ATTEMPT_STARTED, RolloutEventType.HEARTBEAT, RolloutEventType.ATTEMPT_FINISHED
+        ):
+            transition = self._untracked(state, event, now_us)
         elif state is None:
             return Transition(None)
         elif kind in (RolloutEventType.ATTEMPT_STARTED, RolloutEventType.HEARTBEAT):
@@ -158,14 +159,12 @@ class RolloutLifecycle:
             updated_at=now_us,
         )
         if state is not None:  # rewards arrived first
-            fresh.version = state.version
-            fresh.seen_event_ids = state.seen_event_ids
-            for name in ("reward_count", "reward_sum", "reward_sum_squares", "last_reward", "last_reward_at"):
-                setattr(fresh, name, getattr(state, name))
+            self._keep_rewards(state, fresh)
         task = self._queue_attempt(fresh, 1, now_us)
         return Transition(fresh, changed=True, tasks=[task])
 
-    def _untracked(self, event: RolloutEvent, now_us: int) -> Transition:
+    def _untracked(self, known: RolloutState | None, event: RolloutEvent, now_us: int) -> Transition:
+        """A rollout traced without the task queue (``known``: what its rewards created, if any)."""
         number = max(event.attempt_number, 1)
         state = RolloutState(
             rollout_id=event.rollout_id,
@@ -177,6 +176,8 @@ class RolloutLifecycle:
             created_at=event.started_at or event.timestamp,
             updated_at=now_us,
         )
+        if known is not None:
+            self._keep_rewards(known, state)
         state.attempts.append(
             AttemptState(
                 attempt_number=number,
@@ -258,6 +259,14 @@ class RolloutLifecycle:
         return self._end(state, RolloutStatus.CANCELLED, event.error or "cancelled", event.timestamp)
 
     # ---- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _keep_rewards(source: RolloutState, target: RolloutState) -> None:
+        """Carry over what a rollout's rewards recorded before its first lifecycle event."""
+        target.version = source.version
+        target.seen_event_ids = source.seen_event_ids
+        for name in ("reward_count", "reward_sum", "reward_sum_squares", "last_reward", "last_reward_at"):
+            setattr(target, name, getattr(source, name))
+
     @staticmethod
     def _current_open(state: RolloutState, event: RolloutEvent) -> AttemptState | None:
         attempt = state.current

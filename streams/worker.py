@@ -294,21 +294,20 @@ def build_worker(settings: Settings) -> StreamApp:
         elif config.timeout_seconds is not None or config.unresponsive_seconds is not None:
             watched[state.rollout_id] = partition
 
-    def count_outcome(state: RolloutState, partition: int) -> None:
+    def update_partials(state: RolloutState, partition: int, update: Any) -> None:
+        """Apply ``update(partial)`` to the partials of the rollout's versions in its end window."""
         start, end = version_metrics.window_of(state.ended_at or now_us(), streams.metrics_window_seconds)
         for name, version in version_metrics.rollout_versions(state):
             key = version_metrics.partial_key(name, version, start, partition)
             partial = metric_partials.get(key) or version_metrics.empty_partial(end)
-            version_metrics.add_outcome(partial, state)
+            update(partial)
             metric_partials[key] = partial
 
+    def count_outcome(state: RolloutState, partition: int) -> None:
+        update_partials(state, partition, lambda partial: version_metrics.add_outcome(partial, state))
+
     def count_late_reward(state: RolloutState, value: float, partition: int) -> None:
-        start, end = version_metrics.window_of(state.ended_at or now_us(), streams.metrics_window_seconds)
-        for name, version in version_metrics.rollout_versions(state):
-            key = version_metrics.partial_key(name, version, start, partition)
-            partial = metric_partials.get(key) or version_metrics.empty_partial(end)
-            version_metrics.add_reward(partial, value)
-            metric_partials[key] = partial
+        update_partials(state, partition, lambda partial: version_metrics.add_reward(partial, value))
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def record_reward(reward: dict[str, Any], partition: int) -> None:

@@ -58,7 +58,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class SinkProcess:
+class ChildProcess:
+    """An agentstream command in a child process: SIGKILL or stop it."""
+
+    process: Any = None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+
+
+class SinkProcess(ChildProcess):
     """``agentstream sink`` in a child process (it owns its own chDB directory)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -97,18 +116,6 @@ class SinkProcess:
         state = GatewayState.load(self.settings.chdb_path)
         return state.status() if state is not None else None
 
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
@@ -121,7 +128,7 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
         time.sleep(interval)
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """``agentstream worker`` (a Faust stream worker) in a child process."""
 
     def __init__(self, settings: Settings, name: str = "worker") -> None:
@@ -166,18 +173,6 @@ class WorkerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"worker not ready:\n{self.log.read_text()[-3000:]}")
 
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
 
 
 def latest_by(records: list[dict[str, Any]], key: str, version: str) -> dict[str, dict[str, Any]]:

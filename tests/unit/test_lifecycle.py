@@ -103,3 +103,16 @@ def test_sdk_rollout_without_queue_is_tracked() -> None:
                             type=RolloutEventType.ATTEMPT_FINISHED, status="succeeded", timestamp=T0)
     transition = lifecycle.apply(None, finished, T0)
     assert transition.state.status == RolloutStatus.SUCCEEDED and transition.ended and not transition.tasks
+
+
+def test_reward_before_the_first_lifecycle_event_is_kept() -> None:
+    from agentstream.schemas import Reward
+
+    lifecycle = RolloutLifecycle()
+    reward = Reward(reward_id="rw", rollout_id="sdk", value=0.5, timestamp=T0)
+    state = lifecycle.apply_reward(None, reward, T0).state
+    finished = RolloutEvent(event_id="x", rollout_id="sdk", attempt_id="a1", attempt_number=1,
+                            type=RolloutEventType.ATTEMPT_FINISHED, status="succeeded", timestamp=T0)
+    transition = lifecycle.apply(state, finished, T0)
+    assert transition.ended and transition.state.status == RolloutStatus.SUCCEEDED
+    assert transition.state.reward_count == 1 and transition.state.reward_sum == 0.5
