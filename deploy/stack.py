@@ -183,6 +183,13 @@ class Stack:
                 try:
                     broker.restart()
                     self._create_topics()
+                    # The embedded broker's log is gone: the stream workers' tables, positions
+                    # and groups describe a log that no longer exists. Start them afresh; the SDKs'
+                    # replay window re-sends the recent records they then rebuild from.
+                    for child in self.children:
+                        if child.name.startswith("worker"):
+                            child.stop()
+                            child.start()
                     self.broker_status.state, self.broker_status.pid = "running", broker.pid
                     self.broker_status.restarts += 1
                 except Exception as e:

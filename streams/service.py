@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 
+from agentstream.deploy.topics import ensure_topics
 from agentstream.settings import Settings
 
-from .worker import build_worker
+from .worker import build_worker, changelog_specs
 
 
 def run_worker(settings: Settings, *, loglevel: str = "WARNING") -> None:
     """Run one stream worker until SIGINT/SIGTERM; workers of the same app id share the partitions."""
     from faust.worker import Worker
 
+    # The tables' changelogs exist before anything can write to them: a producer's first write
+    # would let the broker auto-create them with its default partition count.
+    ensure_topics(settings, changelog_specs(settings))
     app = build_worker(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     logging.getLogger("faust").setLevel(loglevel)

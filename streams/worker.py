@@ -59,6 +59,7 @@ from agentstream.schemas.topics import (
     SPANS,
     TASKS,
     TRIPLETS,
+    TopicSpec,
 )
 from agentstream.settings import Settings
 
@@ -176,6 +177,19 @@ class WorkerStats:
     timers_fired: int = 0
     metrics_emitted: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+#: Tables whose changelog is a Faust-named internal topic (``rollouts`` uses ``rollout-state``).
+INTERNAL_TABLES = ("joins", "metric-partials")
+
+
+def changelog_specs(settings: Settings) -> tuple[TopicSpec, ...]:
+    """The internal changelog topics of the worker's tables (compacted, partitioned like the sources)."""
+    return tuple(
+        TopicSpec(f"{settings.streams.app_id}-{name}-changelog", "table key", None, "compact", None,
+                  f"Changelog of the stream workers' {name} table.")
+        for name in INTERNAL_TABLES
+    )
 
 
 def build_worker(settings: Settings) -> StreamApp:
