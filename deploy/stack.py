@@ -7,7 +7,6 @@ Crashed members are restarted with backoff; a restarted memory-only broker gets 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -18,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentstream.schemas.topics import CATALOGUE, changelog_topics
 from agentstream.settings import Settings, StackState
+from agentstream.streams.status import read_status as worker_status
 
 from .broker import EmbeddedBroker, terminate
 from .topics import ensure_topics
@@ -94,14 +95,6 @@ class ChildProcess:
         self.status.state = "stopped"
 
 
-def worker_status(data_dir: Path, pid: int) -> dict[str, Any] | None:
-    """The status a stream worker writes every second (``<data_dir>/streams/worker-<pid>.json``)."""
-    try:
-        return json.loads((data_dir / "streams" / f"worker-{pid}.json").read_text())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return None
-
-
 class Stack:
     """Broker + topics + sink + stream workers, supervised. Use as a context manager or
     ``start()``/``stop()``.
@@ -166,7 +159,7 @@ class Stack:
         return self
 
     def _create_topics(self) -> None:
-        statuses = ensure_topics(self.resolved_settings())
+        statuses = ensure_topics(self.resolved_settings(), CATALOGUE + changelog_topics(self.settings.streams.app_id))
         created = sum(s.outcome == "created" for s in statuses)
         mismatched = [s.name for s in statuses if s.outcome == "mismatch"]
         self.topics_status.state = "ready" if not mismatched else "mismatch"
@@ -180,20 +173,26 @@ class Stack:
             if broker is not None and not broker.is_running():
                 logger.warning("Kafka broker exited; restarting it (memory storage: its log is lost)")
                 self.broker_status.state = "restarting"
+                # The embedded broker's log is gone: the stream workers' tables, positions and
+                # groups describe a log that no longer exists. They are stopped before the broker
+                # is back (so none writes to a topic before it is re-created with its partitions)
+                # and started afresh after; the SDKs' replay window re-sends the recent records.
+                workers = [child for child in self.children if child.name.startswith("worker")]
                 try:
+                    for child in workers:
+                        child.stop(timeout=5.0)  # nothing to flush to: the log is gone
                     broker.restart()
                     self._create_topics()
-                    # The embedded broker's log is gone: the stream workers' tables, positions
-                    # and groups describe a log that no longer exists. Start them afresh; the SDKs'
-                    # replay window re-sends the recent records they then rebuild from.
-                    for child in self.children:
-                        if child.name.startswith("worker"):
-                            child.stop()
-                            child.start()
+                    for child in workers:
+                        child.start()
                     self.broker_status.state, self.broker_status.pid = "running", broker.pid
                     self.broker_status.restarts += 1
                 except Exception as e:
                     self.broker_status.detail = str(e)
+                    if broker.is_running():  # back, but topic setup failed: run the workers anyway
+                        for child in workers:
+                            if child.status.state == "stopped":
+                                child.start()
                     continue
             for child in self.children:
                 child.check()

@@ -113,6 +113,22 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     SCHEMAS,
 )
 
+#: Stream-worker tables whose changelog is a Faust-named internal topic (``rollouts`` writes to
+#: ROLLOUT_STATE instead).
+INTERNAL_TABLES = ("joins", "metric-partials")
+
+
+def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
+    """The internal changelog topics of the stream workers' tables (compacted, partitioned like the
+    sources). They must exist before anything writes to them: a first write would let the broker
+    auto-create them with its default partition count, which Faust then refuses."""
+    return tuple(
+        TopicSpec(f"{app_id}-{name}-changelog", "table key", None, "compact", None,
+                  f"Changelog of the stream workers' {name} table.")
+        for name in INTERNAL_TABLES
+    )
+
+
 #: Header names agentstream sets on records.
 HEADER_EVENT_ID = "agentstream-id"
 HEADER_REPLAY = "agentstream-replay"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from agentstream.deploy.topics import ensure_topics
+from agentstream.schemas.topics import changelog_topics
 from agentstream.settings import Settings
 
-from .worker import build_worker, changelog_specs
+from .worker import build_worker
 
 
 def run_worker(settings: Settings, *, loglevel: str = "WARNING") -> None:
@@ -16,7 +17,7 @@ def run_worker(settings: Settings, *, loglevel: str = "WARNING") -> None:
 
     # The tables' changelogs exist before anything can write to them: a producer's first write
     # would let the broker auto-create them with its default partition count.
-    ensure_topics(settings, changelog_specs(settings))
+    ensure_topics(settings, changelog_topics(settings.streams.app_id))
     app = build_worker(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     logging.getLogger("faust").setLevel(loglevel)

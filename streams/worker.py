@@ -30,6 +30,7 @@ import orjson
 from faust.serializers import codecs
 
 from agentstream.schemas import (
+    TERMINAL_ROLLOUT,
     AvroSchema,
     CreditAssignment,
     MalformedRecordError,
@@ -59,7 +60,6 @@ from agentstream.schemas.topics import (
     SPANS,
     TASKS,
     TRIPLETS,
-    TopicSpec,
 )
 from agentstream.settings import Settings
 
@@ -69,6 +69,7 @@ from .calls import CallContentStore, call_content
 from .credit import LlmCall, RewardEvent
 from .join import RolloutJoin, TripletUpdate
 from .lifecycle import RolloutLifecycle, Transition
+from .status import status_path
 
 logger = logging.getLogger(__name__)
 
@@ -177,19 +178,6 @@ class WorkerStats:
     timers_fired: int = 0
     metrics_emitted: int = 0
     started: float = field(default_factory=time.monotonic)
-
-
-#: Tables whose changelog is a Faust-named internal topic (``rollouts`` uses ``rollout-state``).
-INTERNAL_TABLES = ("joins", "metric-partials")
-
-
-def changelog_specs(settings: Settings) -> tuple[TopicSpec, ...]:
-    """The internal changelog topics of the worker's tables (compacted, partitioned like the sources)."""
-    return tuple(
-        TopicSpec(f"{settings.streams.app_id}-{name}-changelog", "table key", None, "compact", None,
-                  f"Changelog of the stream workers' {name} table.")
-        for name in INTERNAL_TABLES
-    )
 
 
 def build_worker(settings: Settings) -> StreamApp:
@@ -302,7 +290,7 @@ def build_worker(settings: Settings) -> StreamApp:
 
     def watch(state: RolloutState, partition: int) -> None:
         config = state.config
-        if state.status.value in ("succeeded", "failed", "cancelled"):
+        if state.status in TERMINAL_ROLLOUT:
             watched.pop(state.rollout_id, None)
             last_activity.pop(state.rollout_id, None)
         elif config.timeout_seconds is not None or config.unresponsive_seconds is not None:
@@ -538,7 +526,7 @@ def build_worker(settings: Settings) -> StreamApp:
             emitted_revisions[key] = partial["revision"]
             stats.metrics_emitted += 1
 
-    status_path = s.data_dir / "streams" / f"worker-{os.getpid()}.json"
+    own_status = status_path(s.data_dir, os.getpid())
 
     @app.timer(1.0)
     async def write_status() -> None:
@@ -554,9 +542,9 @@ def build_worker(settings: Settings) -> StreamApp:
             "uptime_s": round(time.monotonic() - stats.started, 1),
             **{k: v for k, v in vars(stats).items() if k != "started"},
         }
-        tmp = status_path.with_suffix(".tmp")
+        tmp = own_status.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
-        tmp.replace(status_path)
+        tmp.replace(own_status)
 
     @app.task
     async def warm_outputs() -> None:

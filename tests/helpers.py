@@ -136,10 +136,6 @@ class WorkerProcess(ChildProcess):
         self.log = settings.data_dir / f"{name}.log"
         self.process: Any = None
 
-    @property
-    def status_path(self) -> Any:
-        return self.settings.data_dir / "streams" / f"worker-{self.process.pid}.json"
-
     def start(self) -> WorkerProcess:
         import subprocess
         import sys
@@ -156,12 +152,9 @@ class WorkerProcess(ChildProcess):
         return self
 
     def status(self) -> dict[str, Any] | None:
-        import json
+        from agentstream.streams.status import read_status
 
-        try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
-            return None
+        return read_status(self.settings.data_dir, self.process.pid)
 
     def wait_ready(self, timeout: float = 60.0) -> WorkerProcess:
         deadline = time.monotonic() + timeout

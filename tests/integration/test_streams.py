@@ -50,7 +50,7 @@ def client(stream_settings: Settings) -> Iterator[AgentStream]:
         yield running
 
 
-def states(settings: Settings, expected: int | None = None, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+def states(settings: Settings, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
     return latest_by(read_topic(settings, settings.topic("rollout-state"), timeout=timeout), "rollout_id", "version")
 
 
