@@ -29,6 +29,10 @@ topics_app = typer.Typer(help="The Kafka topic catalogue.", no_args_is_help=True
 app.add_typer(topics_app, name="topics")
 tasks_app = typer.Typer(help="The task queue: enqueue rollouts for runners.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
+resources_app = typer.Typer(
+    help="Versioned resources (prompt templates, LLM endpoints, checkpoints) and their labels.", no_args_is_help=True
+)
+app.add_typer(resources_app, name="resources")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -68,6 +72,8 @@ def main_options(
         logging.getLogger("agentstream.kafka").setLevel(logging.CRITICAL)
         logging.getLogger("uvicorn").setLevel(logging.WARNING)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        for noisy in ("httpx", "httpx2", "openai"):  # one line per LLM request otherwise
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _stop_event() -> threading.Event:
@@ -162,6 +168,14 @@ def worker(
 
 
 @app.command()
+def promoter() -> None:
+    """Run the A/B promotion controller until Ctrl-C: promote or roll back candidates from live metrics."""
+    from agentstream.streams.promotion import run_promoter
+
+    run_promoter(_resolved(), _stop_event())
+
+
+@app.command()
 def migrate() -> None:
     """Apply pending ClickHouse migrations (the sink also does this at start)."""
     from agentstream.sinks.connect import connect
@@ -251,20 +265,23 @@ def sql(
 # ---- the main job ------------------------------------------------------------------------------------
 @app.command()
 def demo(
-    tickets: Annotated[int, typer.Option(help="Support tickets to run.")] = 200,
-    workers: Annotated[int, typer.Option(help="Concurrent rollouts.")] = 4,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    seed: Annotated[int, typer.Option(help="Random seed (tickets order, sampling, APO).")] = 7,
+    rounds: Annotated[int, typer.Option(help="APO rounds (each: candidates, validation, A/B).")] = 2,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON here.")] = None,
+    plot: Annotated[Path, typer.Option(help="Where the PNG plot of success rate per version goes.")] = Path(
+        "agentstream-demo.png"
+    ),
+    val_items: Annotated[int | None, typer.Option(help="Validation tickets per score (default: all 60).")] = None,
+    test_items: Annotated[int | None, typer.Option(help="Test tickets in the final report (default: all 100).")] = None,
 ) -> None:
-    """Bring the embedded stack up, run the example support agent, and show what landed."""
-    from agentstream.examples.quickstart import run
+    """The improvement loop on the embedded default: a support agent on a local Gemma model gets better by
+    itself (APO from its triplets, A/B promotion), with every version recorded."""
+    from agentstream.examples.improvement_loop import DemoConfig, run_demo
 
-    summary = run(state.settings, tickets=tickets, workers=workers, seed=seed, console=console)
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=2))
-    if not summary["complete"]:
-        err_console.print("[red]Not every record landed in ClickHouse in time.[/]")
-        raise typer.Exit(1)
+    config = DemoConfig(seed=seed, rounds=rounds, val_items=val_items, test_items=test_items)
+    report = run_demo(state.settings, config, console, plot, json_path)
+    if report.test_final_success <= report.test_seed_success:
+        err_console.print("[yellow]The final prompt did not beat the seed on the test split.[/]")
 
 
 # ---- tasks and runners -----------------------------------------------------------------------------
@@ -394,6 +411,186 @@ def _runner_line(worker: Any, phase: str | None = None) -> str:
     if s.released:
         line += f"  released {s.released}"
     return line
+
+
+# ---- trainers --------------------------------------------------------------------------------------
+@app.command()
+def apo(
+    resource: Annotated[str, typer.Argument(help="The prompt-template resource to improve.")],
+    val_file: Annotated[Path, typer.Option("--val", help="Validation task inputs, one JSON per line.", exists=True)],
+    optimizer_base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server of the optimizer model (textual gradients).")
+    ] = None,
+    optimizer_model: Annotated[str, typer.Option(help="Optimizer model name.")] = "gpt-4.1-mini",
+    optimizer_api: Annotated[str, typer.Option(help="chat, or completions for a base model.")] = "chat",
+    start_from: Annotated[str, typer.Option(help="Version or label to start from.")] = "production",
+    rounds: Annotated[int, typer.Option(min=1)] = 2,
+    beam_width: Annotated[int, typer.Option(min=1)] = 2,
+    branch_factor: Annotated[int, typer.Option(min=1)] = 2,
+    demos: Annotated[int, typer.Option(min=0, help="Demonstrations per bootstrapped candidate.")] = 8,
+    demo_min_reward: Annotated[float, typer.Option(help="Triplet reward a demonstration needs.")] = 1.0,
+    task_type: Annotated[str, typer.Option(help="Task type of the validation rollouts.")] = "",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Improve a prompt resource from its triplets; candidates are scored by validation rollouts (runners and
+    stream workers must be running); the winner is published and labelled candidate."""
+    import os
+
+    from agentstream.producers.client import AgentStream
+    from agentstream.trainers.apo import APOConfig, APOTrainer
+    from agentstream.trainers.evaluation import RolloutEvaluator
+
+    items = [json.loads(line) for line in val_file.read_text().splitlines() if line.strip()]
+    optimizer = None
+    if optimizer_base_url is not None:
+        import openai
+
+        optimizer = openai.OpenAI(base_url=optimizer_base_url, api_key=os.environ.get("OPENAI_API_KEY", "local"))
+    config = APOConfig(
+        resource_name=resource, start_from=start_from, rounds=rounds, beam_width=beam_width,
+        branch_factor=branch_factor, demos=demos, demo_min_reward=demo_min_reward,
+        optimizer_model=optimizer_model, optimizer_api=optimizer_api, seed=seed,
+    )
+    settings = _resolved()
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        if kind == "progress":
+            console.print(f"  v{fields['version']}: {fields['done']}/{fields['total']} rollouts", end="\r")
+        else:
+            console.print(f"{kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+
+    with AgentStream(settings) as client, RolloutEvaluator(settings, client, task_type=task_type) as evaluator:
+        result = APOTrainer(config, settings, evaluator=evaluator, val_items=items, optimizer=optimizer,
+                            on_event=on_event).train()
+    if result.winner is None:
+        console.print(f"No candidate beat v{result.baseline.version.version} ({result.baseline.score:.1%}).")
+        raise typer.Exit(1)
+    console.print(f"Published {resource} v{result.winner.version} (validation {result.winner_score:.1%} vs "
+                  f"{result.baseline.score:.1%}), labelled {config.label}.")
+
+
+# ---- resources -------------------------------------------------------------------------------------
+def _resource_store() -> Any:
+    from agentstream.producers.resources import ResourceStore
+
+    return ResourceStore(state.settings, follow=False, who="cli")
+
+
+def _resource_errors() -> Any:
+    from contextlib import contextmanager
+
+    from agentstream.producers.resources import ResourceError
+
+    @contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except ResourceError as e:
+            err_console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+
+    return guard()
+
+
+@resources_app.command("publish")
+def resources_publish(
+    name: Annotated[str, typer.Argument(help="Resource name, e.g. support-prompt.")],
+    template_file: Annotated[
+        Path | None, typer.Option("--template-file", help="Prompt template ({{variable}} placeholders).", exists=True)
+    ] = None,
+    uri: Annotated[str | None, typer.Option(help="LLM base_url or checkpoint / adapter URI.")] = None,
+    kind: Annotated[str | None, typer.Option(help="prompt_template, llm, model_checkpoint or other.")] = None,
+    variable: Annotated[
+        list[str] | None, typer.Option("--variable", help="Declared template variable (repeat); default: as used.")
+    ] = None,
+    config: Annotated[list[str] | None, typer.Option("--config", help="KEY=VALUE (repeat), e.g. model=gemma.")] = None,
+    parent: Annotated[int | None, typer.Option(help="The version this one derives from.")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="Label to point at it (repeat).")] = None,
+) -> None:
+    """Publish a new immutable version (variables are checked against the template)."""
+    pairs = dict(item.split("=", 1) for item in (config or []) if "=" in item)
+    template = template_file.read_text() if template_file is not None else None
+    with _resource_errors(), _resource_store() as store:
+        version = store.publish(
+            name, template=template, uri=uri, kind=kind, variables=variable or None, config=pairs,
+            parent_version=parent, labels=label or [],
+        )
+    console.print(f"{name} [bold]v{version.version}[/] ({version.kind}, {version.content_hash})"
+                  + (f" labelled {', '.join(label)}" if label else ""))
+
+
+@resources_app.command("list")
+def resources_list(name: Annotated[str | None, typer.Argument(help="Only this resource.")] = None) -> None:
+    """Every resource version with its labels and lineage."""
+    with _resource_errors(), _resource_store() as store:
+        table = Table("resource", "version", "kind", "labels", "parent", "created", "by", "lineage")
+        for resource in [name] if name else store.names():
+            current = store.state(resource)
+            for number, version in sorted(current.versions.items()):
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version.created_at / 1e6))
+                lineage = ", ".join(f"{k}={v}" for k, v in sorted(version.lineage.items()))
+                table.add_row(resource, f"v{number}", version.kind, ", ".join(current.labels_of(number)),
+                              f"v{version.parent_version}" if version.parent_version else "", created,
+                              version.created_by, lineage[:80])
+    console.print(table)
+
+
+@resources_app.command("show")
+def resources_show(
+    name: Annotated[str, typer.Argument()],
+    ref: Annotated[str, typer.Argument(help="Version number or label.")] = "production",
+) -> None:
+    """One version: its content, labels and lineage."""
+    with _resource_errors(), _resource_store() as store:
+        version = store.get(name, ref)
+        labels = store.state(name).labels_of(version.version)
+    console.print(f"[bold]{name} v{version.version}[/] ({version.kind}) labels: {', '.join(labels) or '-'}")
+    for key, value in sorted({**version.config, **{f"lineage.{k}": v for k, v in version.lineage.items()}}.items()):
+        console.print(f"  {key}: {value}", markup=False)
+    if version.uri:
+        console.print(f"  uri: {version.uri}", markup=False)
+    if version.template is not None:
+        console.print(version.template, markup=False, highlight=False)
+
+
+@resources_app.command("diff")
+def resources_diff(
+    name: Annotated[str, typer.Argument()],
+    a: Annotated[str, typer.Argument(help="Version or label.")],
+    b: Annotated[str, typer.Argument(help="Version or label.")],
+) -> None:
+    """A unified diff of two versions."""
+    with _resource_errors(), _resource_store() as store:
+        console.print(store.diff(name, a, b) or "(identical)", markup=False, highlight=False)
+
+
+@resources_app.command("label")
+def resources_label(
+    name: Annotated[str, typer.Argument()],
+    label: Annotated[str, typer.Argument(help="production, candidate or your own.")],
+    ref: Annotated[str | None, typer.Argument(help="Version or label to point at; omit with --remove.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the label.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in the label history).")] = "",
+) -> None:
+    """Move a label to a version (runners switch at their next attempt), or remove it."""
+    if (ref is None) != remove:
+        err_console.print("[red]give a version to point at, or --remove[/]")
+        raise typer.Exit(2)
+    with _resource_errors(), _resource_store() as store:
+        event = store.label(name, label, None if remove else ref, reason=reason or "cli")
+    console.print(f"{name}/{label}: v{event.previous_version} -> " + (f"v{event.version}" if event.version else "removed"))
+
+
+@resources_app.command("rollback")
+def resources_rollback(
+    name: Annotated[str, typer.Argument()],
+    label: Annotated[str, typer.Option(help="The label to move back.")] = "production",
+    to: Annotated[str | None, typer.Option(help="Version to go back to; default: where it was before.")] = None,
+) -> None:
+    """Instant rollback: move the label back to its previous version."""
+    with _resource_errors(), _resource_store() as store:
+        event = store.rollback(name, label, to)
+    console.print(f"{name}/{label}: v{event.previous_version} -> v{event.version}")
 
 
 def main() -> None:

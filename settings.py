@@ -141,6 +141,29 @@ class RunnerSettings(BaseModel):
         10.0, ge=0, description="On shutdown, in-flight rollouts get this long to finish before they are handed back."
     )
     session_timeout_ms: int = Field(6_000, ge=1_000)
+    traffic: dict[str, float] = Field(
+        default_factory=lambda: {"production": 0.9, "candidate": 0.1},
+        description="A/B split: share of tasks per label (sticky per task key); missing labels are skipped.",
+    )
+    resources: list[str] | None = Field(
+        None, description="Resources the runner resolves for each attempt; default: every known resource."
+    )
+
+
+class PromotionSettings(BaseModel):
+    """The A/B promotion controller (``agentstream promoter``; ``up`` runs one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    margin: float = Field(0.0, ge=-1, lt=1, description="Candidate must beat production by more than this (rate).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Per-look significance level of the one-sided tests.")
+    min_samples: int = Field(30, ge=1, description="Rollouts per arm before any promote or rollback.")
+    max_samples: int | None = Field(
+        None, ge=1, description="Candidate rollouts after which an undecided test keeps production."
+    )
+    rollback_margin: float = Field(0.0, ge=0, lt=1, description="Roll back when worse by more than this (rate).")
+    interval_seconds: float = Field(5.0, gt=0, description="How often candidates are evaluated.")
+    hold_every_seconds: float = Field(30.0, gt=0, description="A hold with new evidence is recorded at most this often.")
 
 
 class Settings(BaseSettings):
@@ -170,6 +193,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -197,7 +221,7 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json", exclude_none=True).items():
             key = f"AGENTSTREAM_{name.upper()}"
-            if isinstance(value, dict) and name in ("sdk", "sink", "streams", "runner"):
+            if isinstance(value, dict) and name in ("sdk", "sink", "streams", "runner", "promotion"):
                 for sub, sub_value in value.items():
                     if sub_value is not None:
                         env[f"{key}__{sub.upper()}"] = _env_value(sub_value)

@@ -1,8 +1,8 @@
 """``agentstream up``: the embedded stack as one supervised group.
 
 Members: the Kafka broker (embedded Tansu unless ``bootstrap_servers`` points at a cluster), topic
-creation, and the ClickHouse sink (which also serves queries while it owns the chDB directory).
-Crashed members are restarted with backoff; a restarted memory-only broker gets its topics back.
+creation, the ClickHouse sink (which also serves queries while it owns the chDB directory), the
+stream workers and the A/B promotion controller. Crashed members are restarted with backoff; a restarted memory-only broker gets its topics back.
 """
 
 from __future__ import annotations
@@ -103,9 +103,12 @@ class Stack:
         settings: where things run; with ``bootstrap_servers`` unset an embedded broker is started.
         sink: run the ClickHouse sink.
         workers: stream workers to run (they share the partitions); default ``settings.streams.workers``.
+        promoter: run the A/B promotion controller (one per cluster).
     """
 
-    def __init__(self, settings: Settings, *, sink: bool = True, workers: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, sink: bool = True, workers: int | None = None, promoter: bool = True
+    ) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
         self.logs = settings.data_dir / "logs"
@@ -115,6 +118,7 @@ class Stack:
         self.children: list[ChildProcess] = []
         self._want_sink = sink
         self._workers = settings.streams.workers if workers is None else workers
+        self._want_promoter = promoter
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self.started_at = 0.0
@@ -152,6 +156,8 @@ class Stack:
         for index in range(self._workers):
             name = f"worker-{index + 1}"
             self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log"))
+        if self._want_promoter:
+            self.children.append(ChildProcess("promoter", ["promoter"], env, self.logs / "promoter.log"))
         for child in self.children:
             child.start()
         self._monitor = threading.Thread(target=self._supervise, name="agentstream-stack", daemon=True)
@@ -177,7 +183,7 @@ class Stack:
                 # groups describe a log that no longer exists. They are stopped before the broker
                 # is back (so none writes to a topic before it is re-created with its partitions)
                 # and started afresh after; the SDKs' replay window re-sends the recent records.
-                workers = [child for child in self.children if child.name.startswith("worker")]
+                workers = [child for child in self.children if child.name != "sink"]
                 try:
                     for child in workers:
                         child.stop(timeout=5.0)  # nothing to flush to: the log is gone

@@ -1,1 +1,1 @@
-"""Example agents and the quickstart run by ``agentstream demo``."""
+"""Example agents, their data, and the improvement loop run by ``agentstream demo``."""

@@ -1,132 +1,154 @@
-"""A small customer-support agent instrumented with the SDK.
+"""The bundled customer-support agent: an LLM routes each ticket to a queue by calling a
+``create_ticket`` tool with JSON arguments.
 
-It routes a ticket to a queue and files it with a ``create_ticket`` tool call (JSON arguments).
-Two rewards judge it: an immediate rule-based one (valid arguments, correct queue, feedback text
-when wrong) and a delayed business event (the ticket was resolved, or escalated to a human).
+    runner = agentstream.Runner(SupportAgent(base_url, model), settings)
 
-The router here is a keyword policy, so the example needs no model; an LLM-backed router would
-be captured the same way, through ``agentstream.instrument_openai()``.
+Its prompt is the ``support-prompt`` resource (a completion-style template with a ``{{ticket}}``
+variable), resolved per attempt by the runner, so new versions apply without a restart. The model
+is asked to continue the prompt with ``create_ticket({...})``; the agent parses that call,
+runs the tool, and is judged twice:
+
+* immediately, by rules (``routing`` reward): 0.5 for valid arguments, 0.5 for the correct queue,
+  with feedback text naming the mistake. The attempt fails unless both hold, which is what the
+  per-version success rate counts;
+* later, by the business (``resolution`` reward, sent from outside the rollout by its id): the
+  ticket was resolved (1.0) or escalated to a human (0.0), far more often resolved when it was
+  routed right. :class:`BusinessEvents` plays that part.
+
+An escalated ticket is filed again by a human agent. That handoff is recorded as a rollout of its
+own whose one "LLM call" was answered by the human (model ``human``): the prompt the model saw and
+the call the human made, rewarded by the same rule. The joiner turns it into a triplet like any
+other (rewarded like a routed-right, resolved ticket: 1.0 + 1.0), so corrected handoffs become
+demonstrations prompt optimisation can learn from. (A base
+model cannot follow an instruction-only prompt at all; these are where its first good examples
+come from.) Handoff rollouts carry no resource version, so they never count in a version's A/B
+metrics; only their LLM span is stamped with the prompt version it corrects.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 import re
-from dataclasses import dataclass
+import threading
+import time
 from typing import Any
 
 import agentstream
+from agentstream.producers.client import AgentStream
+from agentstream.producers.tracer import Rollout
+from agentstream.schemas import genai
 
-QUEUES = ("billing", "technical", "shipping", "account")
+from .tickets import QUEUES
 
-_TEMPLATES: dict[str, list[str]] = {
-    "billing": [
-        "I was charged twice for order {order}. Please refund the duplicate payment.",
-        "My invoice for {month} shows the wrong amount, can you correct it?",
-        "Why did my subscription price go up this month? I want a refund.",
-        "The card payment for order {order} failed but the money left my account.",
-    ],
-    "technical": [
-        "The app crashes every time I open the settings page on my phone.",
-        "I get error 500 when uploading a file larger than 10 MB.",
-        "Login with single sign-on stopped working after the last update.",
-        "The export to CSV produces an empty file since {month}.",
-    ],
-    "shipping": [
-        "Order {order} has not arrived and tracking has not moved for a week.",
-        "The parcel for order {order} was delivered to the wrong address.",
-        "Can I change the delivery date for order {order}?",
-        "My package arrived damaged, the box was crushed.",
-    ],
-    "account": [
-        "Please change the email address on my account to a new one.",
-        "I cannot reset my password, the reset link never arrives.",
-        "How do I delete my account and all my data?",
-        "Add a second user to our company account please.",
-    ],
-}
+PROMPT_RESOURCE = "support-prompt"
+#: A call's rewards add up (first-occurrence credit): routed right and resolved is 1.0 + 1.0. Only
+#: such calls are good demonstrations; a wrong call the customer resolved anyway sums to 1.0 or 1.5.
+DEMO_MIN_REWARD = 2.0
+PRIORITIES = ("low", "normal", "high")
 
-# Deliberately imperfect: overlapping words ("order", "refund") send some tickets astray.
-_KEYWORDS: list[tuple[str, str]] = [
-    (r"\b(crash|error|login|export|upload|bug)", "technical"),
-    (r"\b(order|parcel|package|deliver|tracking)", "shipping"),
-    (r"\b(charge|invoice|refund|payment|price)", "billing"),
-    (r"\b(password|email|account|user)", "account"),
-]
+#: The prompt a developer writes first: an instruction, as an instruction-tuned model would want it.
+#: A base model does not follow it (it produces no parseable call); APO has to find what works.
+SEED_PROMPT = """You are a customer-support agent. Read the ticket and file it in the right queue \
+(billing, technical, shipping or account) by calling create_ticket with JSON arguments queue and priority.
+
+Ticket: {{ticket}}
+Action:"""
+
+_CALL = re.compile(r"create_ticket\((\{.*?\})\)", re.S)
 
 
-@dataclass(frozen=True)
-class Ticket:
-    ticket_id: str
-    text: str
-    queue: str
-    tier: str
-
-
-def make_tickets(count: int, seed: int = 7) -> list[Ticket]:
-    """``count`` synthetic tickets with a realistic mix of queues."""
-    rng = random.Random(seed)
-    weights = [0.35, 0.3, 0.2, 0.15]
-    tickets = []
-    for i in range(count):
-        queue = rng.choices(QUEUES, weights)[0]
-        text = rng.choice(_TEMPLATES[queue]).format(
-            order=f"#{rng.randint(10_000, 99_999)}", month=rng.choice(["March", "June", "October"])
-        )
-        tickets.append(Ticket(f"T-{i:05d}", text, queue, rng.choice(["free", "pro", "enterprise"])))
-    return tickets
-
-
-def keyword_route(text: str) -> str:
-    lowered = text.lower()
-    for pattern, queue in _KEYWORDS:
-        if re.search(pattern, lowered):
-            return queue
-    return "account"
+def parse_call(text: str) -> dict[str, Any]:
+    """The JSON arguments of the first ``create_ticket({...})`` in the model's output."""
+    match = _CALL.search(text)
+    if match is None:
+        raise ValueError("no create_ticket({...}) call in the model output")
+    try:
+        arguments = json.loads(match.group(1))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"create_ticket arguments are not valid JSON: {e.msg}") from None
+    if not isinstance(arguments, dict):
+        raise ValueError("create_ticket arguments must be a JSON object")
+    return arguments
 
 
 def create_ticket(arguments: dict[str, Any]) -> dict[str, Any]:
     """The tool: validates its JSON arguments like a real ticketing API would."""
-    missing = [k for k in ("queue", "priority", "summary") if k not in arguments]
+    missing = [k for k in ("queue", "priority") if k not in arguments]
     if missing:
         raise ValueError(f"create_ticket: missing {missing}")
     if arguments["queue"] not in QUEUES:
         raise ValueError(f"create_ticket: unknown queue {arguments['queue']!r}")
+    if arguments["priority"] not in PRIORITIES:
+        raise ValueError(f"create_ticket: unknown priority {arguments['priority']!r}")
     return {"status": "created", "queue": arguments["queue"]}
 
 
-def handle_ticket(ticket: Ticket) -> dict[str, Any]:
-    """Run inside ``agentstream.rollout``: route, file, and score the ticket."""
-    with agentstream.span("route", kind="tool", attributes={"gen_ai.tool.name": "keyword_router"}) as step:
-        queue = keyword_route(ticket.text)
-        step.set_attribute("agentstream.route.queue", queue)
-    arguments = {
-        "queue": queue,
-        "priority": "high" if ticket.tier == "enterprise" else "normal",
-        "summary": ticket.text[:80],
-    }
-    valid = True
-    with agentstream.span(
-        "create_ticket",
-        kind="tool",
-        attributes={
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": "create_ticket",
-            "gen_ai.tool.call.arguments": json.dumps(arguments),
-        },
-    ) as call:
-        try:
-            call.set_attribute("gen_ai.tool.call.result", json.dumps(create_ticket(arguments)))
-        except ValueError as e:
-            valid = False
-            call.record_exception(e)
-    correct = queue == ticket.queue
-    feedback = None if correct else f"routed to {queue}, but this is a {ticket.queue} ticket"
-    agentstream.emit_reward(
-        (0.5 if valid else 0.0) + (0.5 if correct else 0.0), name="routing", feedback=feedback, source="rule"
-    )
-    return {"queue": queue, "correct": correct, "valid": valid}
+def format_call(queue: str, priority: str) -> str:
+    """A correct call, as demonstrations show it."""
+    return f'create_ticket({{"queue": "{queue}", "priority": "{priority}"}})'
+
+
+class SupportAgent:
+    """The agent a runner runs: ``agent(task, rollout)`` with ``task`` = a ticket dict
+    (``ticket_id``, ``text``, ``queue`` (ground truth for the rule reward), optional
+    ``temperature``).
+
+    Args:
+        base_url: an OpenAI-compatible server (llama.cpp, vLLM, OpenAI).
+        model: the model name to request.
+        business: where delayed business outcomes are scheduled; ``None``: none are sent.
+        max_tokens: the call is short; generation stops at the end of the line.
+    """
+
+    def __init__(
+        self, base_url: str, model: str, *, business: BusinessEvents | None = None, max_tokens: int = 40,
+        api_key: str = "local",
+    ) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=60)
+        agentstream.instrument_openai(self.client)
+        self.model = model
+        self.business = business
+        self.max_tokens = max_tokens
+
+    def __call__(self, task: dict[str, Any], rollout: agentstream.producers.Rollout) -> None:
+        prompt = rollout.resource(PROMPT_RESOURCE).render(ticket=task["text"])
+        completion = self.client.completions.create(
+            model=self.model, prompt=prompt, max_tokens=self.max_tokens,
+            temperature=float(task.get("temperature", 0.7)), stop=["\n"], seed=int(task.get("seed", 0)),
+        )
+        output = completion.choices[0].text
+        expected = task["queue"]
+        valid, queue, problem = True, None, None
+        with agentstream.span("create_ticket", kind="tool", attributes={
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "create_ticket",
+        }) as call:
+            try:
+                arguments = parse_call(output)
+                call.set_attribute("gen_ai.tool.call.arguments", json.dumps(arguments))
+                call.set_attribute("gen_ai.tool.call.result", json.dumps(create_ticket(arguments)))
+                queue = arguments["queue"]
+            except ValueError as e:
+                valid, problem = False, str(e)
+                call.record_exception(e)
+        correct = queue == expected
+        if not valid:
+            feedback = f"invalid call ({problem}); this is a {expected} ticket"
+        elif not correct:
+            feedback = f"routed to {queue}, but this is a {expected} ticket"
+        else:
+            feedback = None
+        rollout.emit_reward((0.5 if valid else 0.0) + (0.5 if correct else 0.0), name="routing",
+                            feedback=feedback, source="rule")
+        if self.business is not None and rollout.mode in ("train", "prod"):
+            # evaluation replays (val, test) reach no customer: no business outcome, no handoff
+            prompt_version = rollout.resource(PROMPT_RESOURCE).version
+            self.business.schedule(rollout.rollout_id, correct, Handoff(task, prompt, str(prompt_version)))
+        if feedback is not None:
+            rollout.fail(feedback)
 
 
 def business_outcome(correct: bool, rng: random.Random) -> tuple[float, str]:
@@ -135,11 +157,95 @@ def business_outcome(correct: bool, rng: random.Random) -> tuple[float, str]:
     return (1.0, "resolved") if resolved else (0.0, "escalated to a human")
 
 
-def run_ticket(ticket: Ticket) -> tuple[str, dict[str, Any]]:
-    """One rollout for one ticket; returns its id and outcome."""
-    with agentstream.rollout({"ticket_id": ticket.ticket_id, "text": ticket.text}) as rollout:
-        outcome = handle_ticket(ticket)
-    return rollout.rollout_id, outcome
+class Handoff:
+    """What a human needs to take over a ticket: the task, and the prompt the model was given."""
+
+    __slots__ = ("task", "prompt", "prompt_version")
+
+    def __init__(self, task: dict[str, Any], prompt: str, prompt_version: str) -> None:
+        self.task, self.prompt, self.prompt_version = task, prompt, prompt_version
 
 
-__all__ = ["QUEUES", "Ticket", "business_outcome", "create_ticket", "handle_ticket", "make_tickets", "run_ticket"]
+def record_human_handoff(client: AgentStream, handoff: Handoff, escalated_from: str) -> str:
+    """The human files the ticket correctly; recorded as a rollout with one human-answered call."""
+    task = handoff.task
+    call = format_call(task["queue"], task.get("priority", "normal"))
+    with Rollout(client, {"ticket_id": task.get("ticket_id"), "escalated_from": escalated_from}) as rollout:
+        with rollout.span("human_agent", kind="llm", attributes={
+            genai.OPERATION_NAME: "text_completion", genai.REQUEST_MODEL: "human",
+            genai.INPUT_MESSAGES: json.dumps([{"role": "user", "parts": [{"type": "text", "content": handoff.prompt}]}]),
+            genai.OUTPUT_MESSAGES: json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": " " + call}],
+                                                "finish_reason": "stop"}]),
+        }) as span:
+            span.set_resource(PROMPT_RESOURCE, handoff.prompt_version)
+        rollout.emit_reward(1.0, name="routing", source="human", feedback="filed by a human agent")
+        rollout.emit_reward(1.0, name="resolution", source="human", feedback="resolved by a human agent")
+    return rollout.rollout_id
+
+
+class BusinessEvents:
+    """Business outcomes arriving after the agent's run, by rollout id (as a webhook would); an
+    escalated ticket is then filed by a human (:func:`record_human_handoff`)."""
+
+    def __init__(self, client: AgentStream, seed: int, delay: tuple[float, float] = (0.5, 3.0)) -> None:
+        self._client = client
+        self._rng = random.Random(seed)
+        self._delay = delay
+        self._heap: list[tuple[float, int, str, float, str, Handoff | None]] = []
+        self.handoffs = 0
+        self._lock = threading.Condition()
+        self._count = 0
+        self._closed = False
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="business-events", daemon=True)
+        self._thread.start()
+
+    def schedule(self, rollout_id: str, correct: bool, handoff: Handoff | None = None) -> None:
+        with self._lock:
+            value, what = business_outcome(correct, self._rng)
+            due = time.monotonic() + self._rng.uniform(*self._delay)
+            heapq.heappush(self._heap, (due, self._count, rollout_id, value, what, handoff))
+            self._count += 1
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._heap and not self._closed:
+                    self._lock.wait()
+                if not self._heap:
+                    return
+                due, _, rollout_id, value, what, handoff = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0 and not self._closed:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            self._client.emit_reward(value, name="resolution", source="business_event", rollout_id=rollout_id,
+                                     feedback=what)
+            self.sent += 1
+            if value == 0.0 and handoff is not None:
+                record_human_handoff(self._client, handoff, rollout_id)
+                self.handoffs += 1
+
+    def close(self) -> None:
+        """Send what is still scheduled (at once), then stop."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+
+
+__all__ = [
+    "DEMO_MIN_REWARD",
+    "PROMPT_RESOURCE",
+    "SEED_PROMPT",
+    "BusinessEvents",
+    "Handoff",
+    "SupportAgent",
+    "business_outcome",
+    "create_ticket",
+    "format_call",
+    "parse_call",
+    "record_human_handoff",
+]

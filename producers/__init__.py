@@ -57,7 +57,7 @@ def flush(timeout: float = 10.0) -> bool:
 
 
 def instrument_openai(client: Any = None) -> None:
-    """Capture OpenAI chat completions as LLM spans; see :mod:`agentstream.producers.openai`."""
+    """Capture OpenAI chat and text completions as LLM spans; see :mod:`agentstream.producers.openai`."""
     from .openai import instrument_openai as _instrument
 
     _instrument(client)

@@ -1,14 +1,33 @@
-"""OpenAI chat-completions capture: every ``chat.completions.create`` call becomes an ``llm`` span.
+"""OpenAI capture: every ``chat.completions.create`` and ``completions.create`` call becomes an ``llm`` span.
 
 >>> import agentstream
 >>> agentstream.init(service_name="support-bot")
 >>> agentstream.instrument_openai()          # every OpenAI / AsyncOpenAI client
->>> agentstream.instrument_openai(client)    # or just this one
+>>> agentstream.instrument_openai(client)    # or just this one (its chat and text completions)
 
 Spans follow the OpenTelemetry GenAI conventions (``chat {model}``, ``gen_ai.*`` attributes, messages
 as JSON in the OTel parts schema). Token ids are kept when an OpenAI-compatible server returns them
 (vLLM with ``extra_body={"return_token_ids": True}``: ``prompt_token_ids`` on the completion,
 ``token_ids`` on each choice), which is what trainers need to learn from the exact tokens sampled.
+
+Text completions, the legacy ``client.completions.create(model=..., prompt=...)`` API that base
+(non-chat) models behind vLLM or llama.cpp's server answer, are recorded the same way as
+``text_completion {model}`` spans (``gen_ai.operation.name = "text_completion"``). The prompt is
+recorded as one user message and the completion text as the assistant output message, in the same
+OTel JSON as chat, so the triplet of a text completion reads like that of a one-turn chat:
+``genai.otel_messages_to_openai(triplet.prompt_messages) == [{"role": "user", "content": prompt}]``
+and the text is the ``content`` of ``otel_messages_to_openai(triplet.response)[0]``. A one-element
+list of strings is the same as a string. A request with several prompts records one user message
+per prompt and, in the same order, the *first* choice of each prompt as the output messages (choice
+``i * n`` answers prompt ``i``), so output ``k`` answers input ``k``; token ids are those of the
+first prompt and its first choice. A prompt given as token ids has no text: no input message is
+recorded, the ids become the span's prompt token ids unless the server returned its own. Response
+token ids come from vLLM's ``token_ids`` (``return_token_ids``; vLLM puts ``prompt_token_ids`` on
+each choice here), else from the ids in the logprobs: llama.cpp's ``logprobs.content[].id``, or
+vLLM's ``logprobs.tokens`` under ``--return-tokens-as-token-ids`` (``"token_id:123"``). Logprobs
+themselves are not recorded, for chat neither (there is no attribute convention for them yet).
+With ``echo=True`` the response is recorded as the server returned it, echoed prompt included;
+``suffix`` is not recorded.
 
 Streaming calls return a thin wrapper around ``Stream`` / ``AsyncStream`` that hands every chunk
 through unchanged and ends the span when the stream is exhausted, closed, or dropped.
@@ -35,6 +54,8 @@ from typing import Any
 import openai
 from openai import AsyncStream, Stream
 from openai.resources.chat.completions import AsyncCompletions, Completions
+from openai.resources.completions import AsyncCompletions as AsyncTextCompletions
+from openai.resources.completions import Completions as TextCompletions
 
 from agentstream.schemas import genai
 
@@ -49,6 +70,12 @@ __all__ = ["instrument_openai", "is_instrumented", "uninstrument_openai"]
 # they also work on wrappers installed by an earlier import of this module.
 _ORIGINAL = "__agentstream_original__"
 _PROVIDER = "openai"
+# The OTel GenAI well-known value for the legacy completions API (genai.py names only chat's).
+_OPERATION_TEXT_COMPLETION = "text_completion"
+# Every patched resource class: chat completions, then (legacy) text completions.
+_CLASSES: tuple[type, ...] = (Completions, AsyncCompletions, TextCompletions, AsyncTextCompletions)
+_ASYNC_CLASSES = (AsyncCompletions, AsyncTextCompletions)
+_TEXT_CLASSES = (TextCompletions, AsyncTextCompletions)
 _SENTINELS = (openai.NotGiven, openai.Omit)
 _FLOAT_PARAMS = (
     ("temperature", genai.REQUEST_TEMPERATURE),
@@ -62,18 +89,20 @@ _INT_PARAMS = (
 )
 
 _lock = threading.Lock()
-# Resources (``client.chat.completions``) wrapped one by one, so uninstrument_openai() can undo them.
-_instances: weakref.WeakSet[Completions | AsyncCompletions] = weakref.WeakSet()
+# Resources (``client.chat.completions``, ``client.completions``) wrapped one by one, so
+# uninstrument_openai() can undo them.
+_instances: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 # ---- public API ----------------------------------------------------------------------------------------
 def instrument_openai(client: Any = None) -> None:
-    """Record OpenAI chat completions as ``llm`` spans.
+    """Record OpenAI chat completions and (legacy) text completions as ``llm`` spans.
 
     Args:
-        client: an ``openai.OpenAI`` / ``openai.AsyncOpenAI`` (or its ``chat.completions``
-            resource) to instrument alone; ``None`` patches ``Completions.create`` and
-            ``AsyncCompletions.create`` so every client, existing or future, is captured.
+        client: an ``openai.OpenAI`` / ``openai.AsyncOpenAI`` to instrument alone (both its
+            ``chat.completions`` and its ``completions``), or one such resource alone; ``None``
+            patches ``create`` of the chat and text ``Completions`` / ``AsyncCompletions`` classes
+            so every client, existing or future, is captured.
 
     Calling it again is a no-op; instrumenting a client and the classes never records a call twice.
 
@@ -82,35 +111,26 @@ def instrument_openai(client: Any = None) -> None:
     """
     with _lock:
         if client is None:
-            _patch_class(Completions, _sync_class_wrapper)
-            _patch_class(AsyncCompletions, _async_class_wrapper)
+            for cls in _CLASSES:
+                _patch_class(cls)
             return
-        resource = _resource_of(client)
-        if hasattr(vars(resource).get("create"), _ORIGINAL):
-            return
-        # Bind the class's *unwrapped* create, so that a later (or earlier) class patch does not
-        # wrap this call a second time: the instance attribute shadows the class attribute.
-        original = _unwrap(type(resource).create).__get__(resource, type(resource))
-        if isinstance(resource, AsyncCompletions):
-            wrapper = _async_instance_wrapper(original, resource)
-        else:
-            wrapper = _sync_instance_wrapper(original, resource)
-        resource.create = wrapper  # type: ignore[method-assign]
-        _instances.add(resource)
+        for resource in _resources_of(client):
+            _patch_instance(resource)
 
 
 def uninstrument_openai(client: Any = None) -> None:
     """Undo :func:`instrument_openai`.
 
     Args:
-        client: undo only this client's instrumentation; ``None`` restores the classes and every
-            client instrumented one by one.
+        client: undo only this client's (or resource's) instrumentation; ``None`` restores the
+            classes and every client instrumented one by one.
     """
     with _lock:
         if client is not None:
-            _restore_instance(_resource_of(client))
+            for resource in _resources_of(client):
+                _restore_instance(resource)
             return
-        for cls in (Completions, AsyncCompletions):
+        for cls in _CLASSES:
             current = cls.__dict__.get("create")
             original = getattr(current, _ORIGINAL, None)
             if original is not None:
@@ -120,23 +140,41 @@ def uninstrument_openai(client: Any = None) -> None:
 
 
 def is_instrumented(client: Any = None) -> bool:
-    """Whether calls of ``client`` (or, with ``None``, of every client) are captured."""
+    """Whether calls of ``client`` (all its resources; or, with ``None``, of every client) are captured."""
     if client is None:
-        return all(hasattr(cls.__dict__.get("create"), _ORIGINAL) for cls in (Completions, AsyncCompletions))
-    resource = _resource_of(client)
-    return hasattr(vars(resource).get("create"), _ORIGINAL) or hasattr(type(resource).create, _ORIGINAL)
+        return all(hasattr(cls.__dict__.get("create"), _ORIGINAL) for cls in _CLASSES)
+    return all(
+        hasattr(vars(resource).get("create"), _ORIGINAL) or hasattr(type(resource).create, _ORIGINAL)
+        for resource in _resources_of(client)
+    )
 
 
 # ---- patching ------------------------------------------------------------------------------------------
-def _resource_of(client: Any) -> Completions | AsyncCompletions:
-    if isinstance(client, (Completions, AsyncCompletions)):
-        return client
-    resource = getattr(getattr(client, "chat", None), "completions", None)
-    if not isinstance(resource, (Completions, AsyncCompletions)):
+def _resources_of(client: Any) -> list[Any]:
+    """The completions resources of a client (chat, then text), or the resource itself."""
+    if isinstance(client, _CLASSES):
+        return [client]
+    resources = []
+    chat = getattr(getattr(client, "chat", None), "completions", None)
+    if isinstance(chat, (Completions, AsyncCompletions)):
+        resources.append(chat)
+    text = getattr(client, "completions", None)
+    if isinstance(text, _TEXT_CLASSES):
+        resources.append(text)
+    if not resources:
         raise TypeError(
             f"instrument_openai: expected an openai.OpenAI or openai.AsyncOpenAI, got {type(client)!r}"
         )
-    return resource
+    return resources
+
+
+# Opens the span of one call and records its request (``_start`` or ``_start_text``).
+_Start = Callable[[Any, dict[str, Any]], "_Call | None"]
+
+
+def _starter(cls: type) -> _Start:
+    """What opens the span of a call of ``cls.create``: chat or text completion."""
+    return _start_text if issubclass(cls, _TEXT_CLASSES) else _start
 
 
 def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,13 +185,29 @@ def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = inner
 
 
-def _patch_class(cls: type, make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+def _patch_class(cls: type) -> None:
     current = cls.__dict__["create"]
     if hasattr(current, _ORIGINAL):
         return
-    wrapper = make_wrapper(current)
+    make_wrapper = _async_class_wrapper if issubclass(cls, _ASYNC_CLASSES) else _sync_class_wrapper
+    wrapper = make_wrapper(current, _starter(cls))
     setattr(wrapper, _ORIGINAL, current)
     cls.create = wrapper
+
+
+def _patch_instance(resource: Any) -> None:
+    if hasattr(vars(resource).get("create"), _ORIGINAL):
+        return
+    # Bind the class's *unwrapped* create, so that a later (or earlier) class patch does not
+    # wrap this call a second time: the instance attribute shadows the class attribute.
+    cls = type(resource)
+    original = _unwrap(cls.create).__get__(resource, cls)
+    if isinstance(resource, _ASYNC_CLASSES):
+        wrapper = _async_instance_wrapper(original, resource, _starter(cls))
+    else:
+        wrapper = _sync_instance_wrapper(original, resource, _starter(cls))
+    resource.create = wrapper
+    _instances.add(resource)
 
 
 def _restore_instance(resource: Any) -> None:
@@ -163,43 +217,45 @@ def _restore_instance(resource: Any) -> None:
     _instances.discard(resource)
 
 
-def _sync_class_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+def _sync_class_wrapper(original: Callable[..., Any], start: _Start) -> Callable[..., Any]:
     @functools.wraps(original)
-    def create(self: Completions, *args: Any, **kwargs: Any) -> Any:
-        return _invoke_sync(original, self, (self, *args), kwargs)
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return _invoke_sync(start, original, self, (self, *args), kwargs)
 
     return create
 
 
-def _async_class_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+def _async_class_wrapper(original: Callable[..., Any], start: _Start) -> Callable[..., Any]:
     # An ``async def``, so ``inspect.iscoroutinefunction(AsyncCompletions.create)`` stays true.
     @functools.wraps(original)
-    async def create(self: AsyncCompletions, *args: Any, **kwargs: Any) -> Any:
-        return await _invoke_async(original, self, (self, *args), kwargs)
+    async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return await _invoke_async(start, original, self, (self, *args), kwargs)
 
     return create
 
 
-def _sync_instance_wrapper(original: Callable[..., Any], resource: Completions) -> Callable[..., Any]:
+def _sync_instance_wrapper(original: Callable[..., Any], resource: Any, start: _Start) -> Callable[..., Any]:
     @functools.wraps(original)
     def create(*args: Any, **kwargs: Any) -> Any:
-        return _invoke_sync(original, resource, args, kwargs)
+        return _invoke_sync(start, original, resource, args, kwargs)
 
     setattr(create, _ORIGINAL, original)
     return create
 
 
-def _async_instance_wrapper(original: Callable[..., Any], resource: AsyncCompletions) -> Callable[..., Any]:
+def _async_instance_wrapper(original: Callable[..., Any], resource: Any, start: _Start) -> Callable[..., Any]:
     @functools.wraps(original)
     async def create(*args: Any, **kwargs: Any) -> Any:
-        return await _invoke_async(original, resource, args, kwargs)
+        return await _invoke_async(start, original, resource, args, kwargs)
 
     setattr(create, _ORIGINAL, original)
     return create
 
 
-def _invoke_sync(fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    call = _start(resource, kwargs)
+def _invoke_sync(
+    start: _Start, fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    call = start(resource, kwargs)
     if call is None:
         return fn(*args, **kwargs)
     try:
@@ -211,9 +267,9 @@ def _invoke_sync(fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], k
 
 
 async def _invoke_async(
-    fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    start: _Start, fn: Callable[..., Any], resource: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    call = _start(resource, kwargs)
+    call = start(resource, kwargs)
     if call is None:
         return await fn(*args, **kwargs)
     try:
@@ -250,19 +306,28 @@ def _capture_content(client: Any) -> bool:
         return False  # it records nothing, so converting messages would be wasted work
 
 
-def _start(resource: Any, kwargs: dict[str, Any]) -> _Call | None:
-    """Open the span of one call and record the request; ``None`` when capture cannot even start."""
-    messages = _materialize(kwargs, "messages")
-    tools = _materialize(kwargs, "tools")
+def _open_span(kwargs: Mapping[str, Any], operation: str) -> tuple[ActiveSpan, bool, str | None] | None:
+    """The span of one call (``{operation} {model}``), whether content is captured, and the model."""
     try:
         client = default_client()
         capture_content = _capture_content(client)
         model = kwargs.get("model")
         model = model if isinstance(model, str) else None
-        span = client.span(f"chat {model}" if model else "chat", kind="llm")
+        span = client.span(f"{operation} {model}" if model else operation, kind="llm")
     except Exception:
         logger.debug("agentstream: cannot start the span of an OpenAI call", exc_info=True)
         return None
+    return span, capture_content, model
+
+
+def _start(resource: Any, kwargs: dict[str, Any]) -> _Call | None:
+    """Open the span of one chat call and record the request; ``None`` when capture cannot even start."""
+    messages = _materialize(kwargs, "messages")
+    tools = _materialize(kwargs, "tools")
+    opened = _open_span(kwargs, genai.OPERATION_CHAT)
+    if opened is None:
+        return None
+    span, capture_content, model = opened
     try:
         _record_request(span, resource, kwargs, model, messages, tools, capture_content)
     except Exception:
@@ -270,27 +335,34 @@ def _start(resource: Any, kwargs: dict[str, Any]) -> _Call | None:
     return _Call(span, capture_content, bool(kwargs.get("stream")))
 
 
-def _record_request(
-    span: ActiveSpan,
-    resource: Any,
-    kwargs: Mapping[str, Any],
-    model: str | None,
-    messages: Any,
-    tools: Any,
-    capture_content: bool,
-) -> None:
-    span.set_attribute(genai.OPERATION_NAME, genai.OPERATION_CHAT)
+def _start_text(resource: Any, kwargs: dict[str, Any]) -> _TextCall | None:
+    """Open the span of one text-completion call and record the request; ``None`` when capture
+    cannot even start."""
+    prompt = _materialize(kwargs, "prompt")
+    opened = _open_span(kwargs, _OPERATION_TEXT_COMPLETION)
+    if opened is None:
+        return None
+    span, capture_content, model = opened
+    call = _TextCall(span, capture_content, bool(kwargs.get("stream")))
+    try:
+        _record_text_request(call, resource, kwargs, model, prompt)
+    except Exception:
+        logger.debug("agentstream: cannot record an OpenAI request", exc_info=True)
+    return call
+
+
+def _record_server(span: ActiveSpan, resource: Any, operation: str, model: str | None) -> None:
+    span.set_attribute(genai.OPERATION_NAME, operation)
     span.set_attribute(genai.PROVIDER_NAME, _PROVIDER)
     span.set_attribute(genai.REQUEST_MODEL, model)
     base_url = getattr(getattr(resource, "_client", None), "base_url", None)
     if base_url is not None:
         span.set_attribute(genai.SERVER_ADDRESS, base_url.host or None)
         span.set_attribute("server.port", base_url.port)  # None (not recorded) for the scheme's default
-    if capture_content and _given(messages):
-        span.set_attribute(genai.INPUT_MESSAGES, _json(genai.openai_messages_to_otel(messages)))
-    if _given(tools):
-        span.set_attribute(genai.TOOL_DEFINITIONS, _json([_plain(t) for t in tools]))
-    # Request parameters last: a caller's odd value failing float()/int() must not cost the messages.
+
+
+def _record_params(span: ActiveSpan, kwargs: Mapping[str, Any]) -> None:
+    # Recorded after the content: a caller's odd value failing float()/int() must not cost the messages.
     for key, name in _FLOAT_PARAMS:
         value = kwargs.get(key)
         if _given(value):
@@ -308,6 +380,61 @@ def _record_request(
     if _given(stop):
         stop_sequences = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         span.set_attribute(genai.REQUEST_STOP_SEQUENCES, stop_sequences)
+
+
+def _record_request(
+    span: ActiveSpan,
+    resource: Any,
+    kwargs: Mapping[str, Any],
+    model: str | None,
+    messages: Any,
+    tools: Any,
+    capture_content: bool,
+) -> None:
+    _record_server(span, resource, genai.OPERATION_CHAT, model)
+    if capture_content and _given(messages):
+        span.set_attribute(genai.INPUT_MESSAGES, _json(genai.openai_messages_to_otel(messages)))
+    if _given(tools):
+        span.set_attribute(genai.TOOL_DEFINITIONS, _json([_plain(t) for t in tools]))
+    _record_params(span, kwargs)
+
+
+def _record_text_request(
+    call: _TextCall, resource: Any, kwargs: Mapping[str, Any], model: str | None, prompt: Any
+) -> None:
+    span = call.span
+    _record_server(span, resource, _OPERATION_TEXT_COMPLETION, model)
+    texts, prompt_ids, prompt_count = _parse_prompt(prompt)
+    call.prompt_count = prompt_count
+    call.request_prompt_ids = prompt_ids
+    if call.capture_content and texts:
+        messages = [{"role": "user", "content": text} for text in texts]
+        span.set_attribute(genai.INPUT_MESSAGES, _json(genai.openai_messages_to_otel(messages)))
+    n = kwargs.get("n")
+    if isinstance(n, int) and n > 0:
+        call.choice_count = n
+    _record_params(span, kwargs)
+
+
+def _parse_prompt(prompt: Any) -> tuple[list[str], list[int] | None, int]:
+    """A ``completions.create`` prompt as (its texts, the first prompt's token ids, how many prompts).
+
+    The API takes a string, a list of strings, a list of token ids, or a list of such lists.
+    """
+    if isinstance(prompt, str):
+        return [prompt], None, 1
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        return [], None, 1
+    first = prompt[0]
+    if isinstance(first, str):
+        return [p if isinstance(p, str) else str(p) for p in prompt], None, len(prompt)
+    if isinstance(first, int):
+        # A copy: RL loops extend their token list with the response for the next turn, which
+        # would otherwise change what this span records before it is encoded.
+        return [], list(prompt), 1
+    if isinstance(first, (list, tuple)):
+        return [], list(first), len(prompt)
+    return [], None, 1
 
 
 def _plain(value: Any) -> Any:
@@ -361,6 +488,44 @@ def _output_message(message: Any, finish_reason: str | None) -> dict[str, Any]:
     if finish_reason:
         converted["finish_reason"] = finish_reason
     return converted
+
+
+def _text_output(text: Any, finish_reason: str | None) -> dict[str, Any]:
+    """A text completion's choice as the assistant output message, like a chat answer's."""
+    converted = genai.openai_message_to_otel({"role": "assistant", "content": text})
+    if finish_reason:
+        converted["finish_reason"] = finish_reason
+    return converted
+
+
+def _logprob_token_ids(logprobs: Any) -> list[int] | None:
+    """Sampled token ids carried by a text-completion choice's ``logprobs``, if the server put them
+    there: llama.cpp's ``content[].id``, vLLM's ``tokens`` as ``"token_id:123"``
+    (``--return-tokens-as-token-ids``). Plain OpenAI logprobs hold token strings only: ``None``."""
+    if logprobs is None:
+        return None
+    content = _extra(logprobs, "content")
+    if isinstance(content, list) and content:
+        ids = [e.get("id") if isinstance(e, dict) else getattr(e, "id", None) for e in content]
+        return ids if all(type(i) is int for i in ids) else None
+    tokens = getattr(logprobs, "tokens", None)
+    if (
+        isinstance(tokens, list)
+        and tokens
+        and isinstance(tokens[0], str)
+        and tokens[0].startswith("token_id:")
+    ):
+        try:
+            return [int(t[9:]) for t in tokens]
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _text_token_ids(choice: Any) -> list[int] | None:
+    """A text-completion choice's (or stream chunk choice's) sampled token ids."""
+    ids = _token_ids(_extra(choice, "token_ids"))
+    return ids if ids is not None else _logprob_token_ids(getattr(choice, "logprobs", None))
 
 
 def _record_usage(span: ActiveSpan, usage: Any) -> None:
@@ -587,6 +752,112 @@ class _Call:
             span.set_token_ids(prompt=prompt_ids, response=response_ids)
 
 
+class _TextCall(_Call):
+    """The span of one text-completion ``create`` call (``client.completions``)."""
+
+    __slots__ = ("prompt_count", "choice_count", "request_prompt_ids")
+
+    def __init__(self, span: ActiveSpan, capture_content: bool, streaming: bool) -> None:
+        super().__init__(span, capture_content, streaming)
+        self.prompt_count = 1  # prompts in the request
+        self.choice_count = 1  # choices per prompt (``n``)
+        self.request_prompt_ids: list[int] | None = None  # the first prompt, when sent as token ids
+
+    def _first_per_prompt(self, indexed: list[tuple[int, Any]]) -> list[Any]:
+        """What becomes the output messages: every choice (index order) for one prompt, as chat
+        does with ``n``; the first choice of each prompt (choice ``i * n``) for several."""
+        if self.prompt_count > 1:
+            return [choice for index, choice in indexed if index % self.choice_count == 0]
+        return [choice for _, choice in indexed]
+
+    def _prompt_ids(self, server_ids: Any) -> list[int] | None:
+        ids = _token_ids(server_ids)
+        return ids if ids is not None else _token_ids(self.request_prompt_ids)
+
+    # -- non-streaming ------------------------------------------------------------------------------------
+    def _record_completion(self, completion: Any) -> None:
+        span = self.span
+        span.set_attribute(genai.RESPONSE_ID, getattr(completion, "id", None))
+        span.set_attribute(genai.RESPONSE_MODEL, getattr(completion, "model", None))
+        indexed = sorted(
+            ((c.index if isinstance(c.index, int) else 0, c) for c in completion.choices or ()),
+            key=lambda pair: pair[0],
+        )
+        reasons = [str(c.finish_reason) for _, c in indexed if c.finish_reason]
+        span.set_attribute(genai.RESPONSE_FINISH_REASONS, reasons)
+        if self.capture_content:
+            outputs = [_text_output(c.text, c.finish_reason) for c in self._first_per_prompt(indexed)]
+            span.set_attribute(genai.OUTPUT_MESSAGES, _json(outputs))
+        _record_usage(span, getattr(completion, "usage", None))
+        first = indexed[0][1] if indexed else None
+        # vLLM puts a text completion's prompt ids on each choice; other servers may not
+        server_ids = _extra(first, "prompt_token_ids") if first is not None else None
+        prompt_ids = self._prompt_ids(server_ids if server_ids else _extra(completion, "prompt_token_ids"))
+        response_ids = _text_token_ids(first) if first is not None else None
+        if prompt_ids is not None or response_ids is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+
+    # -- streaming ----------------------------------------------------------------------------------------
+    def add_chunk(self, chunk: Any) -> None:
+        """Fold one streamed ``Completion`` into the aggregate. Runs per chunk: keep it lean."""
+        try:
+            self.last_chunk_time = now_us()
+            if self.response_id is None:
+                self.response_id = chunk.id
+                self.model = chunk.model
+            extra = chunk.model_extra
+            if extra and self.prompt_token_ids is None:
+                prompt_ids = extra.get("prompt_token_ids")
+                if prompt_ids:
+                    self.prompt_token_ids = prompt_ids
+            usage = chunk.usage
+            if usage is not None:
+                self.usage = usage
+            content = self.capture_content
+            for choice in chunk.choices:
+                index = choice.index if isinstance(choice.index, int) else 0
+                aggregate = self.choices.get(index)
+                if aggregate is None:
+                    aggregate = self.choices[index] = _Choice()
+                if choice.finish_reason:
+                    aggregate.finish_reason = choice.finish_reason
+                choice_extra = choice.model_extra
+                ids = None
+                if choice_extra:
+                    ids = choice_extra.get("token_ids")
+                    if index == 0:  # vLLM: on the first chunk of each choice
+                        prompt_ids = choice_extra.get("prompt_token_ids")
+                        if prompt_ids:
+                            self.prompt_token_ids = prompt_ids
+                if ids is None and choice.logprobs is not None:
+                    ids = _logprob_token_ids(choice.logprobs)
+                if ids:
+                    aggregate.token_ids.extend(ids)
+                if content and choice.text:
+                    aggregate.content.append(choice.text)
+        except Exception:
+            logger.debug("agentstream: cannot aggregate an OpenAI stream chunk", exc_info=True)
+
+    def _record_stream(self) -> None:
+        span = self.span
+        span.set_attribute(genai.RESPONSE_ID, self.response_id)
+        span.set_attribute(genai.RESPONSE_MODEL, self.model)
+        indexed = sorted(self.choices.items())
+        reasons = [c.finish_reason for _, c in indexed if c.finish_reason]
+        if reasons:
+            span.set_attribute(genai.RESPONSE_FINISH_REASONS, reasons)
+        if self.capture_content and indexed:
+            outputs = [
+                _text_output("".join(c.content), c.finish_reason) for c in self._first_per_prompt(indexed)
+            ]
+            span.set_attribute(genai.OUTPUT_MESSAGES, _json(outputs))
+        _record_usage(span, self.usage)
+        prompt_ids = self._prompt_ids(self.prompt_token_ids)
+        response_ids = _token_ids(indexed[0][1].token_ids) if indexed else None
+        if prompt_ids is not None or response_ids is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+
+
 def _add_tool_call_deltas(calls: dict[int, list[Any]], deltas: Any) -> None:
     for delta in deltas:
         index = getattr(delta, "index", None) or 0
@@ -607,7 +878,8 @@ def _add_tool_call_deltas(calls: dict[int, list[Any]], deltas: Any) -> None:
 
 
 class _SyncStream:
-    """A ``Stream[ChatCompletionChunk]`` seen through: chunks pass unchanged, the span ends with it.
+    """A ``Stream[ChatCompletionChunk]`` (or ``Stream[Completion]``) seen through: chunks pass
+    unchanged, the span ends with it.
 
     Everything else (``response``, ``_client``, ...) is the wrapped stream's, so helpers such as
     ``client.chat.completions.stream()`` keep working on top of it.

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import FrameType
@@ -56,6 +56,7 @@ from agentstream.settings import Settings
 
 from . import client as _client_module
 from .client import AgentStream
+from .resources import ResourceError, ResourceStore, pick_label, traffic_bucket
 from .tracer import Rollout, now_us
 
 logger = logging.getLogger(__name__)
@@ -278,6 +279,14 @@ class Runner:
         concurrency: attempts run at once (default ``settings.runner.concurrency``); sync agents
             run in that many threads, async agents on one event loop thread.
         worker_id: reported on every lifecycle event; default ``<host>-<pid>-<random>``.
+        resources: the resource store the runner resolves versions from (``True``: one of its own,
+            following the resource topics live; ``False``: none). Each attempt gets, per resource,
+            the version its task pins (a number or a label) or else the version of the label its
+            task key falls into under ``traffic``; the choice is stamped on the rollout and its
+            spans and available to the agent as ``rollout.resource(name)``. New versions and label
+            moves apply to the next attempt, without a restart.
+        traffic: label weights of the A/B split (default ``settings.runner.traffic``); the task key
+            is ``task.metadata["task_key"]`` or else the rollout id, so retries stay in their arm.
     """
 
     def __init__(
@@ -288,6 +297,8 @@ class Runner:
         client: AgentStream | None = None,
         concurrency: int | None = None,
         worker_id: str | None = None,
+        resources: ResourceStore | bool = True,
+        traffic: Mapping[str, float] | None = None,
     ) -> None:
         if not callable(agent):
             raise TypeError(f"agent must be callable, got {agent!r}")
@@ -313,6 +324,11 @@ class Runner:
         self._pass_rollout = _wants_rollout(agent)
         self.stats = RunnerStats()
         self.topic = self.settings.topic(TASKS.name)
+        self.traffic = dict(traffic if traffic is not None else self.config.traffic)
+        self._owns_store = resources is True
+        self.resources: ResourceStore | None = (
+            ResourceStore(self.settings, who=self.worker_id) if resources is True else (resources or None)
+        )
 
         self._lock = threading.Lock()
         self._inflight: dict[str, _Attempt] = {}
@@ -457,6 +473,8 @@ class Runner:
         self._deserializer = AvroDeserializer(
             Task.avro_schema(), SchemaStore.shipped(resolver), registry=self.settings.schema_registry_url
         )
+        if self.resources is not None:
+            self.resources.open()
         if self.is_async:
             self._loop = _LoopThread(f"agentstream-runner-loop-{self.worker_id}")
         else:
@@ -513,6 +531,8 @@ class Runner:
             if self._loop is not None:
                 self._loop.close()
                 self._loop = None
+            if self._owns_store and self.resources is not None:
+                self.resources.close()
             if self._owns_client:
                 self.client.close()
             else:
@@ -703,16 +723,21 @@ class Runner:
     # ---- attempts --------------------------------------------------------------------------------
     def _start(self, attempt_id: str, queued: _Queued) -> None:
         task = queued.task
+        stamps, resolved, problem = self._resolve(task)
         rollout = Rollout(
             self.client,
             task.input,
             rollout_id=task.rollout_id,
             attempt_id=attempt_id,
             attempt_number=task.attempt_number,
-            resources=task.resources,
+            resources=stamps,
             worker_id=self.worker_id,
             lifecycle_events=False,  # this runner reports them: lazily, and releases too
         )
+        rollout.resolved = resolved
+        rollout.mode = task.mode
+        if problem is not None:
+            rollout.fail(problem)
         attempt = _Attempt(task, attempt_id, rollout, queued.positions)
         with self._lock:
             self._inflight[attempt_id] = attempt
@@ -725,6 +750,47 @@ class Runner:
             # a fresh context per attempt: nothing of one attempt's context leaks into the next
             self._pool.submit(contextvars.Context().run, self._execute_sync, attempt)
 
+    def _resolve(self, task: Task) -> tuple[dict[str, str], dict[str, Any], str | None]:
+        """Per resource: the pinned version, else the A/B label's version; prompt templates first
+        (the first resource is what the rollout's spans are stamped with). Returns the stamps
+        (name -> version), the resolved versions, and why the attempt cannot run (or ``None``).
+        A pin on a resource the store does not manage is kept as an opaque stamp."""
+        store = self.resources
+        if store is None:
+            return dict(task.resources), {}, None
+        known = set(store.names())
+        names = self.config.resources if self.config.resources is not None else sorted(known)
+        key = task.metadata.get("task_key") or task.rollout_id
+        resolved: dict[str, Any] = {}
+        opaque = {name: pin for name, pin in task.resources.items() if name not in known}
+        for name in dict.fromkeys([*task.resources, *names]):
+            if name in opaque:
+                continue
+            pin = task.resources.get(name)
+            if pin is not None:
+                version = store.find(name, pin)
+                if version is None:  # published a moment ago elsewhere: give the follower a moment
+                    store.wait_for(lambda s, n=name, p=pin: s.find(n, p) is not None, timeout=5.0)
+                    version = store.find(name, pin)
+                if version is None:
+                    return dict(task.resources), resolved, f"resource {name} pinned to {pin!r}, which does not exist"
+            else:
+                try:
+                    labels = store.labels(name)
+                except ResourceError:
+                    continue
+                label = pick_label(self.traffic, labels, traffic_bucket(key, name))
+                if label is None:
+                    continue  # nothing to offer (e.g. no production label yet)
+                version = store.find(name, labels[label])
+                if version is None:
+                    continue
+            resolved[name] = version
+        ordered = dict(sorted(resolved.items(), key=lambda item: item[1].kind != "prompt_template"))
+        stamps = {name: str(v.version) for name, v in ordered.items()}
+        stamps.update(opaque)
+        return stamps, ordered, None
+
     def _arguments(self, attempt: _Attempt) -> tuple[Any, ...]:
         task_input = orjson.loads(attempt.task.input)
         return (task_input, attempt.rollout) if self._pass_rollout else (task_input,)
@@ -732,6 +798,8 @@ class Runner:
     def _execute_sync(self, attempt: _Attempt) -> None:
         try:
             with attempt.rollout:
+                if attempt.rollout.status == "failed":
+                    raise _Unrunnable(attempt.rollout.error)
                 result = self.agent(*self._arguments(attempt))
                 if inspect.isawaitable(result):  # a sync callable that returned a coroutine
                     result = asyncio.run(_awaited(result))
@@ -743,6 +811,8 @@ class Runner:
     async def _execute_async(self, attempt: _Attempt) -> None:
         try:
             async with attempt.rollout:
+                if attempt.rollout.status == "failed":
+                    raise _Unrunnable(attempt.rollout.error)
                 result = await self.agent(*self._arguments(attempt))
                 _emit_return_reward(result, attempt)
         except asyncio.CancelledError:
@@ -867,6 +937,10 @@ class Runner:
             resources=rollout.resources,
             started_at=attempt.started_at,
         )
+
+
+class _Unrunnable(RuntimeError):
+    """An attempt that cannot start (e.g. its pinned resource version does not exist)."""
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -89,6 +89,8 @@ class Rollout:
         "trace_id",
         "task",
         "resources",
+        "resolved",
+        "mode",
         "worker_id",
         "lifecycle_events",
         "started_at",
@@ -122,6 +124,10 @@ class Rollout:
         self.trace_id = new_trace_id()
         self.task = task
         self.resources: dict[str, str] = dict(resources or {})
+        #: the resource versions a runner resolved for this attempt (name -> ResourceVersion)
+        self.resolved: dict[str, Any] = {}
+        #: the task's mode (train, val, test, prod) when a runner runs it
+        self.mode = "train"
         self.worker_id = worker_id
         # False when a runner reports attempt_started/attempt_finished itself (lazily, with retries
         # and releases the context manager cannot know about).
@@ -157,6 +163,15 @@ class Rollout:
 
     def span(self, name: str, **kwargs: Any) -> ActiveSpan:
         return self.client.span(name, rollout=self, **kwargs)
+
+    def resource(self, name: str) -> Any:
+        """The version of resource ``name`` this attempt uses (a ``ResourceVersion``; runners resolve
+        it from the task's pin or the A/B split, and it is stamped on the rollout and its spans)."""
+        try:
+            return self.resolved[name]
+        except KeyError:
+            known = sorted(self.resolved)
+            raise KeyError(f"resource {name!r} was not resolved for this rollout; resolved: {known}") from None
 
     def fail(self, error: str) -> None:
         """Mark the attempt failed without raising (e.g. the agent gave up)."""

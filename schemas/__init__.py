@@ -2,7 +2,16 @@
 serializers, and the topic catalogue. This package imports nothing else of agentstream's."""
 
 from .avro import SCHEMA_FILES, AvroSchema, all_schemas, load_schema
-from .resource_version import ResourceKind, ResourceVersion
+from .promotion_decision import PromotionAction, PromotionDecision
+from .resource_label import CANDIDATE, PRODUCTION, ResourceLabel
+from .resource_version import (
+    ResourceKind,
+    ResourceVersion,
+    TemplateError,
+    check_template,
+    render_template,
+    template_variables,
+)
 from .reward import Reward, RewardSource
 from .rollout_event import (
     TERMINAL_ATTEMPT,
@@ -42,9 +51,20 @@ MODELS = {
     "task": Task,
     "rollout_state": RolloutState,
     "version_metrics": VersionMetrics,
+    "resource_label": ResourceLabel,
+    "promotion_decision": PromotionDecision,
 }
 
 __all__ = [
+    "CANDIDATE",
+    "PRODUCTION",
+    "PromotionAction",
+    "PromotionDecision",
+    "ResourceLabel",
+    "TemplateError",
+    "check_template",
+    "render_template",
+    "template_variables",
     "LATENCY_BUCKETS_MS",
     "TERMINAL_ATTEMPT",
     "TERMINAL_ROLLOUT",

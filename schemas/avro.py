@@ -22,6 +22,8 @@ SCHEMA_FILES = {
     "task": "io.agentstream.Task",
     "rollout_state": "io.agentstream.RolloutState",
     "version_metrics": "io.agentstream.VersionMetrics",
+    "resource_label": "io.agentstream.ResourceLabel",
+    "promotion_decision": "io.agentstream.PromotionDecision",
 }
 
 

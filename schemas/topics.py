@@ -81,6 +81,24 @@ RESOURCES = TopicSpec(
     "Immutable resource versions (prompt templates, models) that runners subscribe to.",
     partitions=1,
 )
+RESOURCE_LABELS = TopicSpec(
+    "resource-labels",
+    "resource_name/label",
+    "resource_label",
+    "compact",
+    None,
+    "Where each label (production, candidate, custom) of a resource points; moved by appending events.",
+    partitions=1,
+)
+DECISIONS = TopicSpec(
+    "decisions",
+    "resource_name",
+    "promotion_decision",
+    "delete",
+    365 * DAY_MS,
+    "Promotion-policy decisions (promote, hold, rollback) with their evidence.",
+    partitions=1,
+)
 DEAD_LETTER = TopicSpec(
     "dead-letter",
     "original key",
@@ -109,6 +127,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     ROLLOUT_STATE,
     METRICS,
     RESOURCES,
+    RESOURCE_LABELS,
+    DECISIONS,
     DEAD_LETTER,
     SCHEMAS,
 )

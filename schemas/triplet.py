@@ -25,6 +25,7 @@ class Triplet(AvroRecord):
     credit_assignment: str = ""
     resource_name: str = ""
     resource_version: str = ""
+    mode: str = ""
     task_type: str = ""
     model: str = ""
     created_at: TimestampMicros

@@ -8,7 +8,10 @@ from typing import Any
 from agentstream.schemas import AvroSchema, load_schema
 from agentstream.schemas.topics import (
     DEAD_LETTER,
+    DECISIONS,
     METRICS,
+    RESOURCE_LABELS,
+    RESOURCES,
     REWARDS,
     ROLLOUT_EVENTS,
     ROLLOUT_STATE,
@@ -43,6 +46,9 @@ SINK_TABLES: tuple[SinkTable, ...] = (
     SinkTable(TRIPLETS, "triplets"),
     SinkTable(ROLLOUT_STATE, "rollout_states"),
     SinkTable(METRICS, "version_metrics"),
+    SinkTable(RESOURCES, "resource_versions"),
+    SinkTable(RESOURCE_LABELS, "resource_labels"),
+    SinkTable(DECISIONS, "promotion_decisions", "decision_id"),
     SinkTable(DEAD_LETTER, "dead_letters"),
 )
 

@@ -358,6 +358,7 @@ def build_worker(settings: Settings) -> StreamApp:
     ) -> None:
         state = rollouts.get(join.rollout_id)
         task_type = state.task_type if state is not None else ""
+        mode = state.mode if state is not None else ""
         emitted_at = now_us()
         # held here, not re-read from the cache: fetching may evict what was cached
         contents = {u.span_id: calls.cached(u.span_id) for u in updates}
@@ -389,6 +390,7 @@ def build_worker(settings: Settings) -> StreamApp:
                 credit_assignment=strategy,
                 resource_name=content["resource_name"],
                 resource_version=content["resource_version"],
+                mode=mode,
                 task_type=task_type,
                 model=content["model"],
                 created_at=content["created_at"],

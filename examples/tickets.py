@@ -1,0 +1,68 @@
+"""The demo dataset: 360 handwritten customer-support tickets with ground-truth queue and priority.
+
+The tickets live in ``data/support_tickets.jsonl`` (shipped as package data) and were produced by
+``data/generate_tickets.py`` from handwritten templates, so no download or model is needed. Each
+has a fixed split: ``train`` (200) for few-shot examples or fine-tuning, ``val`` (60) for tuning,
+``test`` (100) for reporting; every split carries the same queue mix.
+
+Queues: billing (charges, invoices, refunds, payments, plan pricing), technical (bugs, errors,
+crashes, integrations, performance, API), shipping (delivery, tracking, damaged or lost parcels,
+return logistics), account (login, password, 2FA, profile, users and permissions, data deletion).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+QUEUES = ("billing", "technical", "shipping", "account")
+PRIORITIES = ("low", "normal", "high")
+TIERS = ("free", "pro", "enterprise")
+SPLITS = ("train", "val", "test")
+
+_PACKAGE = "agentstream.examples"
+_RESOURCE = "data/support_tickets.jsonl"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One support ticket and its ground truth."""
+
+    ticket_id: str
+    text: str
+    queue: str
+    priority: str
+    customer_tier: str
+    split: str
+
+
+@cache
+def _all_tickets() -> tuple[Ticket, ...]:
+    # Read once per process: callers load the same splits repeatedly (few-shot prompts, eval loops).
+    raw = resources.files(_PACKAGE).joinpath(_RESOURCE).read_text(encoding="utf-8")
+    return tuple(Ticket(**json.loads(line)) for line in raw.splitlines() if line.strip())
+
+
+def load_tickets(split: str | None = None) -> list[Ticket]:
+    """The tickets of ``split`` (``"train"``, ``"val"`` or ``"test"``), or all of them when ``None``.
+
+    Order is the file's, which is fixed, so a seeded few-shot sample is reproducible.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS} or None")
+    return [ticket for ticket in _all_tickets() if split is None or ticket.split == split]
+
+
+def label_mix(tickets: Iterable[Ticket]) -> dict[str, float]:
+    """Share of each queue in ``tickets``, keyed in ``QUEUES`` order; all zeros for no tickets."""
+    counts = dict.fromkeys(QUEUES, 0)
+    for ticket in tickets:
+        counts[ticket.queue] += 1
+    total = sum(counts.values())
+    return {queue: (count / total if total else 0.0) for queue, count in counts.items()}
+
+
+__all__ = ["PRIORITIES", "QUEUES", "SPLITS", "TIERS", "Ticket", "label_mix", "load_tickets"]

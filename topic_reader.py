@@ -1,0 +1,228 @@
+"""Read whole topics without a consumer group: the way runners, trainers and the promotion
+controller follow compacted state topics (resources, labels, metrics, rollout states).
+
+A reader assigns every partition of its topics (no group join, so no rebalance delays), starts at
+the beginning or at the current end, decodes each record with the shipped Avro schemas, and hands
+``(topic, key, model)`` to a callback. "Caught up" means every partition's position has reached the
+high watermark reported by a Fetch response, never the broker's ListOffsets answer (which some
+brokers, the embedded one included, get wrong).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from agentstream.schemas import MODELS, AvroDeserializer, MalformedRecordError, SchemaStore
+from agentstream.schemas.catalog import SchemaTopicResolver
+from agentstream.schemas.topics import SCHEMAS, TopicSpec
+from agentstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: ``on_record(topic_spec, key, record)``; ``record`` is the topic's pydantic model.
+RecordCallback = Callable[[TopicSpec, bytes | None, Any], None]
+
+
+class TopicReader:
+    """Follows topics from the beginning (``start="beginning"``) or from their end at open time.
+
+    Args:
+        settings: where Kafka is (resolved).
+        topics: catalogue entries whose records to read (their ``value_schema`` decodes them).
+        on_record: called for every decoded record, on the thread that polls.
+        start: where to begin.
+        name: for the client id and logs.
+
+    Use :meth:`poll` from your own loop, or :meth:`start` for a background thread; both stop at
+    :meth:`close`. Undecodable records are logged and skipped (their producers' dead-letter
+    handling is upstream of here).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Iterable[TopicSpec],
+        on_record: RecordCallback,
+        *,
+        start: Literal["beginning", "end"] = "beginning",
+        name: str = "reader",
+    ) -> None:
+        self.settings = settings
+        self.specs = {settings.topic(spec.name): spec for spec in topics}
+        self.on_record = on_record
+        self.name = name
+        self._start = start
+        self._consumer: Consumer | None = None
+        self._partitions: list[TopicPartition] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        resolver = SchemaTopicResolver(settings.consumer_config("unused"), settings.topic(SCHEMAS.name))
+        self._deserializer = AvroDeserializer(store=SchemaStore.shipped(resolver), registry=settings.schema_registry_url)
+        self.records = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    def open(self, timeout: float = 15.0) -> TopicReader:
+        if self._consumer is not None:
+            return self
+        config = self.settings.consumer_config(
+            f"agentstream-{self.name}-{uuid.uuid4().hex[:8]}",  # never joined: assign() only
+            **{"enable.partition.eof": False, "client.id": f"agentstream-{self.name}"},
+        )
+        consumer = Consumer(config)
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = []
+        for topic in self.specs:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                consumer.close()
+                raise RuntimeError(f"topic {topic} does not exist: run `agentstream topics create` (or `up`)")
+            partitions.extend(TopicPartition(topic, p, 0) for p in sorted(info.partitions))
+        if self._start == "end":
+            ends = _fetch_high_watermarks(consumer, partitions, timeout)
+            partitions = [TopicPartition(tp.topic, tp.partition, ends[(tp.topic, tp.partition)]) for tp in partitions]
+        consumer.assign(partitions)
+        self._partitions = partitions
+        self._consumer = consumer
+        return self
+
+    def start(self) -> TopicReader:
+        """Open, then follow in a daemon thread until :meth:`close`."""
+        self.open()
+        self._thread = threading.Thread(target=self._follow, name=f"agentstream-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+    def __enter__(self) -> TopicReader:
+        return self.open()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # ---- reading ------------------------------------------------------------------------------------
+    def poll(self, timeout: float = 0.1, max_records: int = 1000) -> int:
+        """Read what is there (waiting up to ``timeout``); returns how many records were handled."""
+        with self._lock:
+            consumer = self._consumer
+            if consumer is None:
+                raise RuntimeError("the reader is not open")
+            messages = consumer.consume(num_messages=max_records, timeout=timeout)
+            handled = 0
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        logger.warning("%s: consumer error: %s", self.name, error)
+                    continue
+                spec = self.specs[message.topic()]
+                try:
+                    record = self._decode(spec, message.value())
+                except (MalformedRecordError, ValueError) as e:
+                    logger.error("%s: skipping undecodable record %s[%d]@%d: %s", self.name,
+                                 message.topic(), message.partition(), message.offset(), e)
+                    continue
+                self.on_record(spec, message.key(), record)
+                handled += 1
+            self.records += handled
+            if not self._caught_up.is_set() and self._at_end(consumer):
+                self._caught_up.set()
+            return handled
+
+    def wait_caught_up(self, timeout: float = 15.0) -> bool:
+        """Block until everything present at open time has been handed over (polling if no thread)."""
+        deadline = time.monotonic() + timeout
+        while not self._caught_up.is_set() and time.monotonic() < deadline:
+            if self._error is not None:
+                raise RuntimeError(f"{self.name} failed") from self._error
+            if self._thread is None:
+                self.poll(0.05)
+            else:
+                self._caught_up.wait(0.05)
+        return self._caught_up.is_set()
+
+    def read_to_end(self, timeout: float = 15.0) -> int:
+        """Open, read everything there is now, and close (for one-shot readers such as the CLI)."""
+        self.open()
+        try:
+            if not self.wait_caught_up(timeout):
+                raise TimeoutError(f"{self.name}: did not reach the end of {sorted(self.specs)} in {timeout}s")
+            return self.records
+        finally:
+            self.close()
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def _follow(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.poll(0.1)
+            except RuntimeError:
+                return  # closed meanwhile
+            except Exception as e:  # a dead follower must be visible, not silent
+                self._error = e
+                logger.exception("%s stopped", self.name)
+                return
+
+    def _decode(self, spec: TopicSpec, value: bytes | None) -> Any:
+        if spec.value_schema is None:
+            return value
+        if value is None:
+            raise ValueError("tombstone")
+        return MODELS[spec.value_schema].from_avro(self._deserializer(value))
+
+    def _at_end(self, consumer: Consumer) -> bool:
+        try:
+            positions = consumer.position(self._partitions)
+        except KafkaException:
+            return False
+        for tp in positions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+            if high < 0:
+                return False  # no fetch response yet
+            if high > 0 and tp.offset < high:
+                return False  # tp.offset is -1001 (invalid) until a record was consumed
+        return True
+
+
+def _fetch_high_watermarks(
+    consumer: Consumer, partitions: list[TopicPartition], timeout: float
+) -> dict[tuple[str, int], int]:
+    """End offsets as a Fetch response reports them (ListOffsets only picks where to fetch)."""
+    assignment = []
+    for tp in partitions:
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        assignment.append(TopicPartition(tp.topic, tp.partition, max(high - 1, low, 0)))
+    consumer.assign(assignment)
+    result: dict[tuple[str, int], int] = {}
+    deadline = time.monotonic() + timeout
+    while len(result) < len(partitions) and time.monotonic() < deadline:
+        consumer.consume(num_messages=100, timeout=0.1)
+        for tp in partitions:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                result[(tp.topic, tp.partition)] = high
+    consumer.unassign()
+    missing = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) not in result]
+    if missing:
+        raise TimeoutError(f"no fetch response for {missing} within {timeout}s")
+    return result
