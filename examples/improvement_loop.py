@@ -50,10 +50,12 @@ class DemoConfig:
     rounds: int = 2
     #: training tickets per traffic batch (the A/B runs batches until the controller decides)
     traffic_batch: int = 40
-    max_ab_batches: int = 4
+    max_ab_batches: int = 2
+    #: 2 of 60 validation tickets: a one-ticket "win" is noise
+    min_gain: float = 0.03
     beam_width: int = 1
     branch_factor: int = 3
-    demos: int = 8
+    demos: int = 6
     val_items: int | None = None
     test_items: int | None = None
     concurrency: int = 2
@@ -188,7 +190,8 @@ class ImprovementLoop:
             console.rule(f"Round {round_index}: APO from v{production.version}")
             apo = APOTrainer(
                 APOConfig(resource_name=PROMPT_RESOURCE, beam_width=cfg.beam_width, branch_factor=cfg.branch_factor,
-                          rounds=1, demos=cfg.demos, demo_min_reward=DEMO_MIN_REWARD, optimizer_model=GEMMA_MODEL, optimizer_api="completions",
+                          rounds=1, demos=cfg.demos, demo_min_reward=DEMO_MIN_REWARD,
+                    min_gain=cfg.min_gain, optimizer_model=GEMMA_MODEL, optimizer_api="completions",
                           seed=cfg.seed + round_index),
                 settings, evaluator=evaluator, val_items=[_task(t, 0.0, 0) for t in val], optimizer=optimizer,
                 store=store, on_event=self._apo_event(), scored=scored,

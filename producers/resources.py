@@ -27,13 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Producer
-from confluent_kafka.serialization import MessageField, SerializationContext
-
 from agentstream.schemas import (
     CANDIDATE,
     PRODUCTION,
-    AvroSerializer,
     ResourceKind,
     ResourceLabel,
     ResourceVersion,
@@ -41,9 +37,9 @@ from agentstream.schemas import (
     check_template,
 )
 from agentstream.schemas.resource_version import content_hash
-from agentstream.schemas.topics import RESOURCE_LABELS, RESOURCES, SCHEMAS, TopicSpec
+from agentstream.schemas.topics import RESOURCE_LABELS, RESOURCES, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_reader import TopicReader
+from agentstream.topic_io import RecordWriter, TopicReader
 
 from .tracer import now_us
 
@@ -121,11 +117,7 @@ class ResourceStore:
         self._resources: dict[str, ResourceState] = {}
         self._listeners: list[Callable[[ResourceVersion | ResourceLabel], None]] = []
         self._reader: TopicReader | None = None
-        self._producer: Producer | None = None
-        self._serializers = {
-            RESOURCES.name: AvroSerializer(ResourceVersion.avro_schema(), self.settings.schema_registry_url),
-            RESOURCE_LABELS.name: AvroSerializer(ResourceLabel.avro_schema(), self.settings.schema_registry_url),
-        }
+        self._writer = RecordWriter(self.settings)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def open(self, timeout: float = 15.0) -> ResourceStore:
@@ -152,9 +144,7 @@ class ResourceStore:
         if self._reader is not None and self.follow:
             self._reader.close()
         self._reader = None
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
+        self._writer.close()
 
     def __enter__(self) -> ResourceStore:
         return self.open()
@@ -290,7 +280,7 @@ class ResourceStore:
                 created_at=now_us(),
                 created_by=self.who,
             )
-            self._produce(RESOURCES, f"{name}/{number}", record, timeout)
+            self._writer.write(RESOURCES, f"{name}/{number}", record, timeout)
             stored = self._await(lambda n=number: self._stored_version(name, n), deadline)
             if stored is None:
                 raise TimeoutError(f"{name} v{number} did not come back from the resources topic")
@@ -324,7 +314,7 @@ class ResourceStore:
             moved_at=now_us(),
             moved_by=self.who,
         )
-        self._produce(RESOURCE_LABELS, f"{name}/{label}", event, timeout)
+        self._writer.write(RESOURCE_LABELS, f"{name}/{label}", event, timeout)
         deadline = time.monotonic() + timeout
         if self._await(lambda: self._seen_label(name, label, event.moved_at), deadline) is None:
             raise TimeoutError(f"label move {name}/{label} did not come back from the topic")
@@ -416,35 +406,6 @@ class ResourceStore:
         if number not in state.versions:
             raise ResourceError(f"{state.name} has no version {number}; latest is v{state.latest}")
         return number
-
-    def _produce(self, spec: TopicSpec, key: str, record: Any, timeout: float) -> None:
-        if self._producer is None:
-            self._producer = Producer(self.settings.producer_config(**{"linger.ms": 0}))
-            self._publish_schemas()
-        topic = self.settings.topic(spec.name)
-        serializer = self._serializers[spec.name]
-        value = serializer(record.to_avro(), SerializationContext(topic, MessageField.VALUE))
-        errors: list[str] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        self._producer.produce(topic, value=value, key=key.encode(), on_delivery=delivered)
-        if self._producer.flush(timeout) > 0:
-            raise TimeoutError(f"{topic}: not acknowledged within {timeout}s")
-        if errors:
-            raise RuntimeError(f"{topic}: delivery failed: {errors[0]}")
-
-    def _publish_schemas(self) -> None:
-        if self.settings.schema_registry_url:
-            return
-        assert self._producer is not None
-        for serializer in self._serializers.values():
-            schema = serializer.schema
-            self._producer.produce(
-                self.settings.topic(SCHEMAS.name), key=schema.fingerprint.hex().encode(), value=schema.json.encode()
-            )
 
 
 def _describe(version: ResourceVersion) -> str:

@@ -27,22 +27,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Producer
-from confluent_kafka.serialization import MessageField, SerializationContext
-
 from agentstream.producers.resources import ResourceStore
 from agentstream.schemas import (
     CANDIDATE,
     PRODUCTION,
-    AvroSerializer,
     PromotionAction,
     PromotionDecision,
     ResourceLabel,
     VersionMetrics,
 )
-from agentstream.schemas.topics import DECISIONS, METRICS, SCHEMAS, TopicSpec
+from agentstream.schemas.topics import DECISIONS, METRICS, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_reader import TopicReader
+from agentstream.topic_io import RecordWriter, TopicReader
 
 from .promotion_policy import TEST_NAME, ArmStats, MetricsBook, PromotionPolicy
 
@@ -87,8 +83,7 @@ class PromotionController:
         self._book_lock = threading.Lock()
         self._metrics = TopicReader(self.settings, (METRICS,), self._on_metrics, name="promoter-metrics")
         self._experiments: dict[tuple[str, int, int], _Experiment] = {}
-        self._producer: Producer | None = None
-        self._serializer = AvroSerializer(PromotionDecision.avro_schema(), self.settings.schema_registry_url)
+        self._writer = RecordWriter(self.settings)
         self.decisions: list[PromotionDecision] = []
 
     # ---- lifecycle -----------------------------------------------------------------------------------
@@ -102,9 +97,7 @@ class PromotionController:
         self._metrics.close()
         if self._owns_store:
             self.store.close()
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
+        self._writer.close()
 
     def run(self, stop: threading.Event) -> None:
         """Evaluate every ``interval_seconds`` until ``stop`` is set."""
@@ -193,7 +186,7 @@ class PromotionController:
             reason=verdict.reason,
             decided_at=int(time.time() * 1_000_000),
         )
-        self._produce(DECISIONS, name, decision)
+        self._writer.write(DECISIONS, name, decision)
         self.decisions.append(decision)
         return decision
 
@@ -202,19 +195,6 @@ class PromotionController:
         if isinstance(record, VersionMetrics):
             with self._book_lock:
                 self.book.add(record)
-
-    def _produce(self, spec: TopicSpec, key: str, record: PromotionDecision) -> None:
-        if self._producer is None:
-            self._producer = Producer(self.settings.producer_config(**{"linger.ms": 0}))
-            if not self.settings.schema_registry_url:
-                schema = self._serializer.schema
-                self._producer.produce(self.settings.topic(SCHEMAS.name), key=schema.fingerprint.hex().encode(),
-                                       value=schema.json.encode())
-        topic = self.settings.topic(spec.name)
-        value = self._serializer(record.to_avro(), SerializationContext(topic, MessageField.VALUE))
-        self._producer.produce(topic, value=value, key=key.encode())
-        if self._producer.flush(15) > 0:
-            raise TimeoutError(f"{topic}: decision not acknowledged")
 
 
 def run_promoter(settings: Settings, stop: threading.Event) -> None:

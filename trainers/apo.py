@@ -42,7 +42,7 @@ from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceVersion, Template
 from agentstream.schemas.genai import otel_messages_to_openai
 from agentstream.schemas.topics import TRIPLETS, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_reader import TopicReader
+from agentstream.topic_io import TopicReader
 
 from .evaluation import Evaluation, RolloutEvaluator
 
@@ -100,6 +100,8 @@ class APOConfig:
     #: rollout modes whose triplets are learned from (never the evaluation splits)
     modes: tuple[str, ...] = ("train", "prod")
     label: str = CANDIDATE
+    #: a child is accepted only if its validation score beats its parent's by more than this
+    min_gain: float = 0.0
     seed: int = 0
 
 
@@ -235,7 +237,7 @@ class APOTrainer:
                         self._score(child)
                         result.candidates.append(child)
                         assert child.score is not None and parent.score is not None
-                        accepted = child.score > parent.score
+                        accepted = child.score > parent.score + cfg.min_gain
                         self.on_event("candidate", {"round": round_index, "version": child.version.version,
                                                     "strategy": strategy, "score": child.score,
                                                     "parent_score": parent.score, "accepted": accepted})

@@ -22,7 +22,7 @@ from agentstream.producers.tasks import TaskSpec
 from agentstream.schemas import TERMINAL_ROLLOUT, RolloutState, RolloutStatus
 from agentstream.schemas.topics import ROLLOUT_STATE, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_reader import TopicReader
+from agentstream.topic_io import TopicReader
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Read whole topics without a consumer group: the way runners, trainers and the promotion
-controller follow compacted state topics (resources, labels, metrics, rollout states).
+"""Topics as logs of state, read and written by the control plane: runners, trainers and the
+promotion controller follow compacted topics (resources, labels, metrics, rollout states) with a
+:class:`TopicReader`, and append versions, label moves and decisions with a :class:`RecordWriter`.
 
 A reader assigns every partition of its topics (no group join, so no rebalance delays), starts at
 the beginning or at the current end, decodes each record with the shipped Avro schemas, and hands
@@ -17,10 +18,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.serialization import MessageField, SerializationContext
 
-from agentstream.schemas import MODELS, AvroDeserializer, MalformedRecordError, SchemaStore
+from agentstream.schemas import MODELS, AvroDeserializer, AvroSerializer, MalformedRecordError, SchemaStore
 from agentstream.schemas.catalog import SchemaTopicResolver
+from agentstream.schemas.record import AvroRecord
 from agentstream.schemas.topics import SCHEMAS, TopicSpec
 from agentstream.settings import Settings
 
@@ -226,3 +229,47 @@ def _fetch_high_watermarks(
     if missing:
         raise TimeoutError(f"no fetch response for {missing} within {timeout}s")
     return result
+
+
+class RecordWriter:
+    """Appends Avro records one at a time and waits until Kafka has each (idempotent, acks=all).
+
+    Meant for low-rate control records (resource versions, label moves, decisions), where the
+    caller must know the record is in the log before it goes on. Writer schemas are published to
+    the schemas topic once, unless a Schema Registry is configured.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Producer | None = None
+        self._serializers: dict[str, AvroSerializer] = {}
+
+    def write(self, spec: TopicSpec, key: str, record: AvroRecord, timeout: float = 15.0) -> None:
+        if self._producer is None:
+            self._producer = Producer(self.settings.producer_config(**{"linger.ms": 0}))
+        serializer = self._serializers.get(spec.name)
+        if serializer is None:
+            serializer = AvroSerializer(record.avro_schema(), self.settings.schema_registry_url)
+            self._serializers[spec.name] = serializer
+            if not self.settings.schema_registry_url:
+                schema = serializer.schema
+                self._producer.produce(self.settings.topic(SCHEMAS.name), key=schema.fingerprint.hex().encode(),
+                                       value=schema.json.encode())
+        topic = self.settings.topic(spec.name)
+        value = serializer(record.to_avro(), SerializationContext(topic, MessageField.VALUE))
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        self._producer.produce(topic, value=value, key=key.encode(), on_delivery=delivered)
+        if self._producer.flush(timeout) > 0:
+            raise TimeoutError(f"{topic}: not acknowledged within {timeout}s")
+        if errors:
+            raise RuntimeError(f"{topic}: delivery failed: {errors[0]}")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
