@@ -183,7 +183,9 @@ class ImprovementLoop:
         test_seed = evaluate(seed.version, test, "test", f"Test split on the seed v{seed.version}")
         report.test_seed_success = test_seed.score
         val_seed: float | None = None
-        optimizer = __import__("openai").OpenAI(base_url=llm.base_url, api_key="local")
+        import openai
+
+        optimizer = openai.OpenAI(base_url=llm.base_url, api_key="local")
         scored = self.scored
         for round_index in range(1, cfg.rounds + 1):
             production = store.get(PROMPT_RESOURCE, PRODUCTION)

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentstream.schemas import (
-    CANDIDATE,
     PRODUCTION,
     ResourceKind,
     ResourceLabel,
@@ -124,8 +123,8 @@ class ResourceStore:
         """Read both topics to their end (and keep following when ``follow``)."""
         if self._reader is not None:
             return self
-        self._reader = TopicReader(self.settings, (RESOURCES, RESOURCE_LABELS), self._apply, name="resources")
         if self.follow:
+            self._reader = TopicReader(self.settings, (RESOURCES, RESOURCE_LABELS), self._apply, name="resources")
             self._reader.start()
             if not self._reader.wait_caught_up(timeout):
                 raise TimeoutError(f"resource topics not read to the end within {timeout}s")
@@ -141,7 +140,7 @@ class ResourceStore:
         reader.read_to_end(timeout)
 
     def close(self) -> None:
-        if self._reader is not None and self.follow:
+        if self._reader is not None:
             self._reader.close()
         self._reader = None
         self._writer.close()
@@ -414,6 +413,3 @@ def _describe(version: ResourceVersion) -> str:
     lines = [f"uri: {version.uri}\n"] + [f"{k}: {v}\n" for k, v in sorted(version.config.items())]
     return "".join(lines)
 
-
-#: The labels a runner splits traffic between unless told otherwise.
-DEFAULT_TRAFFIC = {PRODUCTION: 1.0, CANDIDATE: 0.0}

@@ -40,6 +40,7 @@ from typing import Any
 from agentstream.producers.resources import ResourceStore
 from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceVersion, TemplateError, Triplet, check_template
 from agentstream.schemas.genai import otel_messages_to_openai
+from agentstream.schemas.resource_version import content_hash
 from agentstream.schemas.topics import TRIPLETS, TopicSpec
 from agentstream.settings import Settings
 from agentstream.topic_io import TopicReader
@@ -327,12 +328,13 @@ class APOTrainer:
             self.on_event("skip", {"strategy": strategy, "reason": str(e)})
             return None
         config = {"apo.instruction": instruction, "apo.demos": json.dumps(demos), "apo.query": parent.query}
+        if content_hash("prompt_template", template, None, config) in seen:
+            self.on_event("skip", {"strategy": strategy, "reason": "the same prompt was already proposed"})
+            return None
         version = self.store.publish(
             self.config.resource_name, template=template, variables=list(parent.version.variables), config=config,
             parent_version=parent.version.version, lineage=lineage,
         )
-        if version.content_hash in seen:
-            return None
         seen.add(version.content_hash)
         return Candidate(version, instruction, demos, parent.query, strategy, parent.version.version)
 
