@@ -91,7 +91,7 @@ class TopicReader:
                 raise RuntimeError(f"topic {topic} does not exist: run `agentstream topics create` (or `up`)")
             partitions.extend(TopicPartition(topic, p, 0) for p in sorted(info.partitions))
         if self._start == "end":
-            ends = _fetch_high_watermarks(consumer, partitions, timeout)
+            ends = high_watermarks(consumer, [(tp.topic, tp.partition) for tp in partitions], timeout)
             partitions = [TopicPartition(tp.topic, tp.partition, ends[(tp.topic, tp.partition)]) for tp in partitions]
         consumer.assign(partitions)
         self._partitions = partitions
@@ -207,25 +207,35 @@ class TopicReader:
         return True
 
 
-def _fetch_high_watermarks(
-    consumer: Consumer, partitions: list[TopicPartition], timeout: float
+def high_watermarks(
+    consumer: Consumer, partitions: Iterable[tuple[str, int]], timeout: float = 10.0
 ) -> dict[tuple[str, int], int]:
-    """End offsets as a Fetch response reports them (ListOffsets only picks where to fetch)."""
+    """End offset of each ``(topic, partition)`` as a Fetch response reports it.
+
+    ListOffsets(LATEST) only picks where to fetch: on some brokers (the embedded one included) it
+    trails the true end. The consumer's assignment is replaced, and cleared on return.
+    """
+    partitions = list(partitions)
+    if not partitions:
+        return {}
     assignment = []
-    for tp in partitions:
-        low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-        assignment.append(TopicPartition(tp.topic, tp.partition, max(high - 1, low, 0)))
+    for topic, partition in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        assignment.append(TopicPartition(topic, partition, max(high - 1, low, 0)))
     consumer.assign(assignment)
-    result: dict[tuple[str, int], int] = {}
-    deadline = time.monotonic() + timeout
-    while len(result) < len(partitions) and time.monotonic() < deadline:
-        consumer.consume(num_messages=100, timeout=0.1)
-        for tp in partitions:
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0:
-                result[(tp.topic, tp.partition)] = high
-    consumer.unassign()
-    missing = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) not in result]
+    try:
+        result: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + timeout
+        while len(result) < len(partitions) and time.monotonic() < deadline:
+            consumer.consume(num_messages=100, timeout=0.1)
+            for topic, partition in partitions:
+                if (topic, partition) not in result:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                    if high >= 0:
+                        result[(topic, partition)] = high
+    finally:
+        consumer.unassign()
+    missing = [tp for tp in partitions if tp not in result]
     if missing:
         raise TimeoutError(f"no fetch response for {missing} within {timeout}s")
     return result

@@ -42,11 +42,11 @@ from typing import Any
 
 import faust
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from agentstream.settings import Settings
+from agentstream.topic_io import high_watermarks
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +118,7 @@ class GapGuard:
 
 # ---- the end offsets of a partition, from a Fetch response -----------------------------------------
 def fetch_end_offsets(consumer_config: Mapping[str, Any], tps: Iterable[TP], timeout: float = 10.0) -> dict[TP, int]:
-    """End offset (high watermark) of each partition as reported by a Fetch response.
-
-    ListOffsets(LATEST) is only used as a starting point: on some brokers it trails the true end.
-    """
+    """End offset (high watermark) of each partition as reported by a Fetch response."""
     tps = list(tps)
     if not tps:
         return {}
@@ -133,26 +130,10 @@ def fetch_end_offsets(consumer_config: Mapping[str, Any], tps: Iterable[TP], tim
     }
     consumer = KafkaConsumer(config)
     try:
-        assignment = []
-        for tp in tps:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
-            assignment.append(TopicPartition(tp.topic, tp.partition, max(high - 1, low, 0)))
-        consumer.assign(assignment)
-        result: dict[TP, int] = {}
-        deadline = time.monotonic() + timeout
-        while len(result) < len(tps) and time.monotonic() < deadline:
-            consumer.consume(num_messages=100, timeout=0.1)
-            for tp in tps:
-                if tp not in result:
-                    _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
-                    if high >= 0:
-                        result[tp] = high
-        missing = [tp for tp in tps if tp not in result]
-        if missing:
-            raise TimeoutError(f"no fetch response for {missing} within {timeout}s")
-        return result
+        ends = high_watermarks(consumer, [(tp.topic, tp.partition) for tp in tps], timeout)
     finally:
         consumer.close()
+    return {tp: ends[(tp.topic, tp.partition)] for tp in tps}
 
 
 # ---- outputs -------------------------------------------------------------------------------------
