@@ -593,6 +593,18 @@ def resources_rollback(
     console.print(f"{name}/{label}: v{event.previous_version} -> v{event.version}")
 
 
+# --- analytics: report and export (issue 5) ---
+
+
+# --- analytics: dashboard (issue 5) ---
+
+
+# --- trainers: weight training (issue 6) ---
+
+
+# --- deploy: model server (issue 6) ---
+
+
 def main() -> None:
     app()
 

@@ -222,7 +222,7 @@ class BusinessEvents:
                     continue
                 heapq.heappop(self._heap)
             self._client.emit_reward(value, name="resolution", source="business_event", rollout_id=rollout_id,
-                                     feedback=what)
+                                     feedback=what, handoff="human" if value == 0.0 else None)
             self.sent += 1
             if value == 0.0 and handoff is not None:
                 record_human_handoff(self._client, handoff, rollout_id)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentstream.schemas import RewardSource, SpanKind, genai
+from agentstream.schemas.reward import HANDOFF_ATTRIBUTE
 from agentstream.schemas.rollout_event import RolloutConfig, RolloutEventType
 from agentstream.schemas.topics import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
 from agentstream.settings import Settings
@@ -135,12 +136,14 @@ class AgentStream:
         attempt_id: str | None = None,
         rollout: Rollout | None = None,
         attributes: Mapping[str, Any] | None = None,
+        handoff: str | None = None,
     ) -> str:
         """Emit a reward and return its id.
 
         Inside a rollout it targets that rollout; elsewhere (a webhook reporting that a ticket was
         resolved, a human rating) pass ``rollout_id``. ``span_id`` or ``response_id`` (the
-        ``gen_ai.response.id`` of an LLM call) narrow the target.
+        ``gen_ai.response.id`` of an LLM call) narrow the target. ``handoff`` (e.g. ``"human"``)
+        says the rollout was handed to someone else; analytics count it in the handoff rate.
 
         Raises:
             ValueError: ``value`` is not a finite number, ``source`` is unknown, or no rollout is
@@ -176,6 +179,8 @@ class AgentStream:
             "timestamp": now_us(),
             "attributes": {str(k): v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()},
         }
+        if handoff is not None:
+            datum["attributes"][HANDOFF_ATTRIBUTE] = str(handoff)
         self._worker.submit(("reward", datum))
         return datum["reward_id"]
 

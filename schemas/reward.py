@@ -17,6 +17,10 @@ class RewardSource(StrEnum):
     JUDGE = "judge"
 
 
+#: Attribute of a reward (or span) that says the rollout was handed off; its value says to whom.
+HANDOFF_ATTRIBUTE = "agentstream.handoff"
+
+
 class Reward(AvroRecord):
     """A reward targets a rollout and optionally one span (``span_id``) or response (``response_id``)."""
 
