@@ -594,15 +594,440 @@ def resources_rollback(
 
 
 # --- analytics: report and export (issue 5) ---
+export_app = typer.Typer(help="Export data for use elsewhere (training, notebooks).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+def _analytics_failed(error: Exception) -> typer.Exit:
+    message = str(error)
+    if "UNKNOWN_TABLE" in message:
+        message += "\nThe analytics tables are missing: run `agentstream migrate` (or `agentstream up`) first."
+    err_console.print(message, style="red", markup=False, highlight=False)
+    return typer.Exit(1)
+
+
+def _time_option(text: str | None, option: str) -> Any:
+    from agentstream.analytics.report import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as e:
+        err_console.print(f"{option}: {e}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def report(
+    since: Annotated[
+        str | None, typer.Option(help="Start: a duration back from now (30m, 24h, 7d) or an ISO time (UTC).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End (exclusive), like --since; default now.")] = None,
+    by: Annotated[str, typer.Option(help="resource_version, task_type, mode or model.")] = "resource_version",
+    resource: Annotated[
+        str | None, typer.Option(help="Only rollouts that ran with this resource (NAME or NAME:VERSION).")
+    ] = None,
+    html: Annotated[Path, typer.Option(help="Where the HTML report (with plots) goes.")] = Path(
+        "agentstream-report.html"
+    ),
+) -> None:
+    """Evaluation report: success rate, reward, handoffs, latency, cost and failure causes per group, as a table
+    and a self-contained HTML file with plots over time."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    from agentstream.analytics.report import EvaluationReport
+    from agentstream.sinks.connect import connect
+
+    window = {"since": _time_option(since, "--since"), "until": _time_option(until, "--until")}
+    try:
+        evaluation = EvaluationReport(connect(state.settings), by=by, resource=resource, **window)
+        table = evaluation.table()
+        path = evaluation.write_html(html)
+    except ValueError as e:
+        err_console.print(str(e), style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from e
+    except (RuntimeError, ClickHouseError) as e:
+        raise _analytics_failed(e) from e
+    if evaluation.groups:
+        console.print(table)
+    else:
+        err_console.print(f"[yellow]No rollouts in this range.[/] ({evaluation.title})", highlight=False)
+    console.print(f"HTML report: {path}", markup=False, highlight=False)
+
+
+@export_app.command("triplets")
+def export_triplets(
+    out: Annotated[Path, typer.Option(help="Output file (a folder for hf); must not exist.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, parquet or hf (a datasets save_to_disk folder).")],
+    resource: Annotated[str | None, typer.Option(help="Only this resource: NAME or NAME:VERSION.")] = None,
+    min_reward: Annotated[
+        float | None, typer.Option("--min-reward", help="Only triplets with at least this reward.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="LLM calls from: a duration back from now or an ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="LLM calls until, like --since.")] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option("--mode", help="Rollout mode to export (repeat; 'all' for every one). Default: all but val, test."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the newest N triplets.")] = None,
+) -> None:
+    """Export triplets (newest revision of each) with lineage columns, for SFT elsewhere; writes
+    <out>.lineage.json next to the output."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    from agentstream.analytics.export import TripletExport, TripletExportConfig
+    from agentstream.sinks.connect import connect
+
+    window = {"since": _time_option(since, "--since"), "until": _time_option(until, "--until")}
+    try:
+        config = TripletExportConfig(
+            resource=resource, min_reward=min_reward, modes=tuple(mode) if mode else None, limit=limit, **window
+        )
+        settings = state.settings
+        exporter = TripletExport(connect(settings), config, source=settings.default_clickhouse_dsn)
+        result = exporter.write(out, fmt)
+    except ValueError as e:
+        err_console.print(str(e), style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from e
+    except (RuntimeError, ClickHouseError) as e:
+        raise _analytics_failed(e) from e
+    table = Table("resource", "version", "triplets", "reward mean", title=f"Export {result.export_id}")
+    for v in result.by_version:
+        reward = "-" if v["reward_mean"] is None else f"{v['reward_mean']:.3f}"
+        table.add_row(v["resource_name"], v["resource_version"], str(v["rows"]), reward)
+    console.print(table)
+    if not result.rows:
+        err_console.print("[yellow]No triplets matched: the output is empty.[/]")
+    window = " to ".join(t.isoformat() if t else "-" for t in (result.window_start, result.window_end))
+    console.print(f"{result.rows} triplet(s), {window} -> {result.path} ({result.format}); lineage {result.lineage_path}",
+                  markup=False, highlight=False)
 
 
 # --- analytics: dashboard (issue 5) ---
+@app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default 8321); 0 picks a free one.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Require this bearer token (prefer env AGENTSTREAM_DASHBOARD__TOKEN: options show in ps)."),
+    ] = None,
+) -> None:
+    """Serve the web dashboard until Ctrl-C: rollouts, span waterfalls of failures, resources, live A/B."""
+    from pydantic import SecretStr
+
+    from agentstream.analytics.dashboard import serve
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if token is not None:
+        overrides["token"] = SecretStr(token)
+    settings = state.settings
+    settings = settings.model_copy(update={"dashboard": settings.dashboard.model_copy(update=overrides)})
+    try:
+        serve(settings, ready=lambda url: console.print(f"Dashboard on [bold]{url}[/] — Ctrl-C to stop"))
+    except OSError as e:
+        err_console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from e
 
 
 # --- trainers: weight training (issue 6) ---
+train_app = typer.Typer(
+    help="Train model weights from the triplet stream (SFT, KTO, DPO, GRPO from logs): a window of triplets at "
+    "a time, each result published as a candidate version of an LLM resource.",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+ResourceOpt = Annotated[str, typer.Option("--resource", help="The LLM resource trained versions are published to.")]
+BaseModelOpt = Annotated[str, typer.Option("--base-model", help="Model folder (or offline hub id) to start from.")]
+NameOpt = Annotated[
+    str | None, typer.Option(help="Trainer name: its consumer group and lineage (default ALGORITHM-RESOURCE).")
+]
+WindowCountOpt = Annotated[int | None, typer.Option("--window-count", min=1, help="Triplets per window.")]
+WindowSecondsOpt = Annotated[
+    float | None, typer.Option("--window-seconds", help="Close a window this long after its first triplet.")
+]
+TaskTypeOpt = Annotated[list[str] | None, typer.Option("--task-type", help="Only these task types (repeat).")]
+ModeOpt = Annotated[list[str] | None, typer.Option("--mode", help="Rollout modes (repeat); default train, prod.")]
+FromResourceOpt = Annotated[
+    str | None, typer.Option("--from-resource", help="Only triplets of LLM calls stamped with this resource.")
+]
+InitFromOpt = Annotated[str, typer.Option("--init-from", help="base, latest, or a version/label to continue from.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto, messages (chat template) or text.")]
+LoraOpt = Annotated[int, typer.Option("--lora-r", min=0, help="LoRA rank; 0 trains every weight.")]
+MaxStepsOpt = Annotated[int, typer.Option("--max-steps", help="Steps per window; -1: --epochs over it.")]
+EpochsOpt = Annotated[float, typer.Option(help="Epochs over each window.")]
+LearningRateOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate (default: trl's).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1)]
+MaxLengthOpt = Annotated[int, typer.Option("--max-length", min=8, help="Tokens per example.")]
+OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", help="Default <data_dir>/checkpoints.")]
+OnceOpt = Annotated[bool, typer.Option("--once", help="Stop after one window.")]
+MaxWindowsOpt = Annotated[int | None, typer.Option("--max-windows", min=1, help="Stop after this many windows.")]
+SeedOpt = Annotated[int, typer.Option()]
+
+
+def _run_training(
+    trainer_cls: Any, config_cls: Any, resource: str, base_model: str, *, name: str | None,
+    window_count: int | None, window_seconds: float | None, task_type: list[str] | None, mode: list[str] | None,
+    from_resource: str | None, init_from: str, fmt: str, lora_r: int, max_steps: int, epochs: float,
+    learning_rate: float | None, batch_size: int, max_length: int, output_dir: Path | None, once: bool,
+    max_windows: int | None, seed: int, **algorithm_fields: Any,
+) -> None:
+    settings = _resolved()
+    config = config_cls(
+        resource_name=resource, base_model=base_model, trainer_name=name, output_dir=output_dir, init_from=init_from,
+        format=fmt, from_resource=from_resource, task_types=tuple(task_type or ()),
+        modes=tuple(mode) if mode else None, window_count=window_count, window_seconds=window_seconds,
+        lora_r=lora_r, learning_rate=learning_rate, max_steps=max_steps, num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size, max_length=max_length, seed=seed, **algorithm_fields,
+    )
+    trainer = trainer_cls(config, settings)
+    console.print(f"Trainer [bold]{trainer.name}[/] ({trainer.algorithm}): {base_model} -> {resource}, windows of "
+                  f"{config.window_count or settings.trainer.window_count} triplets — Ctrl-C to stop")
+    outcomes = trainer.run(once=once, max_windows=max_windows, stop=_stop_event())
+    published = sum(outcome.version is not None for outcome in outcomes)
+    console.print(f"{len(outcomes)} window(s), {published} version(s) published.")
+
+
+@train_app.command("sft")
+def train_sft(
+    resource: ResourceOpt,
+    base_model: BaseModelOpt,
+    min_reward: Annotated[
+        float | None, typer.Option("--min-reward", help="Learn triplets rewarded at least this (default "
+                                   "trainer.min_reward).")
+    ] = None,
+    name: NameOpt = None,
+    window_count: WindowCountOpt = None,
+    window_seconds: WindowSecondsOpt = None,
+    task_type: TaskTypeOpt = None,
+    mode: ModeOpt = None,
+    from_resource: FromResourceOpt = None,
+    init_from: InitFromOpt = "base",
+    fmt: FormatOpt = "auto",
+    lora_r: LoraOpt = 0,
+    max_steps: MaxStepsOpt = -1,
+    epochs: EpochsOpt = 1.0,
+    learning_rate: LearningRateOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    max_length: MaxLengthOpt = 1024,
+    output_dir: OutputDirOpt = None,
+    once: OnceOpt = False,
+    max_windows: MaxWindowsOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Supervised fine-tuning on high-reward triplets (completion- or assistant-only loss)."""
+    from agentstream.trainers.sft import StreamSFTConfig, StreamSFTTrainer
+
+    _run_training(
+        StreamSFTTrainer, StreamSFTConfig, resource, base_model, min_reward=min_reward,
+        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
+        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
+        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+    )
+
+
+@train_app.command("kto")
+def train_kto(
+    resource: ResourceOpt,
+    base_model: BaseModelOpt,
+    threshold: Annotated[
+        float | None, typer.Option(help="Reward of a desirable attempt (default trainer.min_reward).")
+    ] = None,
+    beta: Annotated[float, typer.Option()] = 0.1,
+    name: NameOpt = None,
+    window_count: WindowCountOpt = None,
+    window_seconds: WindowSecondsOpt = None,
+    task_type: TaskTypeOpt = None,
+    mode: ModeOpt = None,
+    from_resource: FromResourceOpt = None,
+    init_from: InitFromOpt = "base",
+    fmt: FormatOpt = "auto",
+    lora_r: LoraOpt = 0,
+    max_steps: MaxStepsOpt = -1,
+    epochs: EpochsOpt = 1.0,
+    learning_rate: LearningRateOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    max_length: MaxLengthOpt = 1024,
+    output_dir: OutputDirOpt = None,
+    once: OnceOpt = False,
+    max_windows: MaxWindowsOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """KTO on logged attempts labelled desirable by a reward threshold."""
+    from agentstream.trainers.rl import KTOFromLogs, KTOFromLogsConfig
+
+    _run_training(
+        KTOFromLogs, KTOFromLogsConfig, resource, base_model, threshold=threshold, beta=beta,
+        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
+        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
+        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+    )
+
+
+@train_app.command("dpo")
+def train_dpo(
+    resource: ResourceOpt,
+    base_model: BaseModelOpt,
+    beta: Annotated[float, typer.Option()] = 0.1,
+    min_margin: Annotated[float, typer.Option("--min-margin", help="Reward gap a best/worst pair needs.")] = 0.0,
+    name: NameOpt = None,
+    window_count: WindowCountOpt = None,
+    window_seconds: WindowSecondsOpt = None,
+    task_type: TaskTypeOpt = None,
+    mode: ModeOpt = None,
+    from_resource: FromResourceOpt = None,
+    init_from: InitFromOpt = "base",
+    fmt: FormatOpt = "auto",
+    lora_r: LoraOpt = 0,
+    max_steps: MaxStepsOpt = -1,
+    epochs: EpochsOpt = 1.0,
+    learning_rate: LearningRateOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    max_length: MaxLengthOpt = 1024,
+    output_dir: OutputDirOpt = None,
+    once: OnceOpt = False,
+    max_windows: MaxWindowsOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """DPO on the best against the worst logged attempt of each task."""
+    from agentstream.trainers.rl import DPOFromLogs, DPOFromLogsConfig
+
+    _run_training(
+        DPOFromLogs, DPOFromLogsConfig, resource, base_model, beta=beta, min_margin=min_margin,
+        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
+        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
+        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+    )
+
+
+@train_app.command("grpo")
+def train_grpo(
+    resource: ResourceOpt,
+    base_model: BaseModelOpt,
+    num_generations: Annotated[int, typer.Option("--num-generations", min=2, help="Attempts per group.")] = 4,
+    beta: Annotated[float, typer.Option(help="KL coefficient (0: no reference model).")] = 0.0,
+    name: NameOpt = None,
+    window_count: WindowCountOpt = None,
+    window_seconds: WindowSecondsOpt = None,
+    task_type: TaskTypeOpt = None,
+    mode: ModeOpt = None,
+    from_resource: FromResourceOpt = None,
+    init_from: InitFromOpt = "base",
+    fmt: FormatOpt = "auto",
+    lora_r: LoraOpt = 0,
+    max_steps: MaxStepsOpt = -1,
+    epochs: EpochsOpt = 1.0,
+    learning_rate: LearningRateOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    max_length: MaxLengthOpt = 1024,
+    output_dir: OutputDirOpt = None,
+    once: OnceOpt = False,
+    max_windows: MaxWindowsOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """GRPO replaying logged attempts of the same task with their logged rewards (nothing is generated)."""
+    from agentstream.trainers.rl import GRPOFromLogs, GRPOFromLogsConfig
+
+    _run_training(
+        GRPOFromLogs, GRPOFromLogsConfig, resource, base_model, num_generations=num_generations, beta=beta,
+        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
+        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
+        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+    )
+
 
 
 # --- deploy: model server (issue 6) ---
+@app.command("serve-model")
+def serve_model(
+    resource: Annotated[
+        list[str], typer.Option("--resource", help="LLM resource whose checkpoint versions to serve (repeat).")
+    ],
+    host: Annotated[str | None, typer.Option(help="Listen address; default model_server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port; default model_server.port (0: a free one).")] = None,
+) -> None:
+    """Serve an LLM resource's checkpoints over an OpenAI-compatible API (CPU), following new versions
+    and label moves live: request model NAME (production), NAME:vN or NAME@label."""
+    from agentstream.deploy.model_server import ModelServer
+
+    server = ModelServer(_resolved(), resource, host=host, port=port)
+    server.run(on_ready=lambda url: console.print(
+        f"Serving {', '.join(resource)} at [bold]{url}[/] (model NAME, NAME:vN or NAME@label) — Ctrl-C to stop"
+    ))
+
+
+@train_app.command("grpo-online")
+def train_grpo_online(
+    resource: ResourceOpt,
+    reward: Annotated[str, typer.Option(help="Reward function, MODULE:FUNCTION (see trainers/grpo.py).")],
+    init_from: Annotated[str, typer.Option("--init-from", help="Version or label to start from, or base.")] = "production",
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="Model folder for --init-from base (or an adapter's base).")
+    ] = None,
+    prompts: Annotated[str, typer.Option(help="tasks (the tasks topic) or triplets (recent prompts).")] = "tasks",
+    prompt: Annotated[
+        str | None, typer.Option(help="MODULE:FUNCTION building a prompt from a task input (tasks only).")
+    ] = None,
+    task_type: Annotated[str | None, typer.Option("--task-type", help="Only tasks of this type.")] = None,
+    mode: ModeOpt = None,
+    max_prompts: Annotated[int, typer.Option("--max-prompts", min=1, help="Newest prompts used.")] = 256,
+    num_generations: Annotated[int, typer.Option("--num-generations", min=2, help="Completions per prompt.")] = 4,
+    max_completion_length: Annotated[int, typer.Option("--max-completion-length", min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 100,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-5,
+    beta: Annotated[float, typer.Option(help="KL coefficient (0: no reference model).")] = 0.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Completions per step.")] = 4,
+    lora_r: LoraOpt = 0,
+    vllm: Annotated[
+        bool | None, typer.Option("--vllm/--no-vllm", help="Generate with vLLM (default: when installed and on GPU).")
+    ] = None,
+    output_dir: OutputDirOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Online GRPO: generate completions for real task prompts with the policy, score them with your reward,
+    train, and publish the result as a candidate version."""
+    from agentstream.trainers.grpo import OnlineGRPOConfig, OnlineGRPOTrainer
+
+    if prompts not in ("tasks", "triplets"):
+        err_console.print(f"[red]--prompts must be tasks or triplets, not {prompts!r}[/]")
+        raise typer.Exit(2)
+    config = OnlineGRPOConfig(
+        resource_name=resource, reward=reward, init_from=init_from, base_model=base_model, prompts=prompts,  # type: ignore[arg-type]
+        prompt=prompt, task_type=task_type, modes=tuple(mode or ("train",)), max_prompts=max_prompts,
+        num_generations=num_generations, max_completion_length=max_completion_length, temperature=temperature,
+        max_steps=max_steps, learning_rate=learning_rate, beta=beta, per_device_train_batch_size=batch_size,
+        lora_r=lora_r, use_vllm=vllm, output_dir=output_dir, seed=seed,
+    )
+
+    def on_log(entry: dict[str, Any]) -> None:
+        if "reward" in entry:
+            console.print(f"  step {entry['step']}: reward {entry['reward']:.3f}  loss {entry.get('loss', 0.0):.4f}")
+
+    try:
+        trainer = OnlineGRPOTrainer(config, _resolved(), on_log=on_log)
+    except ValueError as e:
+        err_console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from e
+    try:
+        result = trainer.train(stop=_stop_event())
+    finally:
+        trainer.close()
+    if result.version is None:
+        console.print(f"Stopped after {result.steps} step(s); nothing published.")
+        raise typer.Exit(1)
+    console.print(f"Published {resource} [bold]v{result.version.version}[/] ({result.generation} generation, "
+                  f"{result.steps} steps on {result.prompts} prompts), labelled {config.label}.")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STACK_FILE = "stack.json"
@@ -166,6 +166,56 @@ class PromotionSettings(BaseModel):
     hold_every_seconds: float = Field(30.0, gt=0, description="A hold with new evidence is recorded at most this often.")
 
 
+class DashboardSettings(BaseModel):
+    """The web dashboard (``agentstream dashboard``; ``up`` runs one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8321, ge=0, le=65535, description="0 picks a free port.")
+    token: SecretStr | None = Field(
+        None,
+        description="When set, every page and API route but /healthz needs `Authorization: Bearer <token>` "
+        "or the cookie set by visiting /?token=<token> (or the login form).",
+    )
+    refresh_seconds: float = Field(5.0, gt=0, description="How often live views (the A/B page) refetch.")
+
+
+class TrainerSettings(BaseModel):
+    """Weight trainers (``agentstream train sft|kto|dpo|grpo``): what they consume and where checkpoints go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: Path | None = Field(None, description="Checkpoints and adapters; default <data_dir>/checkpoints.")
+    group_id_prefix: str = Field(
+        "agentstream-trainer-", description="Each trainer consumes triplets in its own group: prefix + trainer name."
+    )
+    window_count: int = Field(256, ge=1, description="A window closes after this many accepted (deduped) triplets.")
+    window_seconds: float | None = Field(
+        None, gt=0, description="...or this long after its first accepted triplet; unset: count only."
+    )
+    min_reward: float = Field(0.5, description="SFT learns from triplets rewarded at least this; KTO's label cut.")
+    modes: list[str] = Field(
+        default_factory=lambda: ["train", "prod"], description="Rollout modes learned from (never val/test)."
+    )
+    session_timeout_ms: int = Field(6_000, ge=1_000, description="Consumer-group session; joins take half of it.")
+
+
+class ModelServerSettings(BaseModel):
+    """The local model server (``agentstream serve-model``): an LLM resource's checkpoints behind an
+    OpenAI-compatible API, on CPU (vLLM serves them on GPU, see ``deploy/vllm.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
+    default_label: str = Field("production", description="The version a bare resource name (no :vN, no @label) serves.")
+    cache_size: int = Field(2, ge=1, description="Checkpoint versions kept loaded, least recently used evicted.")
+    preload: bool = Field(True, description="Load a version as soon as the default label moves to it.")
+    device: str = Field("cpu", description="torch device of the served models (cpu, cuda, cuda:1, ...).")
+    max_tokens: int = Field(1024, ge=1, description="Cap on a request's max_tokens.")
+
+
 class Settings(BaseSettings):
     """Everything agentstream needs to know about where things run."""
 
@@ -194,6 +244,9 @@ class Settings(BaseSettings):
     streams: StreamSettings = Field(default_factory=StreamSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    model_server: ModelServerSettings = Field(default_factory=ModelServerSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -221,12 +274,16 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json", exclude_none=True).items():
             key = f"AGENTSTREAM_{name.upper()}"
-            if isinstance(value, dict) and name in ("sdk", "sink", "streams", "runner", "promotion"):
+            if isinstance(value, dict) and name in (
+                "sdk", "sink", "streams", "runner", "promotion", "dashboard", "trainer", "model_server"
+            ):
                 for sub, sub_value in value.items():
                     if sub_value is not None:
                         env[f"{key}__{sub.upper()}"] = _env_value(sub_value)
             else:
                 env[key] = _env_value(value)
+        if self.dashboard.token is not None:  # dumped masked above; a child process needs the real one
+            env["AGENTSTREAM_DASHBOARD__TOKEN"] = self.dashboard.token.get_secret_value()
         return env
 
     # ---- the running stack ---------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Members: the Kafka broker (embedded Tansu unless ``bootstrap_servers`` points at a cluster), topic
 creation, the ClickHouse sink (which also serves queries while it owns the chDB directory), the
-stream workers and the A/B promotion controller. Crashed members are restarted with backoff; a restarted memory-only broker gets its topics back.
+stream workers, the A/B promotion controller and the web dashboard. Crashed members are restarted with backoff; a restarted memory-only broker gets its topics back.
 """
 
 from __future__ import annotations
@@ -104,10 +104,17 @@ class Stack:
         sink: run the ClickHouse sink.
         workers: stream workers to run (they share the partitions); default ``settings.streams.workers``.
         promoter: run the A/B promotion controller (one per cluster).
+        dashboard: run the web dashboard (on ``settings.dashboard.port``).
     """
 
     def __init__(
-        self, settings: Settings, *, sink: bool = True, workers: int | None = None, promoter: bool = True
+        self,
+        settings: Settings,
+        *,
+        sink: bool = True,
+        workers: int | None = None,
+        promoter: bool = True,
+        dashboard: bool = True,
     ) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
@@ -119,6 +126,7 @@ class Stack:
         self._want_sink = sink
         self._workers = settings.streams.workers if workers is None else workers
         self._want_promoter = promoter
+        self._want_dashboard = dashboard
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self.started_at = 0.0
@@ -158,6 +166,8 @@ class Stack:
             self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log"))
         if self._want_promoter:
             self.children.append(ChildProcess("promoter", ["promoter"], env, self.logs / "promoter.log"))
+        if self._want_dashboard:  # reads through the sink's gateway; answers 503 until the sink is up
+            self.children.append(ChildProcess("dashboard", ["dashboard"], env, self.logs / "dashboard.log"))
         for child in self.children:
             child.start()
         self._monitor = threading.Thread(target=self._supervise, name="agentstream-stack", daemon=True)
@@ -206,6 +216,15 @@ class Stack:
                     child.status.info = self.sink_status() or {}
                 elif child.name.startswith("worker") and child.status.pid:
                     child.status.info = worker_status(self.data_dir, child.status.pid) or {}
+                elif child.name == "dashboard" and child.status.state == "running":
+                    child.status.detail = self.dashboard_url() or "starting"
+
+    def dashboard_url(self) -> str | None:
+        """Where the dashboard member serves, once it listens."""
+        from agentstream.analytics.dashboard import DashboardState
+
+        state = DashboardState.load(self.data_dir)
+        return state.url if state is not None else None
 
     def sink_status(self) -> dict[str, Any] | None:
         """The sink's live counters, read from its gateway."""

@@ -24,9 +24,14 @@ first prompt and its first choice. A prompt given as token ids has no text: no i
 recorded, the ids become the span's prompt token ids unless the server returned its own. Response
 token ids come from vLLM's ``token_ids`` (``return_token_ids``; vLLM puts ``prompt_token_ids`` on
 each choice here), else from the ids in the logprobs: llama.cpp's ``logprobs.content[].id``, or
-vLLM's ``logprobs.tokens`` under ``--return-tokens-as-token-ids`` (``"token_id:123"``). Logprobs
-themselves are not recorded, for chat neither (there is no attribute convention for them yet).
-With ``echo=True`` the response is recorded as the server returned it, echoed prompt included;
+vLLM's ``logprobs.tokens`` under ``--return-tokens-as-token-ids`` (``"token_id:123"``).
+
+When the request asked for logprobs (``logprobs=True`` for chat, ``logprobs=N`` for text), the
+sampled tokens' log-probabilities become the span's ``response_logprobs`` (chat:
+``logprobs.content[].logprob``; text: ``logprobs.token_logprobs``, or llama.cpp's
+``logprobs.content[].logprob``), first choice only, one per response token; a list with a gap (no
+value for some token) is not recorded. They are a span field, not an attribute: OTel has no
+convention for them, and trainers read them next to the token ids. With ``echo=True`` the response is recorded as the server returned it, echoed prompt included;
 ``suffix`` is not recorded.
 
 Streaming calls return a thin wrapper around ``Stream`` / ``AsyncStream`` that hands every chunk
@@ -499,16 +504,25 @@ def _text_output(text: Any, finish_reason: str | None) -> dict[str, Any]:
 
 
 def _logprob_token_ids(logprobs: Any) -> list[int] | None:
-    """Sampled token ids carried by a text-completion choice's ``logprobs``, if the server put them
-    there: llama.cpp's ``content[].id``, vLLM's ``tokens`` as ``"token_id:123"``
-    (``--return-tokens-as-token-ids``). Plain OpenAI logprobs hold token strings only: ``None``."""
+    """Sampled token ids carried by a choice's ``logprobs``, if the server put them there:
+    llama.cpp's ``content[].id``, vLLM's ``tokens`` (text) or ``content[].token`` (chat) as
+    ``"token_id:123"`` (``--return-tokens-as-token-ids``). Plain OpenAI logprobs hold token strings
+    only: ``None``."""
     if logprobs is None:
         return None
     content = _extra(logprobs, "content")
     if isinstance(content, list) and content:
-        ids = [e.get("id") if isinstance(e, dict) else getattr(e, "id", None) for e in content]
-        return ids if all(type(i) is int for i in ids) else None
-    tokens = getattr(logprobs, "tokens", None)
+        ids = [e.get("id") if isinstance(e, dict) else _extra(e, "id") for e in content]
+        if all(type(i) is int for i in ids):
+            return ids
+        # vLLM's chat logprobs under --return-tokens-as-token-ids
+        tokens = [e.get("token") if isinstance(e, dict) else getattr(e, "token", None) for e in content]
+        return _ids_of_token_strings(tokens)
+    return _ids_of_token_strings(getattr(logprobs, "tokens", None))
+
+
+def _ids_of_token_strings(tokens: Any) -> list[int] | None:
+    """``["token_id:12", ...]`` as ids; ``None`` for anything else."""
     if (
         isinstance(tokens, list)
         and tokens
@@ -522,8 +536,27 @@ def _logprob_token_ids(logprobs: Any) -> list[int] | None:
     return None
 
 
-def _text_token_ids(choice: Any) -> list[int] | None:
-    """A text-completion choice's (or stream chunk choice's) sampled token ids."""
+def _logprob_values(logprobs: Any) -> list[float] | None:
+    """The sampled tokens' log-probabilities in a choice's ``logprobs``: ``content[].logprob`` (chat,
+    and llama.cpp's text completions), else ``token_logprobs`` (text completions); ``None`` when
+    there are none or one is missing (``echo``: the first prompt token has none)."""
+    if logprobs is None:
+        return None
+    content = _extra(logprobs, "content")
+    if isinstance(content, list) and content:
+        values = [e.get("logprob") if isinstance(e, dict) else getattr(e, "logprob", None) for e in content]
+    else:
+        values = getattr(logprobs, "token_logprobs", None)
+        if not isinstance(values, list) or not values:
+            return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def _response_ids(choice: Any) -> list[int] | None:
+    """A choice's (or stream chunk choice's) sampled token ids: vLLM's ``token_ids``, else the ids
+    its ``logprobs`` carry."""
     ids = _token_ids(_extra(choice, "token_ids"))
     return ids if ids is not None else _logprob_token_ids(getattr(choice, "logprobs", None))
 
@@ -548,7 +581,7 @@ def _record_usage(span: ActiveSpan, usage: Any) -> None:
 class _Choice:
     """One choice of a stream, aggregated from its deltas."""
 
-    __slots__ = ("role", "content", "refusal", "tool_calls", "finish_reason", "token_ids")
+    __slots__ = ("role", "content", "refusal", "tool_calls", "finish_reason", "token_ids", "logprobs", "logprob_gap")
 
     def __init__(self) -> None:
         self.role: str | None = None
@@ -558,6 +591,20 @@ class _Choice:
         self.tool_calls: dict[int, list[Any]] = {}
         self.finish_reason: str | None = None
         self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.logprob_gap = False  # a chunk's logprobs were missing a value: record none
+
+    def add_logprobs(self, logprobs: Any) -> None:
+        if logprobs is None or self.logprob_gap:
+            return
+        values = _logprob_values(logprobs)
+        if values is None:
+            self.logprob_gap = bool(_extra(logprobs, "content") or getattr(logprobs, "token_logprobs", None))
+            return
+        self.logprobs.extend(values)
+
+    def recorded_logprobs(self) -> list[float] | None:
+        return self.logprobs if self.logprobs and not self.logprob_gap else None
 
     def message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role or "assistant", "content": "".join(self.content) or None}
@@ -642,9 +689,10 @@ class _Call:
             span.set_attribute(genai.OUTPUT_MESSAGES, _json(outputs))
         _record_usage(span, getattr(completion, "usage", None))
         prompt_ids = _token_ids(_extra(completion, "prompt_token_ids"))
-        response_ids = _token_ids(_extra(choices[0], "token_ids")) if choices else None
-        if prompt_ids is not None or response_ids is not None:
-            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+        response_ids = _response_ids(choices[0]) if choices else None
+        logprobs = _logprob_values(getattr(choices[0], "logprobs", None)) if choices else None
+        if prompt_ids is not None or response_ids is not None or logprobs is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids, response_logprobs=logprobs)
 
     def fail(self, exc: BaseException) -> None:
         """Record the API call's exception and end the span (the caller re-raises)."""
@@ -694,10 +742,14 @@ class _Call:
                 if choice.finish_reason:
                     aggregate.finish_reason = choice.finish_reason
                 choice_extra = choice.model_extra
-                if choice_extra:
-                    ids = choice_extra.get("token_ids")
-                    if ids:
-                        aggregate.token_ids.extend(ids)
+                ids = choice_extra.get("token_ids") if choice_extra else None
+                logprobs = choice.logprobs
+                if logprobs is not None:
+                    if not ids:
+                        ids = _logprob_token_ids(logprobs)
+                    aggregate.add_logprobs(logprobs)
+                if ids:
+                    aggregate.token_ids.extend(ids)
                 delta = choice.delta
                 if not content or delta is None:
                     continue
@@ -748,8 +800,9 @@ class _Call:
         _record_usage(span, self.usage)
         prompt_ids = _token_ids(self.prompt_token_ids)
         response_ids = _token_ids(choices[0].token_ids) if choices else None
-        if prompt_ids is not None or response_ids is not None:
-            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+        logprobs = choices[0].recorded_logprobs() if choices else None
+        if prompt_ids is not None or response_ids is not None or logprobs is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids, response_logprobs=logprobs)
 
 
 class _TextCall(_Call):
@@ -793,9 +846,10 @@ class _TextCall(_Call):
         # vLLM puts a text completion's prompt ids on each choice; other servers may not
         server_ids = _extra(first, "prompt_token_ids") if first is not None else None
         prompt_ids = self._prompt_ids(server_ids if server_ids else _extra(completion, "prompt_token_ids"))
-        response_ids = _text_token_ids(first) if first is not None else None
-        if prompt_ids is not None or response_ids is not None:
-            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+        response_ids = _response_ids(first) if first is not None else None
+        logprobs = _logprob_values(getattr(first, "logprobs", None)) if first is not None else None
+        if prompt_ids is not None or response_ids is not None or logprobs is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids, response_logprobs=logprobs)
 
     # -- streaming ----------------------------------------------------------------------------------------
     def add_chunk(self, chunk: Any) -> None:
@@ -829,8 +883,10 @@ class _TextCall(_Call):
                         prompt_ids = choice_extra.get("prompt_token_ids")
                         if prompt_ids:
                             self.prompt_token_ids = prompt_ids
-                if ids is None and choice.logprobs is not None:
-                    ids = _logprob_token_ids(choice.logprobs)
+                if choice.logprobs is not None:
+                    if ids is None:
+                        ids = _logprob_token_ids(choice.logprobs)
+                    aggregate.add_logprobs(choice.logprobs)
                 if ids:
                     aggregate.token_ids.extend(ids)
                 if content and choice.text:
@@ -854,8 +910,9 @@ class _TextCall(_Call):
         _record_usage(span, self.usage)
         prompt_ids = self._prompt_ids(self.prompt_token_ids)
         response_ids = _token_ids(indexed[0][1].token_ids) if indexed else None
-        if prompt_ids is not None or response_ids is not None:
-            span.set_token_ids(prompt=prompt_ids, response=response_ids)
+        logprobs = indexed[0][1].recorded_logprobs() if indexed else None
+        if prompt_ids is not None or response_ids is not None or logprobs is not None:
+            span.set_token_ids(prompt=prompt_ids, response=response_ids, response_logprobs=logprobs)
 
 
 def _add_tool_call_deltas(calls: dict[int, list[Any]], deltas: Any) -> None:

@@ -67,6 +67,7 @@ class RecordEncoder:
             "resource_attributes": self.resource_attributes,
             "resource_name": span.resource_name,
             "resource_version": span.resource_version,
+            "response_logprobs": span.response_logprobs,
             "prompt_token_ids": span.prompt_token_ids,
             "response_token_ids": span.response_token_ids,
         }
@@ -99,7 +100,9 @@ class RecordEncoder:
             candidates = [(len(v), ("attributes", k)) for k, v in datum["attributes"].items()]
             for i, event in enumerate(datum["events"]):
                 candidates += [(len(v), ("event", i, k)) for k, v in event["attributes"].items()]
-            candidates += [(len(datum[f]) * 5, ("tokens", f)) for f in ("prompt_token_ids", "response_token_ids")]
+            candidates += [
+                (len(datum[f]) * 5, ("tokens", f)) for f in ("prompt_token_ids", "response_token_ids", "response_logprobs")
+            ]
             candidates.sort(reverse=True)
             if not candidates or candidates[0][0] <= _MIN_KEEP_CHARS:
                 break
@@ -161,6 +164,14 @@ def _int32s(values: Any) -> list[int]:
     return out
 
 
+def _floats(values: Any) -> list[float]:
+    # All or nothing: a logprob list with a gap would no longer line up with the response tokens.
+    try:
+        return [float(v) for v in values or ()]
+    except (TypeError, ValueError):
+        return []
+
+
 def _sanitized(datum: dict[str, Any]) -> dict[str, Any]:
     """Coerce what the agent set into the schema's types (marking the span), instead of losing it."""
     datum = dict(datum)
@@ -176,4 +187,5 @@ def _sanitized(datum: dict[str, Any]) -> dict[str, Any]:
     ]
     datum["prompt_token_ids"] = _int32s(datum["prompt_token_ids"])
     datum["response_token_ids"] = _int32s(datum["response_token_ids"])
+    datum["response_logprobs"] = _floats(datum["response_logprobs"])
     return datum

@@ -239,6 +239,7 @@ class ActiveSpan:
         "resource_version",
         "prompt_token_ids",
         "response_token_ids",
+        "response_logprobs",
         "sequence_id",
         "_token",
     )
@@ -276,6 +277,7 @@ class ActiveSpan:
             self.resource_name = self.resource_version = ""
         self.prompt_token_ids: Sequence[int] = ()
         self.response_token_ids: Sequence[int] = ()
+        self.response_logprobs: Sequence[float] = ()
         self.sequence_id = 0
         self._token: contextvars.Token[ActiveSpan | None] | None = None
         if attributes:
@@ -324,12 +326,19 @@ class ActiveSpan:
         return self
 
     def set_token_ids(
-        self, prompt: Sequence[int] | None = None, response: Sequence[int] | None = None
+        self,
+        prompt: Sequence[int] | None = None,
+        response: Sequence[int] | None = None,
+        response_logprobs: Sequence[float] | None = None,
     ) -> ActiveSpan:
+        """The exact tokens of an LLM call and, when the server reported them, the log-probability
+        of each response token (what RL trainers need for importance sampling)."""
         if prompt is not None:
             self.prompt_token_ids = prompt
         if response is not None:
             self.response_token_ids = response
+        if response_logprobs is not None:
+            self.response_logprobs = response_logprobs
         return self
 
     def set_resource(self, name: str, version: str | int) -> ActiveSpan:

@@ -59,6 +59,8 @@ class Span(AvroRecord):
     resource_attributes: dict[str, str] = Field(default_factory=dict)
     resource_name: str = ""
     resource_version: str = ""
+    #: one per response token, from the serving engine (float32 on the wire)
+    response_logprobs: list[float] = Field(default_factory=list)
     prompt_token_ids: list[int] = Field(default_factory=list)
     response_token_ids: list[int] = Field(default_factory=list)
 

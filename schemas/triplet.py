@@ -20,6 +20,8 @@ class Triplet(AvroRecord):
     prompt_token_ids: list[int] = Field(default_factory=list)
     response: str
     response_token_ids: list[int] = Field(default_factory=list)
+    #: sampling log-probability of each response token (float32 on the wire); empty when unknown
+    response_logprobs: list[float] = Field(default_factory=list)
     reward: float | None = None
     feedback: str | None = None
     credit_assignment: str = ""

@@ -29,6 +29,7 @@ def call_content(span: Mapping[str, Any]) -> dict[str, Any]:
         "response": attributes.get(genai.OUTPUT_MESSAGES, "[]"),
         "prompt_ids": span["prompt_token_ids"],
         "response_ids": span["response_token_ids"],
+        "response_logprobs": span["response_logprobs"],
         "model": attributes.get(genai.RESPONSE_MODEL) or attributes.get(genai.REQUEST_MODEL, ""),
         "resource_name": span["resource_name"],
         "resource_version": span["resource_version"],

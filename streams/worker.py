@@ -385,6 +385,7 @@ def build_worker(settings: Settings) -> StreamApp:
                 prompt_token_ids=content["prompt_ids"],
                 response=content["response"],
                 response_token_ids=content["response_ids"],
+                response_logprobs=content["response_logprobs"],
                 reward=credit.reward if credit is not None else None,
                 feedback=credit.feedback if credit is not None else None,
                 credit_assignment=strategy,

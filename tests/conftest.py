@@ -40,6 +40,7 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         partitions=4,
         sink={"batch_max_seconds": 0.1, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.5},
         sdk={"delivery_timeout_ms": 3000},
+        dashboard={"port": 0},  # stacks of parallel tests must not fight over one port
     )
     ensure_topics(config)
     return config
@@ -63,3 +64,11 @@ def clickhouse(chdb_path: Path) -> Iterator[object]:
         client.close()
         admin.command(f"DROP DATABASE IF EXISTS {database} SYNC")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer causal LM with its own tokenizer (see ``tinymodel.py``), built once per session, offline."""
+    from tests.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

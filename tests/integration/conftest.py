@@ -63,7 +63,12 @@ def analytics_data(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFact
             handoffs = client.query("SELECT count() FROM handoffs").result_rows[0][0]
             triplets = client.query("SELECT count() FROM triplets FINAL").result_rows[0][0]
             labels = client.query("SELECT count() FROM resource_labels").result_rows[0][0]
-            return ended == expected and handoffs == len(facts.handoffs) and triplets >= facts.triplets and labels >= 3
+            # the per-version windows the worker emits every metrics_flush_seconds (the dashboard's A/B series)
+            windowed = client.query("SELECT sum(rollouts) FROM version_metrics_by_window").result_rows[0][0]
+            return (
+                ended == expected and handoffs == len(facts.handoffs) and triplets >= facts.triplets and labels >= 3
+                and windowed == expected
+            )
 
         assert wait_for(landed, 120, interval=0.5), (
             f"scenario did not land:\n{sink.log.read_text()[-2000:]}\n{worker.log.read_text()[-2000:]}"

@@ -22,7 +22,9 @@ def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) 
     assert settings.bootstrap_servers == "kafka:9092"
     assert settings.clickhouse_dsn and settings.clickhouse_dsn.startswith("http://")
     workers = {n: s for n, s in compose["services"].items() if s.get("image", "").startswith("agentstream")}
-    assert {tuple(s["command"]) for s in workers.values()} == {("topics", "create"), ("migrate",), ("sink",), ("worker",), ("promoter",)}
+    assert {tuple(s["command"]) for s in workers.values()} == {
+        ("topics", "create"), ("migrate",), ("sink",), ("worker",), ("promoter",), ("dashboard", "--host", "0.0.0.0")
+    }
     assert all(s["environment"] == env for s in workers.values())
 
 

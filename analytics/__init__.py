@@ -1,0 +1,1 @@
+"""Analytics over the ClickHouse tables: the dashboard, reports and exports."""
