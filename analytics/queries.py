@@ -37,6 +37,22 @@ _RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _NAME = r"^[A-Za-z0-9_.:\-]+$"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: the per-version figures of the version_summary view (0004_analytics.sql), for any grouping and
+#: time range of rollout_outcomes: the dashboard's A/B view and the report share them
+VERSION_AGGREGATES = """
+    count() AS rollouts,
+    countIf(status = 'succeeded') AS succeeded,
+    countIf(status = 'failed') AS failed,
+    if(succeeded + failed > 0, succeeded / (succeeded + failed), NULL) AS success_rate,
+    if(sum(reward_count) > 0, sum(reward_sum) / sum(reward_count), NULL) AS reward_mean,
+    countIf(handed_off) / count() AS handoff_rate,
+    quantileExactIf(0.5)(latency_ms, latency_ms IS NOT NULL) AS latency_p50_ms,
+    quantileExactIf(0.95)(latency_ms, latency_ms IS NOT NULL) AS latency_p95_ms,
+    quantileExactIf(0.99)(latency_ms, latency_ms IS NOT NULL) AS latency_p99_ms,
+    sum(llm_calls) AS llm_calls,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens,
+    sum(cost) AS cost"""
 MAX_SPANS = 5_000  # a detail page draws at most this many spans of one rollout
 
 
@@ -381,20 +397,9 @@ class DashboardQueries:
         versions = self._rows(
             """
             SELECT
-                resource_version AS version,
-                count() AS rollouts,
-                countIf(status = 'succeeded') AS succeeded,
-                countIf(status = 'failed') AS failed,
-                if(succeeded + failed > 0, succeeded / (succeeded + failed), NULL) AS success_rate,
-                if(sum(reward_count) > 0, sum(reward_sum) / sum(reward_count), NULL) AS reward_mean,
-                countIf(handed_off) / count() AS handoff_rate,
-                quantileExactIf(0.5)(latency_ms, latency_ms IS NOT NULL) AS latency_p50_ms,
-                quantileExactIf(0.95)(latency_ms, latency_ms IS NOT NULL) AS latency_p95_ms,
-                quantileExactIf(0.99)(latency_ms, latency_ms IS NOT NULL) AS latency_p99_ms,
-                sum(llm_calls) AS llm_calls,
-                sum(input_tokens) AS input_tokens,
-                sum(output_tokens) AS output_tokens,
-                sum(cost) AS cost,
+                resource_version AS version,"""
+            + VERSION_AGGREGATES
+            + """,
                 min(created_at) AS first_seen,
                 max(created_at) AS last_seen
             FROM rollout_outcomes

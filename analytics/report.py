@@ -22,6 +22,8 @@ from typing import Any
 
 from rich.table import Table
 
+from .queries import VERSION_AGGREGATES
+
 #: what ``by`` may name, and the SQL of each group's label (never user text: an allow-list)
 GROUPINGS: dict[str, str] = {
     "resource_version": "if(resource_name = '', '(no resource)', concat(resource_name, ':', resource_version))",
@@ -37,21 +39,7 @@ MAX_BUCKETS = 48
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-_AGGREGATES = """
-    count() AS rollouts,
-    countIf(status = 'succeeded') AS succeeded,
-    countIf(status = 'failed') AS failed,
-    if(succeeded + failed > 0, succeeded / (succeeded + failed), NULL) AS success_rate,
-    if(sum(reward_count) > 0, sum(reward_sum) / sum(reward_count), NULL) AS reward_mean,
-    countIf(handed_off) / count() AS handoff_rate,
-    quantileExactIf(0.5)(latency_ms, latency_ms IS NOT NULL) AS latency_p50_ms,
-    quantileExactIf(0.95)(latency_ms, latency_ms IS NOT NULL) AS latency_p95_ms,
-    quantileExactIf(0.99)(latency_ms, latency_ms IS NOT NULL) AS latency_p99_ms,
-    sum(llm_calls) AS llm_calls,
-    sum(input_tokens) AS input_tokens,
-    sum(output_tokens) AS output_tokens,
-    sum(cost) AS cost
-"""
+
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -205,7 +193,7 @@ class EvaluationReport:
     @cached_property
     def groups(self) -> list[GroupFigures]:
         """The figures of every group, in group order."""
-        rows = self._query(f"SELECT group_key, {_AGGREGATES} FROM ({self._base()}) GROUP BY group_key ORDER BY group_key")
+        rows = self._query(f"SELECT group_key, {VERSION_AGGREGATES} FROM ({self._base()}) GROUP BY group_key ORDER BY group_key")
         return [GroupFigures(group=r.pop("group_key"), **{k: _number(v) for k, v in r.items()}) for r in rows]
 
     @cached_property
