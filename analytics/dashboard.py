@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentstream.listen import listening_socket
 from agentstream.settings import Settings, pid_alive
 
 from .queries import FAILURE_CAUSES, DashboardQueries, NotFound, RolloutFilter, parse_time
@@ -552,15 +553,7 @@ class DashboardState(BaseModel):
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (0 picks a free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from e
-    sock.listen(128)
+    sock = listening_socket(host, port)
     sock.set_inheritable(True)
     return sock
 

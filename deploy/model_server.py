@@ -56,6 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentstream.listen import listening_socket
 from agentstream.producers.resources import ResourceStore
 from agentstream.schemas import ResourceKind, ResourceLabel, ResourceVersion
 from agentstream.settings import ModelServerSettings, Settings
@@ -746,16 +747,7 @@ class ModelServer:
         transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.GenerationConfig  # noqa: B018
         self.store.open()
         self.service.watch()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (no Nagle delay)
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._requested_port))
-            sock.listen(128)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(self.host, self._requested_port)
         self._socket = sock
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.service), log_level="warning", access_log=False, lifespan="off")

@@ -24,7 +24,6 @@ import os
 import queue
 import re
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -45,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from agentstream.listen import listening_socket
 from agentstream.settings import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -621,17 +621,7 @@ class ClickHouseGateway:
         if self._thread is not None:
             raise RuntimeError("the gateway is already started")
         app = create_app(self._client, status=self._status, token=self._token, pool_size=self._pool_size)
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # An explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections; without it
-        # every response waits ~40 ms on Nagle and delayed ACKs.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._requested_port))
-            sock.listen(128)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(self._host, self._requested_port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
