@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentstream.process.lifecycle import pid_alive
+
 STACK_FILE = "stack.json"
 
 
@@ -380,13 +382,4 @@ class StackState(BaseModel):
 def _env_value(value: object) -> str:
     return json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

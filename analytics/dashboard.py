@@ -43,8 +43,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentstream.listen import listening_socket
-from agentstream.settings import Settings, pid_alive
+from agentstream.process.lifecycle import pid_alive
+from agentstream.process.ports import listening_socket
+from agentstream.settings import Settings
 
 from .queries import FAILURE_CAUSES, DashboardQueries, NotFound, RolloutFilter, parse_time
 
@@ -68,8 +69,8 @@ def open_client(settings: Settings) -> Any:
     this raises :class:`Unavailable`. Without a running stack, ``connect`` opens the directory
     (:class:`ClickHouse` then closes it after every request).
     """
-    from agentstream.sinks.connect import chdb_path_of, connect
-    from agentstream.sinks.gateway import GatewayState
+    from agentstream.clickhouse.connect import chdb_path_of, connect
+    from agentstream.clickhouse.gateway import GatewayState
 
     path = chdb_path_of(settings.default_clickhouse_dsn)
     if path is not None and GatewayState.load(path) is None and settings.running_stack() is not None:

@@ -118,7 +118,7 @@ class TripletExport:
     """Writes the triplets a :class:`TripletExportConfig` selects, in one of ``FORMATS``.
 
     Args:
-        client: a clickhouse-connect client (``agentstream.sinks.connect.connect(settings)``).
+        client: a clickhouse-connect client (``agentstream.clickhouse.connect.connect(settings)``).
         config: the filters.
         source: where the data came from, for the lineage file (credentials are removed).
     """

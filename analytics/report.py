@@ -117,7 +117,7 @@ class EvaluationReport:
     """Success rate, reward, handoffs, latency and cost per group over ``[since, until)``, with failure causes.
 
     Args:
-        client: a clickhouse-connect client (``agentstream.sinks.connect.connect(settings)``).
+        client: a clickhouse-connect client (``agentstream.clickhouse.connect.connect(settings)``).
         since, until: the range of rollout creation times (UTC); None leaves that side open.
         by: ``resource_version`` (default), ``task_type``, ``mode`` or ``model``.
         resource: only rollouts that ran with this resource (``NAME`` or ``NAME:VERSION``).

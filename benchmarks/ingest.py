@@ -196,11 +196,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
 
+    from agentstream.clickhouse.connect import connect
     from agentstream.deploy.stack import Stack
-    from agentstream.deploy.topics import ensure_topics
-    from agentstream.schemas.topics import TopicSpec
     from agentstream.settings import Settings
-    from agentstream.sinks.connect import connect
+    from agentstream.topics.admin import ensure_topics
+    from agentstream.topics.catalogue import TopicSpec
 
     n, p = args.spans, args.producers
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:

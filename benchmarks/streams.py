@@ -222,7 +222,7 @@ def main() -> None:
             for name, prefix in (("events", "ev."), ("latency", "lat.")):
                 part = settings.model_copy(update={"topic_prefix": prefix, "data_dir": Path(tmp) / name})
                 part.data_dir.mkdir(parents=True)
-                from agentstream.deploy.topics import ensure_topics
+                from agentstream.topics.admin import ensure_topics
 
                 ensure_topics(part)
                 if name == "events":

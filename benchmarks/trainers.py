@@ -35,10 +35,10 @@ from confluent_kafka import Producer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from agentstream.deploy.broker import EmbeddedBroker  # noqa: E402
-from agentstream.deploy.topics import ensure_topics  # noqa: E402
-from agentstream.producers.resources import ResourceStore  # noqa: E402
+from agentstream.resources.store import ResourceStore  # noqa: E402
 from agentstream.schemas import AvroSerializer, Triplet  # noqa: E402
 from agentstream.settings import Settings  # noqa: E402
+from agentstream.topics.admin import ensure_topics  # noqa: E402
 from agentstream.trainers.data import resolve_format, sft_rows  # noqa: E402
 from agentstream.trainers.sft import StreamSFTConfig, StreamSFTTrainer  # noqa: E402
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentstream.schemas.topics import CATALOGUE, changelog_topics
+from agentstream.process.lifecycle import terminate
+from agentstream.process.status import read_status as worker_status
 from agentstream.settings import Settings, StackState
-from agentstream.streams.status import read_status as worker_status
+from agentstream.topics.admin import ensure_topics
+from agentstream.topics.catalogue import CATALOGUE, changelog_topics
 
-from .broker import EmbeddedBroker, terminate
-from .topics import ensure_topics
+from .broker import EmbeddedBroker
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class Stack:
 
     def sink_status(self) -> dict[str, Any] | None:
         """The sink's live counters, read from its gateway."""
-        from agentstream.sinks.gateway import GatewayState
+        from agentstream.clickhouse.gateway import GatewayState
 
         state = GatewayState.load(self.settings.chdb_path)
         return state.status(timeout=1) if state is not None else None

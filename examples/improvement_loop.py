@@ -28,12 +28,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentstream.deploy.llm import GEMMA_MODEL, LocalLLMServer
 from agentstream.deploy.stack import Stack
 from agentstream.producers.client import AgentStream
-from agentstream.producers.resources import ResourceStore
 from agentstream.producers.runner import Runner
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import CANDIDATE, PRODUCTION
+from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
 from agentstream.settings import Settings
 from agentstream.trainers.apo import APOConfig, APOTrainer
 from agentstream.trainers.evaluation import Evaluation, RolloutEvaluator
@@ -326,7 +326,7 @@ class ImprovementLoop:
         )
 
     def _query(self, stack: Stack, sql: str, wait_for_rows: bool = False) -> list[tuple[Any, ...]]:
-        from agentstream.sinks.connect import connect
+        from agentstream.clickhouse.connect import connect
 
         client = connect(stack.resolved_settings())
         deadline = time.monotonic() + 20

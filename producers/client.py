@@ -16,8 +16,8 @@ from typing import Any
 from agentstream.schemas import RewardSource, SpanKind, genai
 from agentstream.schemas.reward import HANDOFF_ATTRIBUTE
 from agentstream.schemas.rollout_event import RolloutConfig, RolloutEventType
-from agentstream.schemas.topics import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
 
 from .delivery import DeliveryStats, DeliveryWorker
 from .records import RecordEncoder

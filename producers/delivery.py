@@ -27,7 +27,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
-from agentstream.schemas.topics import (
+from agentstream.topics.catalogue import (
     HEADER_DLQ_REASON,
     HEADER_DLQ_SOURCE,
     HEADER_EVENT_ID,

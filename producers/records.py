@@ -9,7 +9,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from agentstream.schemas import AvroSerializer, SerializationError, genai, load_schema
 from agentstream.schemas.span import split_attributes
-from agentstream.schemas.topics import HEADER_EVENT_ID, REWARDS, ROLLOUT_EVENTS, SPANS
+from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, ROLLOUT_EVENTS, SPANS
 
 from .spool import SpooledRecord
 

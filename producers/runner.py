@@ -48,15 +48,15 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from agentstream.resources.store import ResourceError, ResourceStore, pick_label, traffic_bucket
 from agentstream.schemas import AvroDeserializer, SchemaStore, Task, attempt_id_for
-from agentstream.schemas.catalog import SchemaTopicResolver
 from agentstream.schemas.rollout_event import RolloutEventType
-from agentstream.schemas.topics import SCHEMAS, TASKS
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import SCHEMAS, TASKS
+from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 from . import client as _client_module
 from .client import AgentStream
-from .resources import ResourceError, ResourceStore, pick_label, traffic_bucket
 from .tracer import Rollout, now_us
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """The event contracts: Avro schemas (one ``.avsc`` per event), matching pydantic models, the
-serializers, and the topic catalogue. This package imports nothing else of agentstream's."""
+serializers, and the ids and clock they share. This package imports nothing else of agentstream's."""
 
 from .avro import SCHEMA_FILES, AvroSchema, all_schemas, load_schema
+from .ids import new_rollout_id, now_us
 from .promotion_decision import PromotionAction, PromotionDecision
 from .resource_label import CANDIDATE, PRODUCTION, ResourceLabel
 from .resource_version import (
@@ -37,7 +38,6 @@ from .serde import (
 )
 from .span import AttributeValue, Span, SpanEvent, SpanKind, StatusCode
 from .task import Task
-from .topics import CATALOGUE, TopicSpec
 from .triplet import Triplet
 from .version_metrics import LATENCY_BUCKETS_MS, VersionMetrics
 
@@ -56,6 +56,8 @@ MODELS = {
 }
 
 __all__ = [
+    "new_rollout_id",
+    "now_us",
     "CANDIDATE",
     "PRODUCTION",
     "PromotionAction",
@@ -80,7 +82,6 @@ __all__ = [
     "AvroDeserializer",
     "AvroSchema",
     "AvroSerializer",
-    "CATALOGUE",
     "Framing",
     "MODELS",
     "MalformedRecordError",
@@ -97,7 +98,6 @@ __all__ = [
     "SpanEvent",
     "SpanKind",
     "StatusCode",
-    "TopicSpec",
     "Triplet",
     "attempt_id_for",
     "UnknownSchemaError",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentstream.schemas import AvroSchema, load_schema
-from agentstream.schemas.topics import (
+from agentstream.topics.catalogue import (
     DEAD_LETTER,
     DECISIONS,
     METRICS,

@@ -31,10 +31,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient
 
 from agentstream.schemas import AvroDeserializer, AvroSchema, MalformedRecordError, SchemaStore, read_framing
-from agentstream.schemas.catalog import SchemaTopicResolver
 from agentstream.schemas.serde import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, SOE_HEADER_LEN
-from agentstream.schemas.topics import DEAD_LETTER, HEADER_EVENT_ID, HEADER_REPLAY, SCHEMAS
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import DEAD_LETTER, HEADER_EVENT_ID, HEADER_REPLAY, SCHEMAS
+from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 from . import ocf
 from .batch import SINK_TABLES, Batch, Entry, SinkTable

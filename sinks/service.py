@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from agentstream.clickhouse.connect import chdb_path_of, open_owner
+from agentstream.clickhouse.gateway import ClickHouseGateway
 from agentstream.settings import Settings
 
 from .clickhouse import ClickHouseSink
-from .connect import chdb_path_of, open_owner
-from .gateway import ClickHouseGateway
 
 logger = logging.getLogger(__name__)
 

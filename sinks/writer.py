@@ -17,14 +17,14 @@ from typing import Any
 
 from agentstream.schemas import AvroSchema, MalformedRecordError
 from agentstream.schemas.serde import SOE_HEADER_LEN, SOE_MAGIC, decode_body, encode_body
-from agentstream.schemas.topics import (
+from agentstream.settings import SinkSettings
+from agentstream.topics.catalogue import (
     HEADER_DLQ_CONSUMER,
     HEADER_DLQ_ERROR_CLASS,
     HEADER_DLQ_REASON,
     HEADER_DLQ_SOURCE,
     HEADER_EVENT_ID,
 )
-from agentstream.settings import SinkSettings
 
 from . import ocf
 from .batch import Batch, Entry, SinkTable, TableBatch, chunks

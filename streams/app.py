@@ -46,7 +46,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from agentstream.settings import Settings
-from agentstream.topic_io import high_watermarks
+from agentstream.topics.io import high_watermarks
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agentstream.producers.resources import ResourceStore
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import (
     CANDIDATE,
     PRODUCTION,
@@ -36,9 +36,9 @@ from agentstream.schemas import (
     ResourceLabel,
     VersionMetrics,
 )
-from agentstream.schemas.topics import DECISIONS, METRICS, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_io import RecordWriter, TopicReader
+from agentstream.topics.catalogue import DECISIONS, METRICS, TopicSpec
+from agentstream.topics.io import RecordWriter, TopicReader
 
 from .promotion_policy import TEST_NAME, ArmStats, MetricsBook, PromotionPolicy
 

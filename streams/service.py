@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from agentstream.deploy.topics import ensure_topics
-from agentstream.schemas.topics import changelog_topics
 from agentstream.settings import Settings
+from agentstream.topics.admin import ensure_topics
+from agentstream.topics.catalogue import changelog_topics
 
 from .worker import build_worker
 

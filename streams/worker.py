@@ -29,6 +29,7 @@ import faust
 import orjson
 from faust.serializers import codecs
 
+from agentstream.process.status import status_path
 from agentstream.schemas import (
     TERMINAL_ROLLOUT,
     AvroSchema,
@@ -43,9 +44,9 @@ from agentstream.schemas import (
     genai,
     load_schema,
 )
-from agentstream.schemas.catalog import SchemaTopicResolver
 from agentstream.schemas.serde import AvroDeserializer, AvroSerializer, decode_body, read_framing
-from agentstream.schemas.topics import (
+from agentstream.settings import Settings
+from agentstream.topics.catalogue import (
     DEAD_LETTER,
     HEADER_DLQ_CONSUMER,
     HEADER_DLQ_ERROR_CLASS,
@@ -61,7 +62,7 @@ from agentstream.schemas.topics import (
     TASKS,
     TRIPLETS,
 )
-from agentstream.settings import Settings
+from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 from . import metrics as version_metrics
 from .app import StreamApp, create_app
@@ -69,7 +70,6 @@ from .calls import CallContentStore, call_content
 from .credit import LlmCall, RewardEvent
 from .join import RolloutJoin, TripletUpdate
 from .lifecycle import RolloutLifecycle, Transition
-from .status import status_path
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentstream.producers.client import AgentStream
-from agentstream.producers.resources import ResourceStore
 from agentstream.producers.tracer import Rollout
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import genai
 from agentstream.settings import Settings
 

@@ -18,8 +18,8 @@ import clickhouse_connect
 import pytest
 
 from agentstream.deploy.broker import EmbeddedBroker
-from agentstream.deploy.topics import ensure_topics
 from agentstream.settings import Settings
+from agentstream.topics.admin import ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ class SinkProcess(ChildProcess):
         import subprocess
         import sys
 
-        from agentstream.sinks.gateway import GatewayState
+        from agentstream.clickhouse.gateway import GatewayState
 
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
@@ -111,7 +111,7 @@ class SinkProcess(ChildProcess):
         raise TimeoutError(f"sink not ready:\n{self.log.read_text()[-3000:]}")
 
     def status(self) -> dict[str, Any] | None:
-        from agentstream.sinks.gateway import GatewayState
+        from agentstream.clickhouse.gateway import GatewayState
 
         state = GatewayState.load(self.settings.chdb_path)
         return state.status() if state is not None else None
@@ -152,7 +152,7 @@ class WorkerProcess(ChildProcess):
         return self
 
     def status(self) -> dict[str, Any] | None:
-        from agentstream.streams.status import read_status
+        from agentstream.process.status import read_status
 
         return read_status(self.settings.data_dir, self.process.pid)
 

@@ -37,13 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentstream.producers.resources import ResourceStore
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceVersion, TemplateError, Triplet, check_template
 from agentstream.schemas.genai import otel_messages_to_openai
 from agentstream.schemas.resource_version import content_hash
-from agentstream.schemas.topics import TRIPLETS, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_io import TopicReader
+from agentstream.topics.catalogue import TRIPLETS, TopicSpec
+from agentstream.topics.io import TopicReader
 
 from .evaluation import Evaluation, RolloutEvaluator
 

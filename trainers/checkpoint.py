@@ -26,7 +26,7 @@ from agentstream.schemas import CANDIDATE, ResourceKind, ResourceVersion
 from agentstream.settings import Settings
 
 if TYPE_CHECKING:
-    from agentstream.producers.resources import ResourceStore
+    from agentstream.resources.store import ResourceStore
 
 logger = logging.getLogger(__name__)
 

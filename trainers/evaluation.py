@@ -20,9 +20,9 @@ from typing import Any
 from agentstream.producers.client import AgentStream
 from agentstream.producers.tasks import TaskSpec
 from agentstream.schemas import TERMINAL_ROLLOUT, RolloutState, RolloutStatus
-from agentstream.schemas.topics import ROLLOUT_STATE, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_io import TopicReader
+from agentstream.topics.catalogue import ROLLOUT_STATE, TopicSpec
+from agentstream.topics.io import TopicReader
 
 
 @dataclass

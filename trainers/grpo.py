@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agentstream.schemas import CANDIDATE, ResourceVersion, Task
 from agentstream.schemas.genai import otel_messages_to_openai
-from agentstream.schemas.topics import TASKS
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import TASKS
 
 from .checkpoint import load_policy, output_root, publish_checkpoint, reserve_checkpoint_dir, save_checkpoint
 from .data import resolve_format
 
 if TYPE_CHECKING:
-    from agentstream.producers.resources import ResourceStore
+    from agentstream.resources.store import ResourceStore
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def prompts_from_tasks(
 ) -> list[dict[str, Any]]:
     """Rows ``{"prompt", "task", <input fields>...}`` from the tasks topic: the newest ``limit``
     rollouts (one row each, whatever their retries) of the given modes and task type."""
-    from agentstream.topic_io import TopicReader
+    from agentstream.topics.io import TopicReader
 
     build = load_callable(prompt) if prompt is not None else _default_prompt
     latest: dict[str, Task] = {}
@@ -275,7 +275,7 @@ def prompts_from_triplets(
     limit: int = 256,
 ) -> list[dict[str, Any]]:
     """Rows from the newest distinct prompts of the triplets table (``client``: clickhouse-connect,
-    e.g. :func:`agentstream.sinks.connect.connect`), with the input of the rollout they came from."""
+    e.g. :func:`agentstream.clickhouse.connect.connect`), with the input of the rollout they came from."""
     where = ["1"]
     parameters: dict[str, Any] = {"limit": limit, "modes": list(modes)}
     if resource_name is not None:
@@ -359,7 +359,7 @@ class OnlineGRPOTrainer:
     @property
     def store(self) -> ResourceStore:
         if self._store is None:
-            from agentstream.producers.resources import ResourceStore
+            from agentstream.resources.store import ResourceStore
 
             self._store = ResourceStore(self.settings, who=f"trainer:{self.name}").open()
         return self._store
@@ -388,7 +388,7 @@ class OnlineGRPOTrainer:
             rows = prompts_from_tasks(self.settings, prompt=c.prompt, task_type=c.task_type, modes=c.modes,
                                       limit=c.max_prompts)
         elif c.prompts == "triplets":
-            from agentstream.sinks.connect import connect
+            from agentstream.clickhouse.connect import connect
 
             rows = prompts_from_triplets(connect(self.settings), resource_name=c.resource_name,
                                          task_type=c.task_type, modes=c.modes, limit=c.max_prompts)

@@ -40,14 +40,14 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from agentstream.schemas import AvroDeserializer, MalformedRecordError, SchemaStore, Triplet
-from agentstream.schemas.catalog import SchemaTopicResolver
-from agentstream.schemas.topics import SCHEMAS, TRIPLETS
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import SCHEMAS, TRIPLETS
+from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from agentstream.producers.resources import ResourceStore
+    from agentstream.resources.store import ResourceStore
     from agentstream.schemas import ResourceVersion
 
 logger = logging.getLogger(__name__)

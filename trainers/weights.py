@@ -27,7 +27,7 @@ from .runtime import TripletFilter, TripletWindow, WindowOutcome, WindowTrainer,
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from agentstream.producers.resources import ResourceStore
+    from agentstream.resources.store import ResourceStore
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class WeightTrainer(WindowTrainer):
     @property
     def store(self) -> ResourceStore:
         if self._store is None:
-            from agentstream.producers.resources import ResourceStore
+            from agentstream.resources.store import ResourceStore
 
             self._store = ResourceStore(self.settings, who=f"trainer:{self.name}").open()
         return self._store

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from agentstream.clickhouse.connect import connect
 from agentstream.deploy.broker import EmbeddedBroker
-from agentstream.deploy.topics import ensure_topics
 from agentstream.settings import Settings
-from agentstream.sinks.connect import connect
+from agentstream.topics.admin import ensure_topics
 from tests.analytics_scenario import (
     MODEL,
     PRICE_INPUT_PER_MILLION,

@@ -11,7 +11,6 @@ from typing import Any
 import openai
 import pytest
 
-from agentstream.deploy.llm import GEMMA_MODEL, LocalLLMServer
 from agentstream.examples.support_agent import (
     DEMO_MIN_REWARD,
     PROMPT_RESOURCE,
@@ -21,8 +20,9 @@ from agentstream.examples.support_agent import (
 )
 from agentstream.examples.tickets import QUEUES, load_tickets
 from agentstream.producers.client import AgentStream
-from agentstream.producers.resources import ResourceStore
 from agentstream.producers.runner import Runner
+from agentstream.resources.store import ResourceStore
+from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
 from agentstream.settings import Settings
 from agentstream.trainers.apo import APOConfig, APOTrainer, split_template, template_regex
 from agentstream.trainers.evaluation import RolloutEvaluator

@@ -21,7 +21,7 @@ import fastavro
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from agentstream.sinks.gateway import ClickHouseGateway, GatewayState
+from agentstream.clickhouse.gateway import ClickHouseGateway, GatewayState
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from agentstream.clickhouse.connect import connect
 from agentstream.deploy.broker import EmbeddedBroker
-from agentstream.deploy.topics import ensure_topics
 from agentstream.producers.client import AgentStream
 from agentstream.schemas import AvroSchema, AvroSerializer, Reward, load_schema
 from agentstream.settings import Settings
-from agentstream.sinks.connect import connect
+from agentstream.topics.admin import ensure_topics
 from tests.helpers import SinkProcess, read_topic, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from agentstream.producers.resources import ResourceStore
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import AvroSerializer, VersionMetrics
 from agentstream.settings import Settings
 from agentstream.streams.promotion import PromotionController

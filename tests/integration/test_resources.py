@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agentstream.producers.client import AgentStream
-from agentstream.producers.resources import ResourceError, ResourceStore, pick_label, traffic_bucket
 from agentstream.producers.runner import Runner
+from agentstream.resources.store import ResourceError, ResourceStore, pick_label, traffic_bucket
 from agentstream.settings import Settings
 from tests.helpers import read_topic, wait_for
 from tests.integration.test_runner import make_task, put_tasks

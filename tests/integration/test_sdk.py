@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 import agentstream
-from agentstream.deploy.broker import EmbeddedBroker, free_port
-from agentstream.deploy.topics import ensure_topics
+from agentstream.deploy.broker import EmbeddedBroker
+from agentstream.process.ports import free_port
 from agentstream.producers.client import AgentStream
 from agentstream.schemas import Span
 from agentstream.settings import Settings
+from agentstream.topics.admin import ensure_topics
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration

@@ -25,17 +25,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 import agentstream
-from agentstream.deploy.model_server import ModelServer
-from agentstream.deploy.vllm import VLLMAdapterSync, VLLMServer
+from agentstream.clickhouse.connect import connect
 from agentstream.producers.client import AgentStream
-from agentstream.producers.resources import ResourceStore
 from agentstream.producers.runner import Runner
 from agentstream.producers.tracer import Rollout
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import Task
-from agentstream.schemas.topics import TASKS
+from agentstream.serving.model_server import ModelServer
+from agentstream.serving.vllm import VLLMAdapterSync, VLLMServer
 from agentstream.settings import Settings
-from agentstream.sinks.connect import connect
-from agentstream.topic_io import RecordWriter
+from agentstream.topics.catalogue import TASKS
+from agentstream.topics.io import RecordWriter
 from agentstream.trainers.checkpoint import publish_checkpoint
 from agentstream.trainers.grpo import OnlineGRPOConfig, OnlineGRPOTrainer
 from tests.helpers import SinkProcess, WorkerProcess, latest_by, read_topic, wait_for

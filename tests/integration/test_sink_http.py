@@ -9,10 +9,10 @@ import time
 import clickhouse_connect
 import pytest
 
+from agentstream.clickhouse.gateway import ClickHouseGateway
 from agentstream.producers.client import AgentStream
 from agentstream.settings import Settings
 from agentstream.sinks.clickhouse import ClickHouseSink
-from agentstream.sinks.gateway import ClickHouseGateway
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

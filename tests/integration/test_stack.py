@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from agentstream.clickhouse.connect import connect
 from agentstream.deploy.stack import Stack
 from agentstream.producers.client import AgentStream
 from agentstream.settings import Settings, StackState
-from agentstream.sinks.connect import connect
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -302,7 +302,7 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
 
 
 def sink_query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    from agentstream.sinks.connect import connect
+    from agentstream.clickhouse.connect import connect
 
     client = connect(settings)
     try:

@@ -20,8 +20,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from agentstream.producers.client import AgentStream
-from agentstream.producers.resources import ResourceStore
 from agentstream.producers.runner import Runner
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import AvroSerializer, ResourceVersion, Task, Triplet
 from agentstream.settings import Settings
 from agentstream.trainers.data import grpo_groups, task_key
@@ -146,7 +146,7 @@ def offsets(version: ResourceVersion) -> dict[int, tuple[int, int]]:
 
 def end_offsets(settings: Settings) -> dict[int, int]:
     """High watermarks of the triplet topic (from a fetch, as the broker's ListOffsets is unreliable)."""
-    from agentstream.topic_io import high_watermarks
+    from agentstream.topics.io import high_watermarks
 
     topic = settings.topic("triplets")
     consumer = Consumer(settings.consumer_config(f"hw-{uuid.uuid4().hex[:6]}"))

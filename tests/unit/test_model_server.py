@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agentstream.cli import app
-from agentstream.deploy.model_server import (
+from agentstream.schemas import ResourceVersion
+from agentstream.serving.model_server import (
     CheckpointError,
     ModelRef,
     Sampling,
@@ -21,8 +22,7 @@ from agentstream.deploy.model_server import (
     parse_model,
     served_name,
 )
-from agentstream.deploy.vllm import VLLMServer
-from agentstream.schemas import ResourceVersion
+from agentstream.serving.vllm import VLLMServer
 from agentstream.settings import Settings
 from agentstream.trainers.grpo import load_callable, reward_function
 

@@ -112,7 +112,7 @@ def broker(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create missing topics of the catalogue (idempotent)."""
-    from agentstream.deploy.topics import ensure_topics
+    from agentstream.topics.admin import ensure_topics
 
     statuses = ensure_topics(_resolved())
     table = Table("topic", "partitions", "cleanup", "result")
@@ -126,7 +126,7 @@ def topics_create() -> None:
 @topics_app.command("list")
 def topics_list() -> None:
     """Show the topic catalogue: keys, value schemas, cleanup policies."""
-    from agentstream.schemas.topics import CATALOGUE
+    from agentstream.topics.catalogue import CATALOGUE
 
     settings = state.settings
     table = Table("topic", "key", "value", "partitions", "cleanup", "retention", "purpose")
@@ -178,7 +178,7 @@ def promoter() -> None:
 @app.command()
 def migrate() -> None:
     """Apply pending ClickHouse migrations (the sink also does this at start)."""
-    from agentstream.sinks.connect import connect
+    from agentstream.clickhouse.connect import connect
     from agentstream.sinks.migrations import migrate as apply
 
     client = connect(state.settings)
@@ -237,7 +237,7 @@ def sql(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
 ) -> None:
     """Run a query and print the result (through the running sink, or opening chDB directly)."""
-    from agentstream.sinks.connect import connect
+    from agentstream.clickhouse.connect import connect
 
     try:
         client = connect(state.settings)
@@ -471,7 +471,7 @@ def apo(
 
 # ---- resources -------------------------------------------------------------------------------------
 def _resource_store() -> Any:
-    from agentstream.producers.resources import ResourceStore
+    from agentstream.resources.store import ResourceStore
 
     return ResourceStore(state.settings, follow=False, who="cli")
 
@@ -479,7 +479,7 @@ def _resource_store() -> Any:
 def _resource_errors() -> Any:
     from contextlib import contextmanager
 
-    from agentstream.producers.resources import ResourceError
+    from agentstream.resources.store import ResourceError
 
     @contextmanager
     def guard() -> Any:
@@ -637,7 +637,7 @@ def report(
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     from agentstream.analytics.report import EvaluationReport
-    from agentstream.sinks.connect import connect
+    from agentstream.clickhouse.connect import connect
 
     window = {"since": _time_option(since, "--since"), "until": _time_option(until, "--until")}
     try:
@@ -677,7 +677,7 @@ def export_triplets(
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     from agentstream.analytics.export import TripletExport, TripletExportConfig
-    from agentstream.sinks.connect import connect
+    from agentstream.clickhouse.connect import connect
 
     window = {"since": _time_option(since, "--since"), "until": _time_option(until, "--until")}
     try:
@@ -958,7 +958,7 @@ def serve_model(
 ) -> None:
     """Serve an LLM resource's checkpoints over an OpenAI-compatible API (CPU), following new versions
     and label moves live: request model NAME (production), NAME:vN or NAME@label."""
-    from agentstream.deploy.model_server import ModelServer
+    from agentstream.serving.model_server import ModelServer
 
     server = ModelServer(_resolved(), resource, host=host, port=port)
     server.run(on_ready=lambda url: console.print(

@@ -56,8 +56,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentstream.listen import listening_socket
-from agentstream.producers.resources import ResourceStore
+from agentstream.process.ports import listening_socket
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import ResourceKind, ResourceLabel, ResourceVersion
 from agentstream.settings import ModelServerSettings, Settings
 

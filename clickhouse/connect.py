@@ -13,9 +13,8 @@ from urllib.parse import urlparse
 
 import clickhouse_connect
 
+from agentstream.clickhouse.gateway import GatewayState
 from agentstream.settings import Settings
-
-from .gateway import GatewayState
 
 
 def chdb_path_of(dsn: str) -> Path | None:

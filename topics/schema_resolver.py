@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from .avro import AvroSchema
+from agentstream.schemas import AvroSchema
 
 logger = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from agentstream.listen import listening_socket
-from agentstream.settings import pid_alive
+from agentstream.process.lifecycle import pid_alive
+from agentstream.process.ports import listening_socket
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .broker import free_port, terminate
+from agentstream.process.lifecycle import terminate
+from agentstream.process.ports import free_port
 
 logger = logging.getLogger(__name__)
 

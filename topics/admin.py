@@ -9,8 +9,8 @@ from typing import Literal
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agentstream.schemas.topics import CATALOGUE, TopicSpec
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import CATALOGUE, TopicSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The listening socket every HTTP server of ours hands to uvicorn (gateway, dashboard, model server)."""
+"""Ports: the listening socket every HTTP server of ours hands to uvicorn (gateway, dashboard, model
+server), and a free port for the child servers we launch (broker, llama.cpp, vLLM)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from e
     return sock
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on ``host`` now (another process may still take it before it is used)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port

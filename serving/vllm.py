@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from agentstream.producers.resources import ResourceStore
+from agentstream.process.lifecycle import terminate
+from agentstream.process.ports import free_port
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import PRODUCTION, ResourceVersion
 
-from .broker import free_port, terminate
-from .llm import models_answer
+from .llama_cpp import models_answer
 from .model_server import CheckpointError, adapter_base, checkpoint_path, is_adapter, served_name
 
 logger = logging.getLogger(__name__)

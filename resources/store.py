@@ -35,12 +35,11 @@ from agentstream.schemas import (
     TemplateError,
     check_template,
 )
+from agentstream.schemas.ids import now_us
 from agentstream.schemas.resource_version import content_hash
-from agentstream.schemas.topics import RESOURCE_LABELS, RESOURCES, TopicSpec
 from agentstream.settings import Settings
-from agentstream.topic_io import RecordWriter, TopicReader
-
-from .tracer import now_us
+from agentstream.topics.catalogue import RESOURCE_LABELS, RESOURCES, TopicSpec
+from agentstream.topics.io import RecordWriter, TopicReader
 
 logger = logging.getLogger(__name__)
 

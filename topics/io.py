@@ -22,10 +22,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from agentstream.schemas import MODELS, AvroDeserializer, AvroSerializer, MalformedRecordError, SchemaStore
-from agentstream.schemas.catalog import SchemaTopicResolver
 from agentstream.schemas.record import AvroRecord
-from agentstream.schemas.topics import SCHEMAS, TopicSpec
 from agentstream.settings import Settings
+from agentstream.topics.catalogue import SCHEMAS, TopicSpec
+from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+from agentstream.cli.app import main
+
+main()

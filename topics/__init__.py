@@ -1,0 +1,1 @@
+"""Topics: the catalogue (names, keys, configs), their administration, and reading and writing records."""
