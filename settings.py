@@ -46,7 +46,9 @@ class SdkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     service_name: str = Field("agent", description="OTel service.name stamped on every span.")
-    queue_size: int = Field(100_000, ge=1, description="Records buffered in memory before spilling to the spool.")
+    queue_size: int = Field(
+        100_000, ge=1, description="Records buffered in memory before spilling to the spool."
+    )
     spool_dir: Path | None = Field(None, description="Outage spool; default <data_dir>/spool.")
     max_record_bytes: int = Field(
         900_000, ge=4_096, description="Larger records are truncated (with a marker) to fit Kafka's limit."
@@ -56,7 +58,9 @@ class SdkSettings(BaseModel):
     )
     replay_window_bytes: int = Field(64 * 1024 * 1024, ge=0)
     linger_ms: int = Field(
-        50, ge=0, description="Batching delay: larger batches cost the broker and the agent less CPU per record."
+        50,
+        ge=0,
+        description="Batching delay: larger batches cost the broker and the agent less CPU per record.",
     )
     compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "lz4"
     delivery_timeout_ms: int = Field(10_000, ge=1_000, description="Per-record Kafka delivery timeout.")
@@ -69,7 +73,9 @@ class SinkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     group_id: str = "agentstream-clickhouse-sink"
-    session_timeout_ms: int = Field(6_000, ge=1_000, description="Consumer-group session; joins take half of it.")
+    session_timeout_ms: int = Field(
+        6_000, ge=1_000, description="Consumer-group session; joins take half of it."
+    )
     batch_max_rows: int = Field(50_000, ge=1)
     batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1_024)
     batch_max_seconds: float = Field(0.25, gt=0)
@@ -98,11 +104,16 @@ class StreamSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     app_id: str = Field(
-        "streams", description="Faust app id after the topic prefix: consumer group and table changelog names."
+        "streams",
+        description="Faust app id after the topic prefix: consumer group and table changelog names.",
     )
-    workers: int = Field(2, ge=0, description="Stream workers `agentstream up` runs; they share the partitions.")
+    workers: int = Field(
+        2, ge=0, description="Stream workers `agentstream up` runs; they share the partitions."
+    )
     fetch_wait_ms: int = Field(
-        50, ge=1, description="Fetch long-poll wait; Faust hard-codes 1500 ms, which is the live latency floor."
+        50,
+        ge=1,
+        description="Fetch long-poll wait; Faust hard-codes 1500 ms, which is the live latency floor.",
     )
     producer_linger_ms: int = Field(10, ge=0)
     session_timeout_ms: int = Field(6_000, ge=1_000, description="Group session; joins take half of it.")
@@ -111,7 +122,9 @@ class StreamSettings(BaseModel):
     gap_verify_seconds: float = Field(
         2.0, ge=0, description="How long an offset gap is re-read before it is accepted (compacted topics)."
     )
-    timer_interval_seconds: float = Field(0.25, gt=0, description="How often attempts are checked for timeouts.")
+    timer_interval_seconds: float = Field(
+        0.25, gt=0, description="How often attempts are checked for timeouts."
+    )
     credit_assignment: dict[str, str] = Field(
         default_factory=dict, description="Credit-assignment strategy per task type (first_occurrence, ...)."
     )
@@ -121,10 +134,14 @@ class StreamSettings(BaseModel):
         3_600.0, ge=0, description="Rewards this long after a rollout ended still update its triplets."
     )
     call_cache_size: int = Field(
-        20_000, ge=1, description="LLM-call contents the joiner keeps in memory; older ones are re-read from Kafka."
+        20_000,
+        ge=1,
+        description="LLM-call contents the joiner keeps in memory; older ones are re-read from Kafka.",
     )
     metrics_window_seconds: float = Field(60.0, gt=0, description="Tumbling window of per-version metrics.")
-    metrics_flush_seconds: float = Field(1.0, gt=0, description="How often changed metric windows are emitted.")
+    metrics_flush_seconds: float = Field(
+        1.0, gt=0, description="How often changed metric windows are emitted."
+    )
     web_port: int = Field(0, ge=0, le=65535, description="Faust web UI port; 0 disables it.")
 
 
@@ -140,7 +157,9 @@ class RunnerSettings(BaseModel):
         0.5, ge=0, description="attempt_started is sent only for attempts running longer than this."
     )
     shutdown_grace_seconds: float = Field(
-        10.0, ge=0, description="On shutdown, in-flight rollouts get this long to finish before they are handed back."
+        10.0,
+        ge=0,
+        description="On shutdown, in-flight rollouts get this long to finish before they are handed back.",
     )
     session_timeout_ms: int = Field(6_000, ge=1_000)
     traffic: dict[str, float] = Field(
@@ -157,15 +176,21 @@ class PromotionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    margin: float = Field(0.0, ge=-1, lt=1, description="Candidate must beat production by more than this (rate).")
+    margin: float = Field(
+        0.0, ge=-1, lt=1, description="Candidate must beat production by more than this (rate)."
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="Per-look significance level of the one-sided tests.")
     min_samples: int = Field(30, ge=1, description="Rollouts per arm before any promote or rollback.")
     max_samples: int | None = Field(
         None, ge=1, description="Candidate rollouts after which an undecided test keeps production."
     )
-    rollback_margin: float = Field(0.0, ge=0, lt=1, description="Roll back when worse by more than this (rate).")
+    rollback_margin: float = Field(
+        0.0, ge=0, lt=1, description="Roll back when worse by more than this (rate)."
+    )
     interval_seconds: float = Field(5.0, gt=0, description="How often candidates are evaluated.")
-    hold_every_seconds: float = Field(30.0, gt=0, description="A hold with new evidence is recorded at most this often.")
+    hold_every_seconds: float = Field(
+        30.0, gt=0, description="A hold with new evidence is recorded at most this often."
+    )
 
 
 class DashboardSettings(BaseModel):
@@ -188,19 +213,28 @@ class TrainerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    output_dir: Path | None = Field(None, description="Checkpoints and adapters; default <data_dir>/checkpoints.")
-    group_id_prefix: str = Field(
-        "agentstream-trainer-", description="Each trainer consumes triplets in its own group: prefix + trainer name."
+    output_dir: Path | None = Field(
+        None, description="Checkpoints and adapters; default <data_dir>/checkpoints."
     )
-    window_count: int = Field(256, ge=1, description="A window closes after this many accepted (deduped) triplets.")
+    group_id_prefix: str = Field(
+        "agentstream-trainer-",
+        description="Each trainer consumes triplets in its own group: prefix + trainer name.",
+    )
+    window_count: int = Field(
+        256, ge=1, description="A window closes after this many accepted (deduped) triplets."
+    )
     window_seconds: float | None = Field(
         None, gt=0, description="...or this long after its first accepted triplet; unset: count only."
     )
-    min_reward: float = Field(0.5, description="SFT learns from triplets rewarded at least this; KTO's label cut.")
+    min_reward: float = Field(
+        0.5, description="SFT learns from triplets rewarded at least this; KTO's label cut."
+    )
     modes: list[str] = Field(
         default_factory=lambda: ["train", "prod"], description="Rollout modes learned from (never val/test)."
     )
-    session_timeout_ms: int = Field(6_000, ge=1_000, description="Consumer-group session; joins take half of it.")
+    session_timeout_ms: int = Field(
+        6_000, ge=1_000, description="Consumer-group session; joins take half of it."
+    )
 
 
 class ModelServerSettings(BaseModel):
@@ -211,8 +245,12 @@ class ModelServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
-    default_label: str = Field("production", description="The version a bare resource name (no :vN, no @label) serves.")
-    cache_size: int = Field(2, ge=1, description="Checkpoint versions kept loaded, least recently used evicted.")
+    default_label: str = Field(
+        "production", description="The version a bare resource name (no :vN, no @label) serves."
+    )
+    cache_size: int = Field(
+        2, ge=1, description="Checkpoint versions kept loaded, least recently used evicted."
+    )
     preload: bool = Field(True, description="Load a version as soon as the default label moves to it.")
     device: str = Field("cpu", description="torch device of the served models (cpu, cuda, cuda:1, ...).")
     max_tokens: int = Field(1024, ge=1, description="Cap on a request's max_tokens.")
@@ -232,7 +270,8 @@ class Settings(BaseSettings):
         description="Extra librdkafka properties for every client (security.protocol, sasl.*, ...).",
     )
     clickhouse_dsn: str | None = Field(
-        None, description="clickhouse-connect DSN (http(s)://host:8123 or chdb:///path); default chdb under data_dir."
+        None,
+        description="clickhouse-connect DSN (http(s)://host:8123 or chdb:///path); default chdb under data_dir.",
     )
     schema_registry_url: str | None = Field(
         None, description="Confluent Schema Registry; when set, records use its wire format."
@@ -277,7 +316,14 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json", exclude_none=True).items():
             key = f"AGENTSTREAM_{name.upper()}"
             if isinstance(value, dict) and name in (
-                "sdk", "sink", "streams", "runner", "promotion", "dashboard", "trainer", "model_server"
+                "sdk",
+                "sink",
+                "streams",
+                "runner",
+                "promotion",
+                "dashboard",
+                "trainer",
+                "model_server",
             ):
                 for sub, sub_value in value.items():
                     if sub_value is not None:

@@ -139,7 +139,9 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(
-            content, default=_json_default, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+            content,
+            default=_json_default,
+            option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS,
         )
 
 
@@ -213,8 +215,10 @@ def _templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters.update(ms=_ms, pct=_pct, num=_num, cost=_cost, when=_when)
-    env.globals.update(FAILURE_CAUSES=FAILURE_CAUSES, STATUSES=("succeeded", "failed", "running", "queuing",
-                                                                  "requeuing", "cancelled"))
+    env.globals.update(
+        FAILURE_CAUSES=FAILURE_CAUSES,
+        STATUSES=("succeeded", "failed", "running", "queuing", "requeuing", "cancelled"),
+    )
     return Jinja2Templates(env=env)
 
 
@@ -245,7 +249,9 @@ class Dashboard:
         page = self.read(lambda q: q.rollouts(where))
         if _wants_json(request):
             return JSONResponse(page)
-        return self.page(request, "rollouts.html", {"page": page, "where": where, "params": request.query_params})
+        return self.page(
+            request, "rollouts.html", {"page": page, "where": where, "params": request.query_params}
+        )
 
     def rollout_page(self, request: Request) -> Response:
         rollout_id = request.path_params["rollout_id"]
@@ -285,7 +291,12 @@ class Dashboard:
         ab = self.read(lambda q: q.ab(resource, since)) if resource else None
         if _wants_json(request):
             return JSONResponse({**(ab or {"resource": None, "versions": []}), "resources": resources})
-        context = {"ab": ab, "resources": resources, "resource": resource, "since": request.query_params.get("since", "")}
+        context = {
+            "ab": ab,
+            "resources": resources,
+            "resource": resource,
+            "since": request.query_params.get("since", ""),
+        }
         return self.page(request, "ab.html", context)
 
     def ab_series(self, request: Request) -> Response:
@@ -326,7 +337,9 @@ class Dashboard:
         if _wants_json(request):
             headers = {"Retry-After": "2"} if status == 503 else None
             return JSONResponse({"error": title, "detail": message}, status_code=status, headers=headers)
-        response = self.page(request, "error.html", {"status": status, "title": title, "message": message}, status)
+        response = self.page(
+            request, "error.html", {"status": status, "title": title, "message": message}, status
+        )
         if status == 503:
             response.headers["Retry-After"] = "2"
         return response
@@ -337,7 +350,8 @@ class Dashboard:
     async def on_invalid(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, ValidationError):
             message = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'filters'}: {e['msg']}" for e in exc.errors(include_url=False)
+                f"{'.'.join(str(p) for p in e['loc']) or 'filters'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
             )
         else:
             message = str(exc)

@@ -163,11 +163,11 @@ class TripletExport:
             SELECT * FROM
             (
                 SELECT * FROM triplets
-                WHERE {' AND '.join(inner)}
+                WHERE {" AND ".join(inner)}
                 ORDER BY triplet_id, version DESC, ingested_at DESC
                 LIMIT 1 BY triplet_id
             )
-            WHERE {' AND '.join(outer)}"""
+            WHERE {" AND ".join(outer)}"""
         if config.limit is not None:
             sql += "\nORDER BY created_at DESC, triplet_id DESC LIMIT {limit:UInt64}"
             parameters["limit"] = config.limit
@@ -245,8 +245,12 @@ class TripletExport:
             else:
                 partial.unlink(missing_ok=True)
 
-        result = ExportResult(self.export_id, out, lineage_path, fmt, rows, window_start, window_end, by_version)
-        lineage_path.write_text(json.dumps(self._lineage(result, _utc(as_of)), indent=2, default=_json_default) + "\n")
+        result = ExportResult(
+            self.export_id, out, lineage_path, fmt, rows, window_start, window_end, by_version
+        )
+        lineage_path.write_text(
+            json.dumps(self._lineage(result, _utc(as_of)), indent=2, default=_json_default) + "\n"
+        )
         return result
 
     def _counts(self, selection: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -297,8 +301,11 @@ class TripletExport:
             "format": result.format,
             "path": str(result.path.absolute()),
             "as_of": as_of,
-            "filters": {**config, "excluded_modes": list(EVALUATION_MODES) if self.config.modes is None else [],
-                        "empty_responses": "excluded"},
+            "filters": {
+                **config,
+                "excluded_modes": list(EVALUATION_MODES) if self.config.modes is None else [],
+                "empty_responses": "excluded",
+            },
             "window": {"start": result.window_start, "end": result.window_end},
             "rows": result.rows,
             "by_resource_version": result.by_version,

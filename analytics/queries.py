@@ -20,7 +20,9 @@ from agentstream.schemas.rollout_event import RolloutStatus
 
 from .waterfall import Waterfall, build_waterfall
 
-FailureCause = Literal["timeout", "tool_error", "parse_error", "llm_error", "prompt_drift", "task_failed", "cancelled"]
+FailureCause = Literal[
+    "timeout", "tool_error", "parse_error", "llm_error", "prompt_drift", "task_failed", "cancelled"
+]
 FAILURE_CAUSES: tuple[str, ...] = FailureCause.__args__  # type: ignore[attr-defined]
 RolloutSort = Literal["created_at", "ended_at", "latency", "reward", "cost"]
 
@@ -176,7 +178,9 @@ class DashboardQueries:
         if where.resource is not None:
             parameters["resource"] = where.resource
             if where.version is not None:
-                having.append("countIf(resource_name = {resource:String} AND resource_version = {version:String}) > 0")
+                having.append(
+                    "countIf(resource_name = {resource:String} AND resource_version = {version:String}) > 0"
+                )
                 parameters["version"] = where.version
             else:
                 having.append("countIf(resource_name = {resource:String}) > 0")
@@ -366,7 +370,11 @@ class DashboardQueries:
         old, new = _content(by_version[a]), _content(by_version[b])
         lines = list(
             difflib.unified_diff(
-                old.splitlines(), new.splitlines(), fromfile=f"{name} v{a}", tofile=f"{name} v{b}", lineterm=""
+                old.splitlines(),
+                new.splitlines(),
+                fromfile=f"{name} v{a}",
+                tofile=f"{name} v{b}",
+                lineterm="",
             )
         )
         return {"name": name, "a": a, "b": b, "changed": bool(lines), "lines": [_diff_line(x) for x in lines]}

@@ -40,8 +40,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-
-
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """A point in time from ``90s``/``30m``/``24h``/``7d``/``2w`` (that long before ``now``), ``now`` or an
     ISO 8601 time (UTC unless it names a zone); returned in UTC.
@@ -149,8 +147,13 @@ class EvaluationReport:
 
     # ---- queries -----------------------------------------------------------------------------------
     def _parameters(self, **extra: Any) -> dict[str, Any]:
-        values = {"since": self.since, "until": self.until, "resource_name": self.resource_name,
-                  "resource_version": self.resource_version, **extra}
+        values = {
+            "since": self.since,
+            "until": self.until,
+            "resource_name": self.resource_name,
+            "resource_version": self.resource_version,
+            **extra,
+        }
         return {k: v for k, v in values.items() if v is not None}
 
     def _base(self) -> str:
@@ -193,13 +196,17 @@ class EvaluationReport:
     @cached_property
     def groups(self) -> list[GroupFigures]:
         """The figures of every group, in group order."""
-        rows = self._query(f"SELECT group_key, {VERSION_AGGREGATES} FROM ({self._base()}) GROUP BY group_key ORDER BY group_key")
+        rows = self._query(
+            f"SELECT group_key, {VERSION_AGGREGATES} FROM ({self._base()}) GROUP BY group_key ORDER BY group_key"
+        )
         return [GroupFigures(group=r.pop("group_key"), **{k: _number(v) for k, v in r.items()}) for r in rows]
 
     @cached_property
     def span(self) -> tuple[datetime, datetime] | None:
         """The first and last rollout creation time in range (None when there are none)."""
-        rows = self._query(f"SELECT min(created_at) AS first, max(created_at) AS last, count() AS n FROM ({self._base()})")
+        rows = self._query(
+            f"SELECT min(created_at) AS first, max(created_at) AS last, count() AS n FROM ({self._base()})"
+        )
         if not rows or not rows[0]["n"]:
             return None
         return _utc(rows[0]["first"]), _utc(rows[0]["last"])
@@ -231,7 +238,11 @@ class EvaluationReport:
             bucket=self.bucket_seconds,
         )
         return [
-            BucketFigures(group=r.pop("group_key"), bucket=_utc(r.pop("bucket")), **{k: _number(v) for k, v in r.items()})
+            BucketFigures(
+                group=r.pop("group_key"),
+                bucket=_utc(r.pop("bucket")),
+                **{k: _number(v) for k, v in r.items()},
+            )
             for r in rows
         ]
 
@@ -261,17 +272,41 @@ class EvaluationReport:
     def table(self) -> Table:
         """The per-group figures as a rich table."""
         table = Table(title=self.title)
-        for column in (self.by, "rollouts", "ok", "failed", "success", "reward", "handoff", "p50 ms", "p95 ms",
-                       "p99 ms", "LLM calls", "tokens in/out", "cost", "top failure cause"):
+        for column in (
+            self.by,
+            "rollouts",
+            "ok",
+            "failed",
+            "success",
+            "reward",
+            "handoff",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "LLM calls",
+            "tokens in/out",
+            "cost",
+            "top failure cause",
+        ):
             table.add_column(column, justify="left" if column in (self.by, "top failure cause") else "right")
         for g in self.groups:
             causes = self.failure_causes.get(g.group, {})
             top = next(iter(causes.items()), None)
             table.add_row(
-                g.group, str(g.rollouts), str(g.succeeded), str(g.failed), _percent(g.success_rate),
-                _decimal(g.reward_mean), _percent(g.handoff_rate), _decimal(g.latency_p50_ms, 1),
-                _decimal(g.latency_p95_ms, 1), _decimal(g.latency_p99_ms, 1), str(g.llm_calls),
-                f"{g.input_tokens}/{g.output_tokens}", _money(g.cost), f"{top[0]} ({top[1]})" if top else "",
+                g.group,
+                str(g.rollouts),
+                str(g.succeeded),
+                str(g.failed),
+                _percent(g.success_rate),
+                _decimal(g.reward_mean),
+                _percent(g.handoff_rate),
+                _decimal(g.latency_p50_ms, 1),
+                _decimal(g.latency_p95_ms, 1),
+                _decimal(g.latency_p99_ms, 1),
+                str(g.llm_calls),
+                f"{g.input_tokens}/{g.output_tokens}",
+                _money(g.cost),
+                f"{top[0]} ({top[1]})" if top else "",
             )
         return table
 
@@ -310,10 +345,18 @@ class EvaluationReport:
         plots = [
             ("Success rate", [("success_rate", "-")], "success rate", True),
             ("Reward (mean)", [("reward_mean", "-")], "reward", False),
-            ("Latency p50 (solid) and p95 (dashed)", [("latency_p50_ms", "-"), ("latency_p95_ms", "--")], "ms", False),
+            (
+                "Latency p50 (solid) and p95 (dashed)",
+                [("latency_p50_ms", "-"), ("latency_p95_ms", "--")],
+                "ms",
+                False,
+            ),
             ("Cost", [("cost", "-")], "cost", False),
         ]
-        out = [{"title": title, "src": self._line_plot(series, ylabel, rate)} for title, series, ylabel, rate in plots]
+        out = [
+            {"title": title, "src": self._line_plot(series, ylabel, rate)}
+            for title, series, ylabel, rate in plots
+        ]
         if self.failure_causes:
             out.append({"title": f"Failure causes per {self.by}", "src": self._causes_plot()})
         return out
@@ -337,11 +380,15 @@ class EvaluationReport:
                 xs = [b.bucket for b in points if getattr(b, field) is not None]
                 ys = [getattr(b, field) for b in points if getattr(b, field) is not None]
                 if xs:
-                    axes.plot(xs, ys, style, marker="o", color=colors[group], label=group if style == "-" else None)
+                    axes.plot(
+                        xs, ys, style, marker="o", color=colors[group], label=group if style == "-" else None
+                    )
         if self.timeline:
             # a single bucket would otherwise stretch the axis over years
             half = timedelta(seconds=self.bucket_seconds / 2)
-            axes.set_xlim(min(b.bucket for b in self.timeline) - half, max(b.bucket for b in self.timeline) + half)
+            axes.set_xlim(
+                min(b.bucket for b in self.timeline) - half, max(b.bucket for b in self.timeline) + half
+            )
         locator = AutoDateLocator()
         axes.xaxis.set_major_locator(locator)
         axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))

@@ -138,7 +138,8 @@ def _span_row(span: dict[str, Any], depth: int, offset: float, width: float) -> 
         for key, value in (span.get(group) or {}).items():
             attributes[key] = json.dumps(value) if isinstance(value, list) else str(value)
     stacktrace = next(
-        (e["attributes"].get("exception.stacktrace", "") for e in span["events"] if e["name"] == "exception"), ""
+        (e["attributes"].get("exception.stacktrace", "") for e in span["events"] if e["name"] == "exception"),
+        "",
     )
     raw_in = attributes.get(genai.INPUT_MESSAGES, "")
     raw_out = attributes.get(genai.OUTPUT_MESSAGES, "")
@@ -187,7 +188,11 @@ def parse_messages(raw: str) -> list[Message] | None:
         if "content" in message and not parts:  # a plain {"role", "content"} message
             parts.append({"type": "text", "text": str(message["content"])})
         out.append(
-            {"role": str(message.get("role", "")), "parts": parts, "finish_reason": str(message.get("finish_reason") or "")}
+            {
+                "role": str(message.get("role", "")),
+                "parts": parts,
+                "finish_reason": str(message.get("finish_reason") or ""),
+            }
         )
     return out
 

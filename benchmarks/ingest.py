@@ -44,8 +44,12 @@ ASSISTANT = '{"queue": "shipping", "priority": "normal", "summary": "Express ord
 def _messages() -> tuple[str, str]:
     from agentstream.schemas import genai
 
-    inputs = genai.openai_messages_to_otel([{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}])
-    outputs = [{**genai.openai_message_to_otel({"role": "assistant", "content": ASSISTANT}), "finish_reason": "stop"}]
+    inputs = genai.openai_messages_to_otel(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+    )
+    outputs = [
+        {**genai.openai_message_to_otel({"role": "assistant", "content": ASSISTANT}), "finish_reason": "stop"}
+    ]
     return json.dumps(inputs), json.dumps(outputs)
 
 
@@ -88,7 +92,9 @@ def _sdk_producer(
     from agentstream.producers.tracer import Rollout
 
     settings = _settings(bootstrap, Path(data_dir) / f"agent-{phase}-{worker}")
-    settings = settings.model_copy(update={"sdk": settings.sdk.model_copy(update={"service_name": f"bench-{worker}"})})
+    settings = settings.model_copy(
+        update={"sdk": settings.sdk.model_copy(update={"service_name": f"bench-{worker}"})}
+    )
     client = AgentStream(settings)
     inputs, outputs = _messages()
     rng = random.Random(worker)
@@ -105,7 +111,8 @@ def _sdk_producer(
     # Ten LLM calls per rollout, as an agent makes them: keys (rollout ids) spread over the
     # partitions. The rollouts are not entered, so no lifecycle events add to the span count.
     rollouts = [
-        Rollout(client, rollout_id=f"bench-{phase}-{worker}-{os.getpid()}-{r}") for r in range((count + 9) // 10)
+        Rollout(client, rollout_id=f"bench-{phase}-{worker}-{os.getpid()}-{r}")
+        for r in range((count + 9) // 10)
     ]
     for i in range(count):
         if interval:
@@ -188,7 +195,9 @@ def _wait_rows(ch: Any, where: str, expected: int, diagnose: Any, timeout: float
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spans", type=int, default=100_000, help="spans in the throughput run")
     parser.add_argument("--producers", type=int, default=4, help="agent processes")
     parser.add_argument("--freshness-seconds", type=float, default=20.0)
@@ -205,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n, p = args.spans, args.producers
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
         data_dir = Path(tmp)
-        with Stack(Settings(data_dir=data_dir / "stack", topic_prefix="bench.", partitions=8), workers=0) as stack:
+        with Stack(
+            Settings(data_dir=data_dir / "stack", topic_prefix="bench.", partitions=8), workers=0
+        ) as stack:
             stack.wait_ready()
             bootstrap = stack.bootstrap_servers
             settings = stack.resolved_settings()
@@ -245,7 +256,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             total = n // p * p
             landed = _wait_rows(
-                ch, "rollout_id LIKE 'bench-tput-%' AND kind = 'llm'", total, lambda: _diagnose(ch, settings, stack)
+                ch,
+                "rollout_id LIKE 'bench-tput-%' AND kind = 'llm'",
+                total,
+                lambda: _diagnose(ch, settings, stack),
             )
             e2e = total / (landed - began)
             cpu = {
@@ -314,15 +328,25 @@ def _diagnose(ch: Any, settings: Any, stack: Any) -> None:
                 idle = time.monotonic()
     consumer.close()
     stored = dict(ch.query("SELECT _partition, count() FROM spans GROUP BY _partition").result_rows)
-    offsets = ch.query("SELECT _partition, max(_offset) FROM spans GROUP BY _partition ORDER BY 1").result_rows
-    print("records per partition, kafka vs clickhouse:", {p: (in_kafka[p], stored.get(p, 0)) for p in sorted(in_kafka)})
+    offsets = ch.query(
+        "SELECT _partition, max(_offset) FROM spans GROUP BY _partition ORDER BY 1"
+    ).result_rows
+    print(
+        "records per partition, kafka vs clickhouse:",
+        {p: (in_kafka[p], stored.get(p, 0)) for p in sorted(in_kafka)},
+    )
     print("max stored offsets:", offsets, "sink:", stack.sink_status())
-    for partition, found in ch.query("SELECT _partition, groupArray(_offset) FROM spans GROUP BY _partition").result_rows:
+    for partition, found in ch.query(
+        "SELECT _partition, groupArray(_offset) FROM spans GROUP BY _partition"
+    ).result_rows:
         missing = sorted(set(range(max(found) + 1)) - set(found))
         if missing:
             print(f"partition {partition}: offsets missing from ClickHouse: {missing[:50]}")
     log = stack.logs / "sink.log"
-    print("sink log warnings:", [line for line in log.read_text().splitlines() if "WARNING" in line or "ERROR" in line][-30:])
+    print(
+        "sink log warnings:",
+        [line for line in log.read_text().splitlines() if "WARNING" in line or "ERROR" in line][-30:],
+    )
 
 
 def _gap_log(stack: Any) -> list[str]:
@@ -334,7 +358,9 @@ def _span_size(settings: Any, inputs: str, outputs: str) -> int:
     from agentstream.producers.records import RecordEncoder
     from agentstream.producers.tracer import ActiveSpan
 
-    encoder = RecordEncoder(settings, {"service.name": "bench-0", "host.name": "x" * 12, "process.pid": "12345"})
+    encoder = RecordEncoder(
+        settings, {"service.name": "bench-0", "host.name": "x" * 12, "process.pid": "12345"}
+    )
     span = ActiveSpan(None, "chat gemma-3-270m", "llm", None, None, None)  # type: ignore[arg-type]
     span.set_attributes(
         {
@@ -352,7 +378,11 @@ def _span_size(settings: Any, inputs: str, outputs: str) -> int:
 def _pct(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
-    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1] if q < 100 else sorted_values[-1]
+    return (
+        statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
+        if q < 100
+        else sorted_values[-1]
+    )
 
 
 if __name__ == "__main__":

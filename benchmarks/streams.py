@@ -39,7 +39,9 @@ from agentstream.settings import Settings  # noqa: E402
 console = Console(stderr=True)
 #: latency samples of the first seconds are not counted (connections, metadata, JIT-free warm-up)
 WARMUP_S = 2.0
-PROMPT = json.dumps([{"role": "user", "parts": [{"type": "text", "content": "Route this ticket: " + "x" * 600}]}])
+PROMPT = json.dumps(
+    [{"role": "user", "parts": [{"type": "text", "content": "Route this ticket: " + "x" * 600}]}]
+)
 RESPONSE = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "billing"}]}])
 
 
@@ -49,7 +51,9 @@ def start_worker(settings: Settings, name: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
     env.update(settings.to_env())
     log = open(settings.data_dir / f"{name}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "agentstream.cli", "worker"], env=env, stdout=log, stderr=log)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentstream.cli", "worker"], env=env, stdout=log, stderr=log
+    )
 
 
 def wait_worker(settings: Settings, pid: int, predicate: Any, timeout: float) -> dict[str, Any]:
@@ -70,8 +74,9 @@ def emit_rollout(client: AgentStream, rollout_id: str, calls: int = 2) -> None:
             span.set_attribute(genai.INPUT_MESSAGES, PROMPT)
             span.set_attribute(genai.OUTPUT_MESSAGES, RESPONSE)
             span.set_token_ids(list(range(200)), list(range(8)))
-    client.emit_rollout_event(rollout_id, "attempt_finished", attempt_id=f"{rollout_id}#1", attempt_number=1,
-                              status="succeeded")
+    client.emit_rollout_event(
+        rollout_id, "attempt_finished", attempt_id=f"{rollout_id}#1", attempt_number=1, status="succeeded"
+    )
     client.emit_reward(1.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
 
 
@@ -200,7 +205,9 @@ def bench_rollouts_per_s(settings: Settings, rollouts: int, concurrency: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--rollouts", type=int, default=4_000, help="preloaded rollouts for events/s")
     parser.add_argument("--e2e-rollouts", type=int, default=10_000)
@@ -231,7 +238,9 @@ def main() -> None:
                     console.print(f"stream_events_per_s {figures['stream_events_per_s']}")
                 else:
                     with console.status("reward → triplet latency ..."):
-                        latencies = sorted(bench_reward_to_triplet(part, args.latency_seconds, args.latency_rate))
+                        latencies = sorted(
+                            bench_reward_to_triplet(part, args.latency_seconds, args.latency_rate)
+                        )
                     figures["reward_to_triplet_p50_s"] = round(statistics.median(latencies), 4)
                     figures["reward_to_triplet_p99_s"] = round(latencies[int(0.99 * (len(latencies) - 1))], 4)
                     figures["reward_to_triplet_samples"] = len(latencies)

@@ -43,8 +43,12 @@ from agentstream.trainers.data import resolve_format, sft_rows  # noqa: E402
 from agentstream.trainers.sft import StreamSFTConfig, StreamSFTTrainer  # noqa: E402
 
 console = Console(stderr=True)
-QUEUES = {"shipping": "my parcel is late", "billing": "I was charged twice", "returns": "send back the lamp",
-          "technical": "the app crashes"}
+QUEUES = {
+    "shipping": "my parcel is late",
+    "billing": "I was charged twice",
+    "returns": "send back the lamp",
+    "technical": "the app crashes",
+}
 
 
 def make_triplets(n: int) -> list[Triplet]:
@@ -58,12 +62,22 @@ def make_triplets(n: int) -> list[Triplet]:
             a, b = i % 10, (i // 10) % 10
             prompt, answer = f"What is {a} + {b}? Show the sum.", f"{a} + {b} = {a + b}"
         now = time.time_ns() // 1_000
-        out.append(Triplet(
-            triplet_id=f"bench-{i}", rollout_id=f"ro-{i:06d}", span_id=f"{i:016x}",
-            prompt_messages=json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
-            response=json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]),
-            reward=1.0, mode="train", task_type="bench", created_at=now, emitted_at=now,
-        ))
+        out.append(
+            Triplet(
+                triplet_id=f"bench-{i}",
+                rollout_id=f"ro-{i:06d}",
+                span_id=f"{i:016x}",
+                prompt_messages=json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+                ),
+                response=json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]),
+                reward=1.0,
+                mode="train",
+                task_type="bench",
+                created_at=now,
+                emitted_at=now,
+            )
+        )
     return out
 
 
@@ -76,7 +90,9 @@ def produce(settings: Settings, triplets: list[Triplet]) -> None:
         raise RuntimeError("triplets not delivered")
 
 
-def plain_trl(model_path: str, rows: list[dict[str, Any]], args: dict[str, Any], max_length: int) -> dict[str, float]:
+def plain_trl(
+    model_path: str, rows: list[dict[str, Any]], args: dict[str, Any], max_length: int
+) -> dict[str, float]:
     """The plain script: load, build SFTTrainer on the rows, train."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback
@@ -85,11 +101,17 @@ def plain_trl(model_path: str, rows: list[dict[str, Any]], args: dict[str, Any],
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto")
     conversation = "messages" in rows[0]
-    config = SFTConfig(max_length=max_length, assistant_only_loss=conversation,
-                       completion_only_loss=None if conversation else True, **args)
+    config = SFTConfig(
+        max_length=max_length,
+        assistant_only_loss=conversation,
+        completion_only_loss=None if conversation else True,
+        **args,
+    )
     from datasets import Dataset
 
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     trainer.remove_callback(PrinterCallback)  # as ours does: no per-step printing on either side
     started = time.monotonic()
     trainer.train()
@@ -98,12 +120,30 @@ def plain_trl(model_path: str, rows: list[dict[str, Any]], args: dict[str, Any],
     return {"seconds": seconds, "tokens": float(tokens), "steps": float(trainer.state.global_step)}
 
 
-def ours(settings: Settings, store: ResourceStore, model_path: str, n: int, steps: int, batch: int, max_length: int,
-         lr: float, lora_r: int, fmt: str) -> dict[str, float]:
+def ours(
+    settings: Settings,
+    store: ResourceStore,
+    model_path: str,
+    n: int,
+    steps: int,
+    batch: int,
+    max_length: int,
+    lr: float,
+    lora_r: int,
+    fmt: str,
+) -> dict[str, float]:
     config = StreamSFTConfig(
-        resource_name="bench-llm", base_model=model_path, trainer_name=f"bench-{uuid.uuid4().hex[:6]}",
-        window_count=n, max_steps=steps, per_device_train_batch_size=batch, max_length=max_length, learning_rate=lr,
-        lora_r=lora_r, format=fmt, min_reward=0.5,
+        resource_name="bench-llm",
+        base_model=model_path,
+        trainer_name=f"bench-{uuid.uuid4().hex[:6]}",
+        window_count=n,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        max_length=max_length,
+        learning_rate=lr,
+        lora_r=lora_r,
+        format=fmt,
+        min_reward=0.5,
     )
     started = time.monotonic()
     [outcome] = StreamSFTTrainer(config, settings, store=store).run(once=True, show_progress=False)
@@ -111,8 +151,12 @@ def ours(settings: Settings, store: ResourceStore, model_path: str, n: int, step
     if outcome.version is None:
         raise RuntimeError(f"nothing published: {outcome.status}")
     lineage = outcome.version.lineage
-    return {"seconds": float(lineage["metrics.train_seconds"]), "tokens": float(lineage["metrics.tokens"]),
-            "steps": float(lineage["metrics.steps"]), "window_seconds": window_seconds}
+    return {
+        "seconds": float(lineage["metrics.train_seconds"]),
+        "tokens": float(lineage["metrics.tokens"]),
+        "steps": float(lineage["metrics.steps"]),
+        "window_seconds": window_seconds,
+    }
 
 
 def main() -> None:
@@ -131,18 +175,27 @@ def main() -> None:
 
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp, EmbeddedBroker(
-        log_path=Path(tmp) / "tansu.log"
-    ) as broker:
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
+    ):
         model_path = options.model
         if model_path is None:
             from tests.tinymodel import build_tiny_model
 
             model_path = str(build_tiny_model(Path(tmp) / "tiny"))
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers, data_dir=Path(tmp) / "data",
-                            topic_prefix=f"b{uuid.uuid4().hex[:8]}.", partitions=4,
-                            trainer={"session_timeout_ms": 2_000})
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap_servers,
+            data_dir=Path(tmp) / "data",
+            topic_prefix=f"b{uuid.uuid4().hex[:8]}.",
+            partitions=4,
+            trainer={"session_timeout_ms": 2_000},
+        )
         ensure_topics(settings)
         triplets = make_triplets(options.triplets)
         produce(settings, triplets)
@@ -151,11 +204,19 @@ def main() -> None:
 
         fmt = resolve_format(options.format, AutoTokenizer.from_pretrained(model_path))
         rows = sft_rows(triplets, fmt)
-        args = {"output_dir": str(Path(tmp) / "trl"), "max_steps": options.steps,
-                "per_device_train_batch_size": options.batch_size, "learning_rate": options.lr, "logging_steps": 1,
-                "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "dataloader_num_workers": 0,
-                "dataloader_pin_memory": torch.cuda.is_available(),
-                "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())}
+        args = {
+            "output_dir": str(Path(tmp) / "trl"),
+            "max_steps": options.steps,
+            "per_device_train_batch_size": options.batch_size,
+            "learning_rate": options.lr,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+            "dataloader_pin_memory": torch.cuda.is_available(),
+            "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+        }
         if options.lora_r:
             console.print("[yellow]--lora-r applies to ours only in this script; compare full fine-tunes[/]")
         plain_trl(model_path, rows, {**args, "max_steps": 2}, options.max_length)  # warm-up: first-use costs
@@ -167,23 +228,43 @@ def main() -> None:
                 order = ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours")
                 for side in order:
                     if side == "ours":
-                        ours_runs.append(ours(settings, store, model_path, options.triplets, options.steps,
-                                              options.batch_size, options.max_length, options.lr, options.lora_r,
-                                              options.format))
+                        ours_runs.append(
+                            ours(
+                                settings,
+                                store,
+                                model_path,
+                                options.triplets,
+                                options.steps,
+                                options.batch_size,
+                                options.max_length,
+                                options.lr,
+                                options.lora_r,
+                                options.format,
+                            )
+                        )
                     else:
                         trl_runs.append(plain_trl(model_path, rows, args, options.max_length))
-                console.print(f"repeat {repeat + 1}: ours {ours_runs[-1]['tokens'] / ours_runs[-1]['seconds']:,.0f} "
-                              f"tok/s, trl {trl_runs[-1]['tokens'] / trl_runs[-1]['seconds']:,.0f} tok/s")
+                console.print(
+                    f"repeat {repeat + 1}: ours {ours_runs[-1]['tokens'] / ours_runs[-1]['seconds']:,.0f} "
+                    f"tok/s, trl {trl_runs[-1]['tokens'] / trl_runs[-1]['seconds']:,.0f} tok/s"
+                )
 
     def median(runs: list[dict[str, float]], key: str) -> float:
-        return statistics.median(r[key] / r["seconds"] for r in runs) if key != "window_seconds" else \
-            statistics.median(r[key] for r in runs)
+        return (
+            statistics.median(r[key] / r["seconds"] for r in runs)
+            if key != "window_seconds"
+            else statistics.median(r[key] for r in runs)
+        )
 
     figures = {
         "device": device,
         "model": options.model or "tiny (2-layer Llama, 512-token vocab)",
-        "triplets": options.triplets, "steps": options.steps, "batch_size": options.batch_size,
-        "max_length": options.max_length, "format": fmt, "repeats": options.repeats,
+        "triplets": options.triplets,
+        "steps": options.steps,
+        "batch_size": options.batch_size,
+        "max_length": options.max_length,
+        "format": fmt,
+        "repeats": options.repeats,
         "tokens_per_step": statistics.median(r["tokens"] / r["steps"] for r in trl_runs),
         "ours_tokens_per_s": median(ours_runs, "tokens"),
         "trl_tokens_per_s": median(trl_runs, "tokens"),

@@ -30,7 +30,8 @@ app.add_typer(topics_app, name="topics")
 tasks_app = typer.Typer(help="The task queue: enqueue rollouts for runners.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 resources_app = typer.Typer(
-    help="Versioned resources (prompt templates, LLM endpoints, checkpoints) and their labels.", no_args_is_help=True
+    help="Versioned resources (prompt templates, LLM endpoints, checkpoints) and their labels.",
+    no_args_is_help=True,
 )
 app.add_typer(resources_app, name="resources")
 
@@ -48,11 +49,15 @@ state = _State()
 @app.callback()
 def main_options(
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Data directory (chDB, spool, logs). Env AGENTSTREAM_DATA_DIR.")
+        Path | None,
+        typer.Option("--data-dir", help="Data directory (chDB, spool, logs). Env AGENTSTREAM_DATA_DIR."),
     ] = None,
     bootstrap_servers: Annotated[
         str | None,
-        typer.Option("--bootstrap-servers", help="Kafka to use instead of the embedded broker. Env AGENTSTREAM_BOOTSTRAP_SERVERS."),
+        typer.Option(
+            "--bootstrap-servers",
+            help="Kafka to use instead of the embedded broker. Env AGENTSTREAM_BOOTSTRAP_SERVERS.",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -117,7 +122,9 @@ def topics_create() -> None:
     statuses = ensure_topics(_resolved())
     table = Table("topic", "partitions", "cleanup", "result")
     for s in statuses:
-        table.add_row(s.name, str(s.partitions), s.cleanup_policy, s.outcome + (f" ({s.detail})" if s.detail else ""))
+        table.add_row(
+            s.name, str(s.partitions), s.cleanup_policy, s.outcome + (f" ({s.detail})" if s.detail else "")
+        )
     console.print(table)
     if any(s.outcome == "mismatch" for s in statuses):
         raise typer.Exit(1)
@@ -183,7 +190,9 @@ def migrate() -> None:
 
     client = connect(state.settings)
     applied = apply(client)
-    console.print(f"{len(applied)} migration(s) applied: {', '.join(f'{m.version:04d}_{m.name}' for m in applied) or 'none pending'}")
+    console.print(
+        f"{len(applied)} migration(s) applied: {', '.join(f'{m.version:04d}_{m.name}' for m in applied) or 'none pending'}"
+    )
 
 
 # ---- the stack ---------------------------------------------------------------------------------------
@@ -200,7 +209,9 @@ def up() -> None:
         err_console.print(f"[red]Could not start the stack:[/] {e}")
         stack.stop()
         raise typer.Exit(1) from e
-    console.print(f"Kafka: [bold]{stack.bootstrap_servers}[/]   data: {state.settings.data_dir}   Ctrl-C to stop")
+    console.print(
+        f"Kafka: [bold]{stack.bootstrap_servers}[/]   data: {state.settings.data_dir}   Ctrl-C to stop"
+    )
     try:
         with Live(_status_table(stack), console=console, refresh_per_second=2) as live:
             while not stop.wait(1.0):
@@ -212,7 +223,14 @@ def up() -> None:
 
 
 def _status_table(stack: Any) -> Table:
-    table = Table("member", "state", "pid", "restarts", "detail", title=f"agentstream — up {time.time() - stack.started_at:.0f}s")
+    table = Table(
+        "member",
+        "state",
+        "pid",
+        "restarts",
+        "detail",
+        title=f"agentstream — up {time.time() - stack.started_at:.0f}s",
+    )
     for member in stack.members():
         detail = member.detail
         if member.info and "events" in member.info:
@@ -223,7 +241,11 @@ def _status_table(stack: Any) -> Table:
             )
         elif member.info:
             rows = member.info.get("rows", {})
-            detail = "rows " + ", ".join(f"{t} {n}" for t, n in sorted(rows.items())) if rows else "waiting for records"
+            detail = (
+                "rows " + ", ".join(f"{t} {n}" for t, n in sorted(rows.items()))
+                if rows
+                else "waiting for records"
+            )
             detail += f" | dead letters {member.info.get('dead_lettered', 0)}"
             if member.info.get("last_error"):
                 detail += f" | last error: {member.info['last_error'][:60]}"
@@ -271,8 +293,12 @@ def demo(
     plot: Annotated[Path, typer.Option(help="Where the PNG plot of success rate per version goes.")] = Path(
         "agentstream-demo.png"
     ),
-    val_items: Annotated[int | None, typer.Option(help="Validation tickets per score (default: all 60).")] = None,
-    test_items: Annotated[int | None, typer.Option(help="Test tickets in the final report (default: all 100).")] = None,
+    val_items: Annotated[
+        int | None, typer.Option(help="Validation tickets per score (default: all 60).")
+    ] = None,
+    test_items: Annotated[
+        int | None, typer.Option(help="Test tickets in the final report (default: all 100).")
+    ] = None,
 ) -> None:
     """The improvement loop on the embedded default: a support agent on a local Gemma model gets better by
     itself (APO from its triplets, A/B promotion), with every version recorded."""
@@ -290,13 +316,16 @@ def tasks_enqueue(
     file: Annotated[Path, typer.Argument(help="JSONL file, one task per line.", exists=True, dir_okay=False)],
     task_type: Annotated[str, typer.Option("--task-type", help="Task type of lines that name none.")] = "",
     mode: Annotated[str, typer.Option(help="train, val, test or prod (lines may override).")] = "train",
-    max_attempts: Annotated[int | None, typer.Option("--max-attempts", min=1, help="Attempts per rollout.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", min=1, help="Attempts per rollout.")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds before an attempt times out.")] = None,
     unresponsive: Annotated[
         float | None, typer.Option(help="Seconds without a heartbeat before an attempt is unresponsive.")
     ] = None,
     retry_on: Annotated[
-        str | None, typer.Option("--retry-on", help="Attempt outcomes retried, e.g. failed,timeout,unresponsive.")
+        str | None,
+        typer.Option("--retry-on", help="Attempt outcomes retried, e.g. failed,timeout,unresponsive."),
     ] = None,
     credit_assignment: Annotated[
         str | None,
@@ -353,9 +382,13 @@ def tasks_enqueue(
 
 @app.command()
 def runner(
-    agent: Annotated[str, typer.Argument(help="The agent function, as MODULE:FUNCTION (module importable from here).")],
+    agent: Annotated[
+        str, typer.Argument(help="The agent function, as MODULE:FUNCTION (module importable from here).")
+    ],
     concurrency: Annotated[int | None, typer.Option(min=1, help="Attempts run at once.")] = None,
-    worker_id: Annotated[str | None, typer.Option("--worker-id", help="Reported on lifecycle events.")] = None,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="Reported on lifecycle events.")
+    ] = None,
 ) -> None:
     """Take tasks from the task queue and run an agent on them until Ctrl-C (then drain gracefully)."""
     import importlib
@@ -389,7 +422,9 @@ def runner(
                 live.update(_runner_line(worker))
             if worker.stats.in_flight:
                 grace = worker.config.shutdown_grace_seconds
-                console.print(f"Stopping: in-flight attempts get {grace:.0f} s to finish (Ctrl-C again: release now)")
+                console.print(
+                    f"Stopping: in-flight attempts get {grace:.0f} s to finish (Ctrl-C again: release now)"
+                )
             # a second Ctrl-C skips the grace period
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: worker.request_stop(force=True))
@@ -417,7 +452,9 @@ def _runner_line(worker: Any, phase: str | None = None) -> str:
 @app.command()
 def apo(
     resource: Annotated[str, typer.Argument(help="The prompt-template resource to improve.")],
-    val_file: Annotated[Path, typer.Option("--val", help="Validation task inputs, one JSON per line.", exists=True)],
+    val_file: Annotated[
+        Path, typer.Option("--val", help="Validation task inputs, one JSON per line.", exists=True)
+    ],
     optimizer_base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible server of the optimizer model (textual gradients).")
     ] = None,
@@ -445,11 +482,20 @@ def apo(
     if optimizer_base_url is not None:
         import openai
 
-        optimizer = openai.OpenAI(base_url=optimizer_base_url, api_key=os.environ.get("OPENAI_API_KEY", "local"))
+        optimizer = openai.OpenAI(
+            base_url=optimizer_base_url, api_key=os.environ.get("OPENAI_API_KEY", "local")
+        )
     config = APOConfig(
-        resource_name=resource, start_from=start_from, rounds=rounds, beam_width=beam_width,
-        branch_factor=branch_factor, demos=demos, demo_min_reward=demo_min_reward,
-        optimizer_model=optimizer_model, optimizer_api=optimizer_api, seed=seed,
+        resource_name=resource,
+        start_from=start_from,
+        rounds=rounds,
+        beam_width=beam_width,
+        branch_factor=branch_factor,
+        demos=demos,
+        demo_min_reward=demo_min_reward,
+        optimizer_model=optimizer_model,
+        optimizer_api=optimizer_api,
+        seed=seed,
     )
     settings = _resolved()
 
@@ -459,14 +505,20 @@ def apo(
         else:
             console.print(f"{kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
 
-    with AgentStream(settings) as client, RolloutEvaluator(settings, client, task_type=task_type) as evaluator:
-        result = APOTrainer(config, settings, evaluator=evaluator, val_items=items, optimizer=optimizer,
-                            on_event=on_event).train()
+    with (
+        AgentStream(settings) as client,
+        RolloutEvaluator(settings, client, task_type=task_type) as evaluator,
+    ):
+        result = APOTrainer(
+            config, settings, evaluator=evaluator, val_items=items, optimizer=optimizer, on_event=on_event
+        ).train()
     if result.winner is None:
         console.print(f"No candidate beat v{result.baseline.version.version} ({result.baseline.score:.1%}).")
         raise typer.Exit(1)
-    console.print(f"Published {resource} v{result.winner.version} (validation {result.winner_score:.1%} vs "
-                  f"{result.baseline.score:.1%}), labelled {config.label}.")
+    console.print(
+        f"Published {resource} v{result.winner.version} (validation {result.winner_score:.1%} vs "
+        f"{result.baseline.score:.1%}), labelled {config.label}."
+    )
 
 
 # ---- resources -------------------------------------------------------------------------------------
@@ -496,14 +548,18 @@ def _resource_errors() -> Any:
 def resources_publish(
     name: Annotated[str, typer.Argument(help="Resource name, e.g. support-prompt.")],
     template_file: Annotated[
-        Path | None, typer.Option("--template-file", help="Prompt template ({{variable}} placeholders).", exists=True)
+        Path | None,
+        typer.Option("--template-file", help="Prompt template ({{variable}} placeholders).", exists=True),
     ] = None,
     uri: Annotated[str | None, typer.Option(help="LLM base_url or checkpoint / adapter URI.")] = None,
     kind: Annotated[str | None, typer.Option(help="prompt_template, llm, model_checkpoint or other.")] = None,
     variable: Annotated[
-        list[str] | None, typer.Option("--variable", help="Declared template variable (repeat); default: as used.")
+        list[str] | None,
+        typer.Option("--variable", help="Declared template variable (repeat); default: as used."),
     ] = None,
-    config: Annotated[list[str] | None, typer.Option("--config", help="KEY=VALUE (repeat), e.g. model=gemma.")] = None,
+    config: Annotated[
+        list[str] | None, typer.Option("--config", help="KEY=VALUE (repeat), e.g. model=gemma.")
+    ] = None,
     parent: Annotated[int | None, typer.Option(help="The version this one derives from.")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="Label to point at it (repeat).")] = None,
 ) -> None:
@@ -512,11 +568,19 @@ def resources_publish(
     template = template_file.read_text() if template_file is not None else None
     with _resource_errors(), _resource_store() as store:
         version = store.publish(
-            name, template=template, uri=uri, kind=kind, variables=variable or None, config=pairs,
-            parent_version=parent, labels=label or [],
+            name,
+            template=template,
+            uri=uri,
+            kind=kind,
+            variables=variable or None,
+            config=pairs,
+            parent_version=parent,
+            labels=label or [],
         )
-    console.print(f"{name} [bold]v{version.version}[/] ({version.kind}, {version.content_hash})"
-                  + (f" labelled {', '.join(label)}" if label else ""))
+    console.print(
+        f"{name} [bold]v{version.version}[/] ({version.kind}, {version.content_hash})"
+        + (f" labelled {', '.join(label)}" if label else "")
+    )
 
 
 @resources_app.command("list")
@@ -529,9 +593,16 @@ def resources_list(name: Annotated[str | None, typer.Argument(help="Only this re
             for number, version in sorted(current.versions.items()):
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version.created_at / 1e6))
                 lineage = ", ".join(f"{k}={v}" for k, v in sorted(version.lineage.items()))
-                table.add_row(resource, f"v{number}", version.kind, ", ".join(current.labels_of(number)),
-                              f"v{version.parent_version}" if version.parent_version else "", created,
-                              version.created_by, lineage[:80])
+                table.add_row(
+                    resource,
+                    f"v{number}",
+                    version.kind,
+                    ", ".join(current.labels_of(number)),
+                    f"v{version.parent_version}" if version.parent_version else "",
+                    created,
+                    version.created_by,
+                    lineage[:80],
+                )
     console.print(table)
 
 
@@ -545,7 +616,9 @@ def resources_show(
         version = store.get(name, ref)
         labels = store.state(name).labels_of(version.version)
     console.print(f"[bold]{name} v{version.version}[/] ({version.kind}) labels: {', '.join(labels) or '-'}")
-    for key, value in sorted({**version.config, **{f"lineage.{k}": v for k, v in version.lineage.items()}}.items()):
+    for key, value in sorted(
+        {**version.config, **{f"lineage.{k}": v for k, v in version.lineage.items()}}.items()
+    ):
         console.print(f"  {key}: {value}", markup=False)
     if version.uri:
         console.print(f"  uri: {version.uri}", markup=False)
@@ -568,7 +641,9 @@ def resources_diff(
 def resources_label(
     name: Annotated[str, typer.Argument()],
     label: Annotated[str, typer.Argument(help="production, candidate or your own.")],
-    ref: Annotated[str | None, typer.Argument(help="Version or label to point at; omit with --remove.")] = None,
+    ref: Annotated[
+        str | None, typer.Argument(help="Version or label to point at; omit with --remove.")
+    ] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Remove the label.")] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the label history).")] = "",
 ) -> None:
@@ -578,14 +653,19 @@ def resources_label(
         raise typer.Exit(2)
     with _resource_errors(), _resource_store() as store:
         event = store.label(name, label, None if remove else ref, reason=reason or "cli")
-    console.print(f"{name}/{label}: v{event.previous_version} -> " + (f"v{event.version}" if event.version else "removed"))
+    console.print(
+        f"{name}/{label}: v{event.previous_version} -> "
+        + (f"v{event.version}" if event.version else "removed")
+    )
 
 
 @resources_app.command("rollback")
 def resources_rollback(
     name: Annotated[str, typer.Argument()],
     label: Annotated[str, typer.Option(help="The label to move back.")] = "production",
-    to: Annotated[str | None, typer.Option(help="Version to go back to; default: where it was before.")] = None,
+    to: Annotated[
+        str | None, typer.Option(help="Version to go back to; default: where it was before.")
+    ] = None,
 ) -> None:
     """Instant rollback: move the label back to its previous version."""
     with _resource_errors(), _resource_store() as store:
@@ -601,7 +681,9 @@ app.add_typer(export_app, name="export")
 def _analytics_failed(error: Exception) -> typer.Exit:
     message = str(error)
     if "UNKNOWN_TABLE" in message:
-        message += "\nThe analytics tables are missing: run `agentstream migrate` (or `agentstream up`) first."
+        message += (
+            "\nThe analytics tables are missing: run `agentstream migrate` (or `agentstream up`) first."
+        )
     err_console.print(message, style="red", markup=False, highlight=False)
     return typer.Exit(1)
 
@@ -659,16 +741,22 @@ def report(
 @export_app.command("triplets")
 def export_triplets(
     out: Annotated[Path, typer.Option(help="Output file (a folder for hf); must not exist.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, parquet or hf (a datasets save_to_disk folder).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl, parquet or hf (a datasets save_to_disk folder).")
+    ],
     resource: Annotated[str | None, typer.Option(help="Only this resource: NAME or NAME:VERSION.")] = None,
     min_reward: Annotated[
         float | None, typer.Option("--min-reward", help="Only triplets with at least this reward.")
     ] = None,
-    since: Annotated[str | None, typer.Option(help="LLM calls from: a duration back from now or an ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="LLM calls from: a duration back from now or an ISO time.")
+    ] = None,
     until: Annotated[str | None, typer.Option(help="LLM calls until, like --since.")] = None,
     mode: Annotated[
         list[str] | None,
-        typer.Option("--mode", help="Rollout mode to export (repeat; 'all' for every one). Default: all but val, test."),
+        typer.Option(
+            "--mode", help="Rollout mode to export (repeat; 'all' for every one). Default: all but val, test."
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the newest N triplets.")] = None,
 ) -> None:
@@ -682,7 +770,11 @@ def export_triplets(
     window = {"since": _time_option(since, "--since"), "until": _time_option(until, "--until")}
     try:
         config = TripletExportConfig(
-            resource=resource, min_reward=min_reward, modes=tuple(mode) if mode else None, limit=limit, **window
+            resource=resource,
+            min_reward=min_reward,
+            modes=tuple(mode) if mode else None,
+            limit=limit,
+            **window,
         )
         settings = state.settings
         exporter = TripletExport(connect(settings), config, source=settings.default_clickhouse_dsn)
@@ -700,18 +792,25 @@ def export_triplets(
     if not result.rows:
         err_console.print("[yellow]No triplets matched: the output is empty.[/]")
     window = " to ".join(t.isoformat() if t else "-" for t in (result.window_start, result.window_end))
-    console.print(f"{result.rows} triplet(s), {window} -> {result.path} ({result.format}); lineage {result.lineage_path}",
-                  markup=False, highlight=False)
+    console.print(
+        f"{result.rows} triplet(s), {window} -> {result.path} ({result.format}); lineage {result.lineage_path}",
+        markup=False,
+        highlight=False,
+    )
 
 
 # --- analytics: dashboard (issue 5) ---
 @app.command()
 def dashboard(
     host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default 8321); 0 picks a free one.")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default 8321); 0 picks a free one.")
+    ] = None,
     token: Annotated[
         str | None,
-        typer.Option(help="Require this bearer token (prefer env AGENTSTREAM_DASHBOARD__TOKEN: options show in ps)."),
+        typer.Option(
+            help="Require this bearer token (prefer env AGENTSTREAM_DASHBOARD__TOKEN: options show in ps)."
+        ),
     ] = None,
 ) -> None:
     """Serve the web dashboard until Ctrl-C: rollouts, span waterfalls of failures, resources, live A/B."""
@@ -743,21 +842,30 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 
-ResourceOpt = Annotated[str, typer.Option("--resource", help="The LLM resource trained versions are published to.")]
-BaseModelOpt = Annotated[str, typer.Option("--base-model", help="Model folder (or offline hub id) to start from.")]
+ResourceOpt = Annotated[
+    str, typer.Option("--resource", help="The LLM resource trained versions are published to.")
+]
+BaseModelOpt = Annotated[
+    str, typer.Option("--base-model", help="Model folder (or offline hub id) to start from.")
+]
 NameOpt = Annotated[
-    str | None, typer.Option(help="Trainer name: its consumer group and lineage (default ALGORITHM-RESOURCE).")
+    str | None,
+    typer.Option(help="Trainer name: its consumer group and lineage (default ALGORITHM-RESOURCE)."),
 ]
 WindowCountOpt = Annotated[int | None, typer.Option("--window-count", min=1, help="Triplets per window.")]
 WindowSecondsOpt = Annotated[
     float | None, typer.Option("--window-seconds", help="Close a window this long after its first triplet.")
 ]
 TaskTypeOpt = Annotated[list[str] | None, typer.Option("--task-type", help="Only these task types (repeat).")]
-ModeOpt = Annotated[list[str] | None, typer.Option("--mode", help="Rollout modes (repeat); default train, prod.")]
+ModeOpt = Annotated[
+    list[str] | None, typer.Option("--mode", help="Rollout modes (repeat); default train, prod.")
+]
 FromResourceOpt = Annotated[
     str | None, typer.Option("--from-resource", help="Only triplets of LLM calls stamped with this resource.")
 ]
-InitFromOpt = Annotated[str, typer.Option("--init-from", help="base, latest, or a version/label to continue from.")]
+InitFromOpt = Annotated[
+    str, typer.Option("--init-from", help="base, latest, or a version/label to continue from.")
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="auto, messages (chat template) or text.")]
 LoraOpt = Annotated[int, typer.Option("--lora-r", min=0, help="LoRA rank; 0 trains every weight.")]
 MaxStepsOpt = Annotated[int, typer.Option("--max-steps", help="Steps per window; -1: --epochs over it.")]
@@ -767,28 +875,65 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", min=8, help="Tokens per example.")]
 OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", help="Default <data_dir>/checkpoints.")]
 OnceOpt = Annotated[bool, typer.Option("--once", help="Stop after one window.")]
-MaxWindowsOpt = Annotated[int | None, typer.Option("--max-windows", min=1, help="Stop after this many windows.")]
+MaxWindowsOpt = Annotated[
+    int | None, typer.Option("--max-windows", min=1, help="Stop after this many windows.")
+]
 SeedOpt = Annotated[int, typer.Option()]
 
 
 def _run_training(
-    trainer_cls: Any, config_cls: Any, resource: str, base_model: str, *, name: str | None,
-    window_count: int | None, window_seconds: float | None, task_type: list[str] | None, mode: list[str] | None,
-    from_resource: str | None, init_from: str, fmt: str, lora_r: int, max_steps: int, epochs: float,
-    learning_rate: float | None, batch_size: int, max_length: int, output_dir: Path | None, once: bool,
-    max_windows: int | None, seed: int, **algorithm_fields: Any,
+    trainer_cls: Any,
+    config_cls: Any,
+    resource: str,
+    base_model: str,
+    *,
+    name: str | None,
+    window_count: int | None,
+    window_seconds: float | None,
+    task_type: list[str] | None,
+    mode: list[str] | None,
+    from_resource: str | None,
+    init_from: str,
+    fmt: str,
+    lora_r: int,
+    max_steps: int,
+    epochs: float,
+    learning_rate: float | None,
+    batch_size: int,
+    max_length: int,
+    output_dir: Path | None,
+    once: bool,
+    max_windows: int | None,
+    seed: int,
+    **algorithm_fields: Any,
 ) -> None:
     settings = _resolved()
     config = config_cls(
-        resource_name=resource, base_model=base_model, trainer_name=name, output_dir=output_dir, init_from=init_from,
-        format=fmt, from_resource=from_resource, task_types=tuple(task_type or ()),
-        modes=tuple(mode) if mode else None, window_count=window_count, window_seconds=window_seconds,
-        lora_r=lora_r, learning_rate=learning_rate, max_steps=max_steps, num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size, max_length=max_length, seed=seed, **algorithm_fields,
+        resource_name=resource,
+        base_model=base_model,
+        trainer_name=name,
+        output_dir=output_dir,
+        init_from=init_from,
+        format=fmt,
+        from_resource=from_resource,
+        task_types=tuple(task_type or ()),
+        modes=tuple(mode) if mode else None,
+        window_count=window_count,
+        window_seconds=window_seconds,
+        lora_r=lora_r,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        **algorithm_fields,
     )
     trainer = trainer_cls(config, settings)
-    console.print(f"Trainer [bold]{trainer.name}[/] ({trainer.algorithm}): {base_model} -> {resource}, windows of "
-                  f"{config.window_count or settings.trainer.window_count} triplets — Ctrl-C to stop")
+    console.print(
+        f"Trainer [bold]{trainer.name}[/] ({trainer.algorithm}): {base_model} -> {resource}, windows of "
+        f"{config.window_count or settings.trainer.window_count} triplets — Ctrl-C to stop"
+    )
     outcomes = trainer.run(once=once, max_windows=max_windows, stop=_stop_event())
     published = sum(outcome.version is not None for outcome in outcomes)
     console.print(f"{len(outcomes)} window(s), {published} version(s) published.")
@@ -799,8 +944,10 @@ def train_sft(
     resource: ResourceOpt,
     base_model: BaseModelOpt,
     min_reward: Annotated[
-        float | None, typer.Option("--min-reward", help="Learn triplets rewarded at least this (default "
-                                   "trainer.min_reward).")
+        float | None,
+        typer.Option(
+            "--min-reward", help="Learn triplets rewarded at least this (default trainer.min_reward)."
+        ),
     ] = None,
     name: NameOpt = None,
     window_count: WindowCountOpt = None,
@@ -825,11 +972,29 @@ def train_sft(
     from agentstream.trainers.sft import StreamSFTConfig, StreamSFTTrainer
 
     _run_training(
-        StreamSFTTrainer, StreamSFTConfig, resource, base_model, min_reward=min_reward,
-        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
-        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+        StreamSFTTrainer,
+        StreamSFTConfig,
+        resource,
+        base_model,
+        min_reward=min_reward,
+        name=name,
+        window_count=window_count,
+        window_seconds=window_seconds,
+        task_type=task_type,
+        mode=mode,
+        from_resource=from_resource,
+        init_from=init_from,
+        fmt=fmt,
+        lora_r=lora_r,
+        max_steps=max_steps,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        output_dir=output_dir,
+        once=once,
+        max_windows=max_windows,
+        seed=seed,
     )
 
 
@@ -864,11 +1029,30 @@ def train_kto(
     from agentstream.trainers.rl import KTOFromLogs, KTOFromLogsConfig
 
     _run_training(
-        KTOFromLogs, KTOFromLogsConfig, resource, base_model, threshold=threshold, beta=beta,
-        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
-        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+        KTOFromLogs,
+        KTOFromLogsConfig,
+        resource,
+        base_model,
+        threshold=threshold,
+        beta=beta,
+        name=name,
+        window_count=window_count,
+        window_seconds=window_seconds,
+        task_type=task_type,
+        mode=mode,
+        from_resource=from_resource,
+        init_from=init_from,
+        fmt=fmt,
+        lora_r=lora_r,
+        max_steps=max_steps,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        output_dir=output_dir,
+        once=once,
+        max_windows=max_windows,
+        seed=seed,
     )
 
 
@@ -877,7 +1061,9 @@ def train_dpo(
     resource: ResourceOpt,
     base_model: BaseModelOpt,
     beta: Annotated[float, typer.Option()] = 0.1,
-    min_margin: Annotated[float, typer.Option("--min-margin", help="Reward gap a best/worst pair needs.")] = 0.0,
+    min_margin: Annotated[
+        float, typer.Option("--min-margin", help="Reward gap a best/worst pair needs.")
+    ] = 0.0,
     name: NameOpt = None,
     window_count: WindowCountOpt = None,
     window_seconds: WindowSecondsOpt = None,
@@ -901,11 +1087,30 @@ def train_dpo(
     from agentstream.trainers.rl import DPOFromLogs, DPOFromLogsConfig
 
     _run_training(
-        DPOFromLogs, DPOFromLogsConfig, resource, base_model, beta=beta, min_margin=min_margin,
-        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
-        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+        DPOFromLogs,
+        DPOFromLogsConfig,
+        resource,
+        base_model,
+        beta=beta,
+        min_margin=min_margin,
+        name=name,
+        window_count=window_count,
+        window_seconds=window_seconds,
+        task_type=task_type,
+        mode=mode,
+        from_resource=from_resource,
+        init_from=init_from,
+        fmt=fmt,
+        lora_r=lora_r,
+        max_steps=max_steps,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        output_dir=output_dir,
+        once=once,
+        max_windows=max_windows,
+        seed=seed,
     )
 
 
@@ -938,50 +1143,80 @@ def train_grpo(
     from agentstream.trainers.rl import GRPOFromLogs, GRPOFromLogsConfig
 
     _run_training(
-        GRPOFromLogs, GRPOFromLogsConfig, resource, base_model, num_generations=num_generations, beta=beta,
-        name=name, window_count=window_count, window_seconds=window_seconds, task_type=task_type, mode=mode,
-        from_resource=from_resource, init_from=init_from, fmt=fmt, lora_r=lora_r, max_steps=max_steps,
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-        output_dir=output_dir, once=once, max_windows=max_windows, seed=seed,
+        GRPOFromLogs,
+        GRPOFromLogsConfig,
+        resource,
+        base_model,
+        num_generations=num_generations,
+        beta=beta,
+        name=name,
+        window_count=window_count,
+        window_seconds=window_seconds,
+        task_type=task_type,
+        mode=mode,
+        from_resource=from_resource,
+        init_from=init_from,
+        fmt=fmt,
+        lora_r=lora_r,
+        max_steps=max_steps,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        output_dir=output_dir,
+        once=once,
+        max_windows=max_windows,
+        seed=seed,
     )
-
 
 
 # --- deploy: model server (issue 6) ---
 @app.command("serve-model")
 def serve_model(
     resource: Annotated[
-        list[str], typer.Option("--resource", help="LLM resource whose checkpoint versions to serve (repeat).")
+        list[str],
+        typer.Option("--resource", help="LLM resource whose checkpoint versions to serve (repeat)."),
     ],
     host: Annotated[str | None, typer.Option(help="Listen address; default model_server.host.")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port; default model_server.port (0: a free one).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Listen port; default model_server.port (0: a free one).")
+    ] = None,
 ) -> None:
     """Serve an LLM resource's checkpoints over an OpenAI-compatible API (CPU), following new versions
     and label moves live: request model NAME (production), NAME:vN or NAME@label."""
     from agentstream.serving.model_server import ModelServer
 
     server = ModelServer(_resolved(), resource, host=host, port=port)
-    server.run(on_ready=lambda url: console.print(
-        f"Serving {', '.join(resource)} at [bold]{url}[/] (model NAME, NAME:vN or NAME@label) — Ctrl-C to stop"
-    ))
+    server.run(
+        on_ready=lambda url: console.print(
+            f"Serving {', '.join(resource)} at [bold]{url}[/] (model NAME, NAME:vN or NAME@label) — Ctrl-C to stop"
+        )
+    )
 
 
 @train_app.command("grpo-online")
 def train_grpo_online(
     resource: ResourceOpt,
     reward: Annotated[str, typer.Option(help="Reward function, MODULE:FUNCTION (see trainers/grpo.py).")],
-    init_from: Annotated[str, typer.Option("--init-from", help="Version or label to start from, or base.")] = "production",
+    init_from: Annotated[
+        str, typer.Option("--init-from", help="Version or label to start from, or base.")
+    ] = "production",
     base_model: Annotated[
-        str | None, typer.Option("--base-model", help="Model folder for --init-from base (or an adapter's base).")
+        str | None,
+        typer.Option("--base-model", help="Model folder for --init-from base (or an adapter's base)."),
     ] = None,
-    prompts: Annotated[str, typer.Option(help="tasks (the tasks topic) or triplets (recent prompts).")] = "tasks",
+    prompts: Annotated[
+        str, typer.Option(help="tasks (the tasks topic) or triplets (recent prompts).")
+    ] = "tasks",
     prompt: Annotated[
         str | None, typer.Option(help="MODULE:FUNCTION building a prompt from a task input (tasks only).")
     ] = None,
     task_type: Annotated[str | None, typer.Option("--task-type", help="Only tasks of this type.")] = None,
     mode: ModeOpt = None,
     max_prompts: Annotated[int, typer.Option("--max-prompts", min=1, help="Newest prompts used.")] = 256,
-    num_generations: Annotated[int, typer.Option("--num-generations", min=2, help="Completions per prompt.")] = 4,
+    num_generations: Annotated[
+        int, typer.Option("--num-generations", min=2, help="Completions per prompt.")
+    ] = 4,
     max_completion_length: Annotated[int, typer.Option("--max-completion-length", min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 100,
@@ -990,7 +1225,8 @@ def train_grpo_online(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Completions per step.")] = 4,
     lora_r: LoraOpt = 0,
     vllm: Annotated[
-        bool | None, typer.Option("--vllm/--no-vllm", help="Generate with vLLM (default: when installed and on GPU).")
+        bool | None,
+        typer.Option("--vllm/--no-vllm", help="Generate with vLLM (default: when installed and on GPU)."),
     ] = None,
     output_dir: OutputDirOpt = None,
     seed: SeedOpt = 0,
@@ -1003,16 +1239,33 @@ def train_grpo_online(
         err_console.print(f"[red]--prompts must be tasks or triplets, not {prompts!r}[/]")
         raise typer.Exit(2)
     config = OnlineGRPOConfig(
-        resource_name=resource, reward=reward, init_from=init_from, base_model=base_model, prompts=prompts,  # type: ignore[arg-type]
-        prompt=prompt, task_type=task_type, modes=tuple(mode or ("train",)), max_prompts=max_prompts,
-        num_generations=num_generations, max_completion_length=max_completion_length, temperature=temperature,
-        max_steps=max_steps, learning_rate=learning_rate, beta=beta, per_device_train_batch_size=batch_size,
-        lora_r=lora_r, use_vllm=vllm, output_dir=output_dir, seed=seed,
+        resource_name=resource,
+        reward=reward,
+        init_from=init_from,
+        base_model=base_model,
+        prompts=prompts,  # type: ignore[arg-type]
+        prompt=prompt,
+        task_type=task_type,
+        modes=tuple(mode or ("train",)),
+        max_prompts=max_prompts,
+        num_generations=num_generations,
+        max_completion_length=max_completion_length,
+        temperature=temperature,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        beta=beta,
+        per_device_train_batch_size=batch_size,
+        lora_r=lora_r,
+        use_vllm=vllm,
+        output_dir=output_dir,
+        seed=seed,
     )
 
     def on_log(entry: dict[str, Any]) -> None:
         if "reward" in entry:
-            console.print(f"  step {entry['step']}: reward {entry['reward']:.3f}  loss {entry.get('loss', 0.0):.4f}")
+            console.print(
+                f"  step {entry['step']}: reward {entry['reward']:.3f}  loss {entry.get('loss', 0.0):.4f}"
+            )
 
     try:
         trainer = OnlineGRPOTrainer(config, _resolved(), on_log=on_log)
@@ -1026,8 +1279,10 @@ def train_grpo_online(
     if result.version is None:
         console.print(f"Stopped after {result.steps} step(s); nothing published.")
         raise typer.Exit(1)
-    console.print(f"Published {resource} [bold]v{result.version.version}[/] ({result.generation} generation, "
-                  f"{result.steps} steps on {result.prompts} prompts), labelled {config.label}.")
+    console.print(
+        f"Published {resource} [bold]v{result.version.version}[/] ({result.generation} generation, "
+        f"{result.steps} steps on {result.prompts} prompts), labelled {config.label}."
+    )
 
 
 def main() -> None:

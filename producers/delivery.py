@@ -97,7 +97,9 @@ class DeliveryWorker:
         self._producer_config = {**producer_config, "error_cb": self._on_error}
         self._admin_config = admin_config
         self._encode = encode
-        self._topics = list(dict.fromkeys([*topics, dead_letter_topic] + ([schemas_topic] if schemas_topic else [])))
+        self._topics = list(
+            dict.fromkeys([*topics, dead_letter_topic] + ([schemas_topic] if schemas_topic else []))
+        )
         self._dead_letter_topic = dead_letter_topic
         self._schemas_topic = schemas_topic
         self._schemas = list(schemas)
@@ -347,7 +349,9 @@ class DeliveryWorker:
             self._spool_queue()
             if self._stopping.wait(0.05):
                 return False
-        lost_log = bool(self._topic_ids) and any(self._topic_ids.get(t) != ids.get(t) for t in self._topic_ids)
+        lost_log = bool(self._topic_ids) and any(
+            self._topic_ids.get(t) != ids.get(t) for t in self._topic_ids
+        )
         first_connect = not self._topic_ids
         self._topic_ids = ids
         # A fresh producer: a broker that restarted does not know the old idempotent producer id.
@@ -366,7 +370,8 @@ class DeliveryWorker:
             self._window.clear()
             self._window_bytes = 0
             logger.warning(
-                "Kafka lost its log (topics re-created): re-sending the last %d delivered records", len(window)
+                "Kafka lost its log (topics re-created): re-sending the last %d delivered records",
+                len(window),
             )
             self.stats.window_replays += 1
             for record in window:
@@ -485,13 +490,17 @@ class DeliveryWorker:
         # The thread may be inside a broker probe (bounded by its own timeout) before it drains.
         self._thread.join(timeout=timeout + 5.0)
         if self._thread.is_alive():
-            logger.error("agentstream delivery thread did not stop; %d queued records are lost", len(self._queue))
+            logger.error(
+                "agentstream delivery thread did not stop; %d queued records are lost", len(self._queue)
+            )
         if self._spool is not None:
             left = len(self._spool)
             self._spool.close(remove_if_empty=True)
             if left:
                 logger.warning(
-                    "%d undelivered records remain in %s; they are sent on the next run", left, self._spool.directory
+                    "%d undelivered records remain in %s; they are sent on the next run",
+                    left,
+                    self._spool.directory,
                 )
         return delivered
 

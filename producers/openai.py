@@ -581,7 +581,16 @@ def _record_usage(span: ActiveSpan, usage: Any) -> None:
 class _Choice:
     """One choice of a stream, aggregated from its deltas."""
 
-    __slots__ = ("role", "content", "refusal", "tool_calls", "finish_reason", "token_ids", "logprobs", "logprob_gap")
+    __slots__ = (
+        "role",
+        "content",
+        "refusal",
+        "tool_calls",
+        "finish_reason",
+        "token_ids",
+        "logprobs",
+        "logprob_gap",
+    )
 
     def __init__(self) -> None:
         self.role: str | None = None

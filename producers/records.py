@@ -34,7 +34,8 @@ class RecordEncoder:
         self._span = AvroSerializer(load_schema(SPANS.value_schema), registry)  # type: ignore[arg-type]
         self._reward = AvroSerializer(load_schema(REWARDS.value_schema), registry)  # type: ignore[arg-type]
         self._rollout_event = AvroSerializer(
-            load_schema(ROLLOUT_EVENTS.value_schema), registry  # type: ignore[arg-type]
+            load_schema(ROLLOUT_EVENTS.value_schema),
+            registry,  # type: ignore[arg-type]
         )
         self._span_ctx = SerializationContext(self.span_topic, MessageField.VALUE)
         self._reward_ctx = SerializationContext(self.reward_topic, MessageField.VALUE)
@@ -79,7 +80,9 @@ class RecordEncoder:
         except SerializationError as e:
             datum = _sanitized(datum)
             value = self._span(datum, self._span_ctx)
-            logger.warning("Data error: span %s had values of the wrong type (%s); coerced them", span.span_id, e)
+            logger.warning(
+                "Data error: span %s had values of the wrong type (%s); coerced them", span.span_id, e
+            )
         if len(value) > self.max_record_bytes:
             value = self._truncate(datum)
         key = (datum["rollout_id"] or datum["trace_id"]).encode()
@@ -101,7 +104,8 @@ class RecordEncoder:
             for i, event in enumerate(datum["events"]):
                 candidates += [(len(v), ("event", i, k)) for k, v in event["attributes"].items()]
             candidates += [
-                (len(datum[f]) * 5, ("tokens", f)) for f in ("prompt_token_ids", "response_token_ids", "response_logprobs")
+                (len(datum[f]) * 5, ("tokens", f))
+                for f in ("prompt_token_ids", "response_token_ids", "response_logprobs")
             ]
             candidates.sort(reverse=True)
             if not candidates or candidates[0][0] <= _MIN_KEEP_CHARS:
@@ -111,7 +115,9 @@ class RecordEncoder:
                 datum[where[1]] = []
                 cut.append(where[1])
                 continue
-            container = datum["attributes"] if where[0] == "attributes" else datum["events"][where[1]]["attributes"]
+            container = (
+                datum["attributes"] if where[0] == "attributes" else datum["events"][where[1]]["attributes"]
+            )
             key = where[-1]
             text: str = container[key]
             keep = max(_MIN_KEEP_CHARS, len(text) - excess - 64)
@@ -175,14 +181,20 @@ def _floats(values: Any) -> list[float]:
 def _sanitized(datum: dict[str, Any]) -> dict[str, Any]:
     """Coerce what the agent set into the schema's types (marking the span), instead of losing it."""
     datum = dict(datum)
-    datum["attributes"] = {str(k): v if isinstance(v, str) else str(v) for k, v in datum["attributes"].items()}
+    datum["attributes"] = {
+        str(k): v if isinstance(v, str) else str(v) for k, v in datum["attributes"].items()
+    }
     datum["int_attributes"] = {str(k): int(v) for k, v in datum["int_attributes"].items()}
     datum["float_attributes"] = {str(k): float(v) for k, v in datum["float_attributes"].items()}
     datum["bool_attributes"] = {str(k): bool(v) for k, v in datum["bool_attributes"].items()}
     datum["bool_attributes"]["agentstream.sanitized"] = True
     datum["array_attributes"] = {str(k): [str(x) for x in v] for k, v in datum["array_attributes"].items()}
     datum["events"] = [
-        {"name": str(e.get("name", "")), "time": int(e.get("time", 0)), "attributes": {str(k): str(v) for k, v in (e.get("attributes") or {}).items()}}
+        {
+            "name": str(e.get("name", "")),
+            "time": int(e.get("time", 0)),
+            "attributes": {str(k): str(v) for k, v in (e.get("attributes") or {}).items()},
+        }
         for e in datum["events"]
     ]
     datum["prompt_token_ids"] = _int32s(datum["prompt_token_ids"])

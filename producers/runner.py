@@ -242,7 +242,9 @@ def _wants_rollout(agent: Callable[..., Any]) -> bool:
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
     positional = [
-        p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if len(positional) < 2:
         return False
@@ -258,7 +260,9 @@ def _emit_return_reward(result: Any, attempt: _Attempt) -> None:
         return  # released: the return value of an abandoned attempt is not its outcome
     value = float(result)
     if not math.isfinite(value):
-        logger.warning("Agent returned %r for rollout %s: not emitted as a reward", result, rollout.rollout_id)
+        logger.warning(
+            "Agent returned %r for rollout %s: not emitted as a reward", result, rollout.rollout_id
+        )
         return
     rollout.emit_reward(value, name="return", source="rule")
 
@@ -388,7 +392,9 @@ class Runner:
         self._stop_requested.clear()
         self._force.clear()
         self._finished.clear()
-        self._thread = threading.Thread(target=self._run_logged, name=f"agentstream-runner-{self.worker_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_logged, name=f"agentstream-runner-{self.worker_id}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -489,7 +495,9 @@ class Runner:
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         self._consumer = consumer
-        logger.info("Runner %s: taking tasks from %s (group %s)", self.worker_id, self.topic, self.config.group_id)
+        logger.info(
+            "Runner %s: taking tasks from %s (group %s)", self.worker_id, self.topic, self.config.group_id
+        )
 
     def _shutdown(self) -> None:
         """Stop taking tasks, give in-flight attempts their grace, release the rest, commit, close."""
@@ -773,7 +781,11 @@ class Runner:
                     store.wait_for(lambda s, n=name, p=pin: s.find(n, p) is not None, timeout=5.0)
                     version = store.find(name, pin)
                 if version is None:
-                    return dict(task.resources), resolved, f"resource {name} pinned to {pin!r}, which does not exist"
+                    return (
+                        dict(task.resources),
+                        resolved,
+                        f"resource {name} pinned to {pin!r}, which does not exist",
+                    )
             else:
                 try:
                     labels = store.labels(name)
@@ -835,7 +847,9 @@ class Runner:
                 self.stats.failed += 1
             # Submitted under the lock, so no heartbeat of this attempt can follow it.
             self._report_outcome(
-                attempt, RolloutEventType.ATTEMPT_FINISHED, status=status,
+                attempt,
+                RolloutEventType.ATTEMPT_FINISHED,
+                status=status,
                 error=rollout.error if status == "failed" else None,
             )
         self._slot_freed.set()
@@ -866,7 +880,8 @@ class Runner:
                 self._retire(attempt)
                 self.stats.released += 1
                 self._report_outcome(
-                    attempt, RolloutEventType.ATTEMPT_RELEASED,
+                    attempt,
+                    RolloutEventType.ATTEMPT_RELEASED,
                     error=f"runner {self.worker_id} stopped before the attempt finished",
                 )
         for attempt in attempts:

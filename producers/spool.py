@@ -173,7 +173,9 @@ class Spool:
             magic, length, crc = _HEADER.unpack_from(data, pos)
             start, end = pos + _HEADER.size, pos + _HEADER.size + length
             if magic != _MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
-                logger.warning("Spool: %s has a torn or corrupt record at byte %d; ignoring the rest", path, pos)
+                logger.warning(
+                    "Spool: %s has a torn or corrupt record at byte %d; ignoring the rest", path, pos
+                )
                 return
             yield _unpack(data[start:end])
             pos = end

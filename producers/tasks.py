@@ -74,7 +74,9 @@ def new_rollout_id() -> str:
     return f"ro-{random.getrandbits(64):016x}"
 
 
-def as_config(config: RolloutConfig | Mapping[str, Any] | None, base: RolloutConfig | None = None) -> RolloutConfig:
+def as_config(
+    config: RolloutConfig | Mapping[str, Any] | None, base: RolloutConfig | None = None
+) -> RolloutConfig:
     """A :class:`RolloutConfig` from a model, a dict (fields over ``base``) or ``None`` (``base``)."""
     base = base or RolloutConfig()
     if config is None:
@@ -219,7 +221,9 @@ def read_task_file(path: str | Path, **defaults: Any) -> list[PreparedTask]:
                 errors.append((number, str(e)))
                 continue
             if task.rollout_id in seen:
-                errors.append((number, f"rollout_id {task.rollout_id!r} repeats line {seen[task.rollout_id]}"))
+                errors.append(
+                    (number, f"rollout_id {task.rollout_id!r} repeats line {seen[task.rollout_id]}")
+                )
                 continue
             seen[task.rollout_id] = number
             prepared.append(task)
@@ -244,5 +248,6 @@ def _line_spec(value: Any) -> Any:
 
 def _pydantic_message(error: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors(include_url=False)
+        f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+        for e in error.errors(include_url=False)
     )

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_current_span: contextvars.ContextVar[ActiveSpan | None] = contextvars.ContextVar("agentstream_span", default=None)
+_current_span: contextvars.ContextVar[ActiveSpan | None] = contextvars.ContextVar(
+    "agentstream_span", default=None
+)
 _current_rollout: contextvars.ContextVar[Rollout | None] = contextvars.ContextVar(
     "agentstream_rollout", default=None
 )
@@ -171,7 +173,9 @@ class Rollout:
             return self.resolved[name]
         except KeyError:
             known = sorted(self.resolved)
-            raise KeyError(f"resource {name!r} was not resolved for this rollout; resolved: {known}") from None
+            raise KeyError(
+                f"resource {name!r} was not resolved for this rollout; resolved: {known}"
+            ) from None
 
     def fail(self, error: str) -> None:
         """Mark the attempt failed without raising (e.g. the agent gave up)."""

@@ -123,7 +123,9 @@ class ResourceStore:
         if self._reader is not None:
             return self
         if self.follow:
-            self._reader = TopicReader(self.settings, (RESOURCES, RESOURCE_LABELS), self._apply, name="resources")
+            self._reader = TopicReader(
+                self.settings, (RESOURCES, RESOURCE_LABELS), self._apply, name="resources"
+            )
             self._reader.start()
             if not self._reader.wait_caught_up(timeout):
                 raise TimeoutError(f"resource topics not read to the end within {timeout}s")
@@ -259,7 +261,9 @@ class ResourceStore:
             if latest.content_hash == digest:
                 for label in labels:
                     if existing.label_version(label) != latest.version:
-                        self.label(name, label, latest.version, reason=reason or "publish (unchanged content)")
+                        self.label(
+                            name, label, latest.version, reason=reason or "publish (unchanged content)"
+                        )
                 return latest
         deadline = time.monotonic() + timeout
         number = (existing.latest if existing is not None else 0) + 1
@@ -319,7 +323,13 @@ class ResourceStore:
         return event
 
     def rollback(
-        self, name: str, label: str = PRODUCTION, to: int | str | None = None, *, reason: str = "", **kwargs: Any
+        self,
+        name: str,
+        label: str = PRODUCTION,
+        to: int | str | None = None,
+        *,
+        reason: str = "",
+        **kwargs: Any,
     ) -> ResourceLabel:
         """Move ``label`` back to where it pointed before its last move (or to ``to``)."""
         state = self.state(name)
@@ -339,13 +349,18 @@ class ResourceStore:
                 first = state.versions.get(record.version)
                 if first is not None:
                     if first.created_at != record.created_at:
-                        logger.warning("%s v%d published twice; the first one stands (versions are immutable)",
-                                       record.resource_name, record.version)
+                        logger.warning(
+                            "%s v%d published twice; the first one stands (versions are immutable)",
+                            record.resource_name,
+                            record.version,
+                        )
                     return
                 state.versions[record.version] = record
             elif isinstance(record, ResourceLabel):
                 state = self._resources.setdefault(record.resource_name, ResourceState(record.resource_name))
-                if any(e.label == record.label and e.moved_at == record.moved_at for e in state.history[-50:]):
+                if any(
+                    e.label == record.label and e.moved_at == record.moved_at for e in state.history[-50:]
+                ):
                     return  # the same move, delivered again
                 state.history.append(record)
                 if record.version is None:
@@ -376,7 +391,9 @@ class ResourceStore:
     def _seen_label(self, name: str, label: str, moved_at: int) -> bool | None:
         with self._lock:
             state = self._resources.get(name)
-            seen = state is not None and any(e.label == label and e.moved_at == moved_at for e in state.history)
+            seen = state is not None and any(
+                e.label == label and e.moved_at == moved_at for e in state.history
+            )
             return True if seen else None
 
     def _await(self, lookup: Callable[[], Any], deadline: float) -> Any:
@@ -411,4 +428,3 @@ def _describe(version: ResourceVersion) -> str:
         return version.template if version.template.endswith("\n") else version.template + "\n"
     lines = [f"uri: {version.uri}\n"] + [f"{k}: {v}\n" for k, v in sorted(version.config.items())]
     return "".join(lines)
-

@@ -88,12 +88,15 @@ class ResourceVersion(AvroRecord):
     def render(self, **values: Any) -> str:
         """This prompt template with its variables substituted."""
         if self.template is None:
-            raise TemplateError(f"{self.resource_name} v{self.version} is a {self.kind}, not a prompt template")
+            raise TemplateError(
+                f"{self.resource_name} v{self.version} is a {self.kind}, not a prompt template"
+            )
         return render_template(self.template, values)
 
 
 def content_hash(kind: str, template: str | None, uri: str | None, config: Mapping[str, str]) -> str:
     """What makes two versions the same content (publishing it again is a no-op)."""
-    body = orjson.dumps({"kind": kind, "template": template, "uri": uri, "config": dict(config)},
-                        option=orjson.OPT_SORT_KEYS)
+    body = orjson.dumps(
+        {"kind": kind, "template": template, "uri": uri, "config": dict(config)}, option=orjson.OPT_SORT_KEYS
+    )
     return hashlib.sha256(body).hexdigest()[:16]

@@ -190,7 +190,11 @@ class _Encoder:
         tail: list[tuple[str, _Varints, Any]] = []
         for field in reversed(fields):
             kind = field["type"]
-            if isinstance(kind, dict) and kind.get("type") == "array" and kind.get("items") in ("int", "long"):
+            if (
+                isinstance(kind, dict)
+                and kind.get("type") == "array"
+                and kind.get("items") in ("int", "long")
+            ):
                 varints = _INT_VARINTS if kind["items"] == "int" else _LONG_VARINTS
                 tail.append((field["name"], varints, field.get("default", _NO_DEFAULT)))
             else:
@@ -307,7 +311,5 @@ def decode_body(
     except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError) as e:
         raise MalformedRecordError(f"undecodable {writer.name} body: {type(e).__name__}: {e}") from e
     if buf.tell() != len(data):
-        raise MalformedRecordError(
-            f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record"
-        )
+        raise MalformedRecordError(f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
     return record  # type: ignore[return-value]

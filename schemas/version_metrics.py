@@ -49,4 +49,6 @@ class VersionMetrics(AvroRecord):
         if self.rewards < 2:
             return None
         mean = self.reward_sum / self.rewards
-        return math.sqrt(max(self.reward_sum_squares / self.rewards - mean * mean, 0.0) * self.rewards / (self.rewards - 1))
+        return math.sqrt(
+            max(self.reward_sum_squares / self.rewards - mean * mean, 0.0) * self.rewards / (self.rewards - 1)
+        )

@@ -86,22 +86,46 @@ class LocalLLMServer:
         try:
             import llama_cpp  # noqa: F401
         except ImportError as e:
-            raise RuntimeError("the local LLM server needs the demo extra: pip install 'agentstream[demo]'") from e
+            raise RuntimeError(
+                "the local LLM server needs the demo extra: pip install 'agentstream[demo]'"
+            ) from e
         model = self.model_path or gemma_gguf()
         for attempt in range(3):  # a free port can be taken between probe and bind
             self.port = self.port or free_port()
             args = [
-                sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", self.model_alias,
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(self.threads),
-                "--n_threads_batch", str(self.threads), "--n_ctx", str(self.context), "--chat_format", "gemma",
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model),
+                "--model_alias",
+                self.model_alias,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_threads",
+                str(self.threads),
+                "--n_threads_batch",
+                str(self.threads),
+                "--n_ctx",
+                str(self.context),
+                "--chat_format",
+                "gemma",
             ]
             if self.log_path is not None:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
                 self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log or subprocess.DEVNULL
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
-            self._process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             env=env, start_new_session=True)
+            self._process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
             if self._wait_ready(timeout):
                 return self
             self.stop()

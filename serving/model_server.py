@@ -86,7 +86,9 @@ class CheckpointError(ValueError):
 class RequestError(Exception):
     """A request the server refuses, with the OpenAI error shape's fields."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
@@ -140,7 +142,9 @@ def adapter_base(version: ResourceVersion, path: Path) -> str:
     if not base:
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
-        raise CheckpointError(f"{served_name(version)} is a LoRA adapter without a base model (config base_model)")
+        raise CheckpointError(
+            f"{served_name(version)} is a LoRA adapter without a base model (config base_model)"
+        )
     return str(base)
 
 
@@ -173,7 +177,9 @@ def load_checkpoint(version: ResourceVersion, device: str = "cpu") -> LoadedMode
             from peft import PeftModel
 
             base = adapter_base(version, path)
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path).merge_and_unload()
+            model = PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(base), path
+            ).merge_and_unload()
             tokenizer_source = path if (path / "tokenizer_config.json").is_file() else base
         else:
             model = AutoModelForCausalLM.from_pretrained(path)
@@ -263,8 +269,16 @@ def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> 
     sample = sampling.temperature > 0
     if not sample and sampling.n > 1:  # greedy answers are all the same (and generate refuses n > 1)
         [only] = generate(loaded, prompt_ids, Sampling(**{**sampling.__dict__, "n": 1}))
-        return [only] + [Generated(list(only.token_ids), list(only.logprobs), list(only.top_logprobs), only.text,
-                                   only.finish_reason) for _ in range(sampling.n - 1)]
+        return [only] + [
+            Generated(
+                list(only.token_ids),
+                list(only.logprobs),
+                list(only.top_logprobs),
+                only.text,
+                only.finish_reason,
+            )
+            for _ in range(sampling.n - 1)
+        ]
     options: dict[str, Any] = dict(
         max_new_tokens=sampling.max_tokens,
         do_sample=sample,
@@ -292,7 +306,7 @@ def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> 
         logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # (n, steps, vocab)
     choices = []
     for row in range(output.sequences.shape[0]):
-        ids = output.sequences[row, len(prompt_ids):].tolist()
+        ids = output.sequences[row, len(prompt_ids) :].tolist()
         finish = "length"
         for i, token in enumerate(ids):
             if token in eos_ids:
@@ -396,13 +410,21 @@ class ModelService:
         except ValueError as e:
             raise RequestError(404, str(e), "not_found_error", "model") from None
         if ref.resource not in self.resources:
-            raise RequestError(404, f"model {model!r}: resource {ref.resource!r} is not served here; "
-                                    f"serving {self.resources}", "not_found_error", "model")
+            raise RequestError(
+                404,
+                f"model {model!r}: resource {ref.resource!r} is not served here; serving {self.resources}",
+                "not_found_error",
+                "model",
+            )
         version = self.store.find(ref.resource, ref.ref)
         if version is None:
             labels = self.store.labels(ref.resource) if ref.resource in self.store.names() else {}
-            raise RequestError(404, f"model {model!r}: {ref.resource} has no version or label {ref.ref!r} "
-                                    f"(labels: {labels})", "not_found_error", "model")
+            raise RequestError(
+                404,
+                f"model {model!r}: {ref.resource} has no version or label {ref.ref!r} (labels: {labels})",
+                "not_found_error",
+                "model",
+            )
         return version
 
     def load(self, version: ResourceVersion) -> LoadedModel:
@@ -471,7 +493,9 @@ class ModelService:
         self._preloader.shutdown(wait=False, cancel_futures=True)
 
     # -- generation ---------------------------------------------------------------------------------------
-    def sampling(self, request: CompletionRequest | ChatRequest, max_tokens: int | None, top: int | None) -> Sampling:
+    def sampling(
+        self, request: CompletionRequest | ChatRequest, max_tokens: int | None, top: int | None
+    ) -> Sampling:
         return Sampling(
             max_tokens=min(max_tokens or self.config.max_tokens, self.config.max_tokens),
             temperature=1.0 if request.temperature is None else request.temperature,
@@ -499,7 +523,8 @@ class ModelService:
                         "index": p * request.n + j,
                         "text": generated.text,
                         "logprobs": _completion_logprobs(loaded.tokenizer, generated)
-                        if request.logprobs is not None else None,
+                        if request.logprobs is not None
+                        else None,
                         "finish_reason": generated.finish_reason,
                         "stop_reason": None,
                     }
@@ -522,7 +547,9 @@ class ModelService:
                 messages, tools=request.tools, add_generation_prompt=True, tokenize=False
             )
         except Exception as e:  # jinja errors of a template that refuses these messages
-            raise RequestError(400, f"the chat template refused the messages: {e}", param="messages") from None
+            raise RequestError(
+                400, f"the chat template refused the messages: {e}", param="messages"
+            ) from None
         prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
         top = (request.top_logprobs or 0) if request.logprobs else None
         sampling = self.sampling(request, request.max_completion_tokens or request.max_tokens, top)
@@ -554,11 +581,16 @@ class _Usage:
     completion: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt, "completion_tokens": self.completion,
-                "total_tokens": self.prompt + self.completion}
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        }
 
 
-def _envelope(prefix: str, kind: str, model: str, choices: list[dict[str, Any]], usage: _Usage) -> dict[str, Any]:
+def _envelope(
+    prefix: str, kind: str, model: str, choices: list[dict[str, Any]], usage: _Usage
+) -> dict[str, Any]:
     return {
         "id": f"{prefix}-{uuid.uuid4().hex}",
         "object": kind,
@@ -570,8 +602,14 @@ def _envelope(prefix: str, kind: str, model: str, choices: list[dict[str, Any]],
 
 
 def _card(model_id: str, version: ResourceVersion, root: str, parent: str | None = None) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": version.created_at // 1_000_000,
-            "owned_by": "agentstream", "root": root, "parent": parent}
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": version.created_at // 1_000_000,
+        "owned_by": "agentstream",
+        "root": root,
+        "parent": parent,
+    }
 
 
 def _prompt_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
@@ -597,11 +635,23 @@ def _completion_logprobs(tokenizer: Any, generated: Generated) -> dict[str, Any]
     for piece in pieces:
         offsets.append(at)
         at += len(piece)
-    top = [
-        {_piece(tokenizer, t): lp for t, lp in [(token, generated.logprobs[i]), *generated.top_logprobs[i]]}
-        for i, token in enumerate(generated.token_ids)
-    ] if generated.top_logprobs else [{} for _ in pieces]
-    return {"tokens": pieces, "token_logprobs": generated.logprobs, "top_logprobs": top, "text_offset": offsets}
+    top = (
+        [
+            {
+                _piece(tokenizer, t): lp
+                for t, lp in [(token, generated.logprobs[i]), *generated.top_logprobs[i]]
+            }
+            for i, token in enumerate(generated.token_ids)
+        ]
+        if generated.top_logprobs
+        else [{} for _ in pieces]
+    )
+    return {
+        "tokens": pieces,
+        "token_logprobs": generated.logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
 
 
 def _chat_logprobs(tokenizer: Any, generated: Generated) -> list[dict[str, Any]]:
@@ -610,8 +660,12 @@ def _chat_logprobs(tokenizer: Any, generated: Generated) -> list[dict[str, Any]]
         return {"token": piece, "logprob": logprob, "bytes": list(piece.encode())}
 
     return [
-        {**entry(token, generated.logprobs[i]),
-         "top_logprobs": [entry(t, lp) for t, lp in generated.top_logprobs[i]] if generated.top_logprobs else []}
+        {
+            **entry(token, generated.logprobs[i]),
+            "top_logprobs": [entry(t, lp) for t, lp in generated.top_logprobs[i]]
+            if generated.top_logprobs
+            else [],
+        }
         for i, token in enumerate(generated.token_ids)
     ]
 
@@ -632,7 +686,11 @@ def _as_stream(response: dict[str, Any], chat: bool, include_usage: bool) -> lis
     head = {k: response[k] for k in ("id", "created", "model")} | {"object": kind}
     chunks = []
     for choice in response["choices"]:
-        body: dict[str, Any] = {"index": choice["index"], "logprobs": choice["logprobs"], "finish_reason": None}
+        body: dict[str, Any] = {
+            "index": choice["index"],
+            "logprobs": choice["logprobs"],
+            "finish_reason": None,
+        }
         if chat:
             body["delta"] = {"role": "assistant", "content": choice["message"]["content"]}
         else:
@@ -645,7 +703,11 @@ def _as_stream(response: dict[str, Any], chat: bool, include_usage: bool) -> lis
             chunk["prompt_token_ids"] = response["prompt_token_ids"]
         chunks.append(chunk)
     for choice in response["choices"]:
-        end: dict[str, Any] = {"index": choice["index"], "logprobs": None, "finish_reason": choice["finish_reason"]}
+        end: dict[str, Any] = {
+            "index": choice["index"],
+            "logprobs": None,
+            "finish_reason": choice["finish_reason"],
+        }
         end.update({"delta": {}} if chat else {"text": ""})
         chunks.append({**head, "choices": [end]})
     if include_usage:
@@ -662,7 +724,9 @@ def create_app(service: ModelService) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "loaded": service.cache.loaded(), "requests": service.requests})
 
-    def endpoint(model: type[_Request], run: Callable[[Any], dict[str, Any]], chat: bool) -> Callable[..., Any]:
+    def endpoint(
+        model: type[_Request], run: Callable[[Any], dict[str, Any]], chat: bool
+    ) -> Callable[..., Any]:
         async def handle(request: Request) -> Response:
             try:
                 try:
@@ -682,18 +746,23 @@ def create_app(service: ModelService) -> Starlette:
                 return RequestError(500, f"{type(e).__name__}: {e}", "server_error").response()
             if parsed.stream:
                 include_usage = bool((parsed.stream_options or {}).get("include_usage"))
-                return StreamingResponse(_sse(_as_stream(response, chat, include_usage)),
-                                         media_type="text/event-stream")
+                return StreamingResponse(
+                    _sse(_as_stream(response, chat, include_usage)), media_type="text/event-stream"
+                )
             return JSONResponse(response)
 
         return handle
 
-    return Starlette(routes=[
-        Route("/v1/models", models),
-        Route("/health", health),
-        Route("/v1/completions", endpoint(CompletionRequest, service.complete, chat=False), methods=["POST"]),
-        Route("/v1/chat/completions", endpoint(ChatRequest, service.chat, chat=True), methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/health", health),
+            Route(
+                "/v1/completions", endpoint(CompletionRequest, service.complete, chat=False), methods=["POST"]
+            ),
+            Route("/v1/chat/completions", endpoint(ChatRequest, service.chat, chat=True), methods=["POST"]),
+        ]
+    )
 
 
 class ModelServer:
@@ -750,15 +819,18 @@ class ModelServer:
         sock = listening_socket(self.host, self._requested_port)
         self._socket = sock
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.service), log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            create_app(self.service), log_level="warning", access_log=False, lifespan="off"
+        )
         self._server = uvicorn.Server(config)
         return self._server
 
     def start(self, timeout: float = 30.0) -> Self:
         """Serve on a background thread; returns once connections are accepted."""
         server = self._prepare()
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._socket]},
-                                        name="model-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self._socket]}, name="model-server", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:

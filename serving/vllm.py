@@ -115,12 +115,27 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         """The ``vllm serve`` command line."""
-        args = [*(self.executable or _vllm_executable()), "serve", self.model, "--host", self.host, "--port", str(self.port),
-                "--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        args = [
+            *(self.executable or _vllm_executable()),
+            "serve",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--gpu-memory-utilization",
+            str(self.gpu_memory_utilization),
+        ]
         if self.served_names:
             args += ["--served-model-name", *self.served_names]
         if self.enable_lora:
-            args += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
+            args += [
+                "--enable-lora",
+                "--max-lora-rank",
+                str(self.max_lora_rank),
+                "--max-loras",
+                str(self.max_loras),
+            ]
         return args + self.extra_args
 
     def environment(self) -> dict[str, str]:
@@ -133,8 +148,12 @@ class VLLMServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._process = subprocess.Popen(
-            self.command(), stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=self.environment(), start_new_session=True,
+            self.command(),
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.environment(),
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -287,8 +306,12 @@ class VLLMAdapterSync:
         labelled = {label: state.label_version(label) for label in self.labels}
         for label, number in labelled.items():
             if number in foreign:
-                logger.warning("%s@%s is v%d, an adapter of another base model than vLLM serves: not loaded",
-                               self.resource, label, number)
+                logger.warning(
+                    "%s@%s is v%d, an adapter of another base model than vLLM serves: not loaded",
+                    self.resource,
+                    label,
+                    number,
+                )
         wanted: dict[str, _Served] = {}
         kept = sorted(adapters, reverse=True)[: self.keep]
         for number in sorted(set(kept) | {v for v in labelled.values() if v in adapters}):
@@ -299,8 +322,11 @@ class VLLMAdapterSync:
                 if label == self.default_label:
                     wanted[self.resource] = _Served(adapters[number], number)
         default = labelled.get(self.default_label)
-        full = state.versions.get(default) if default is not None and default not in adapters and default not in foreign \
+        full = (
+            state.versions.get(default)
+            if default is not None and default not in adapters and default not in foreign
             else None
+        )
         if full is not None:
             try:
                 checkpoint_path(full)
@@ -338,12 +364,15 @@ class VLLMAdapterSync:
     def _serve_full(self, version: ResourceVersion, errors: list[str]) -> None:
         path = checkpoint_path(version)
         names = [served_name(version), self.resource] + [
-            f"{self.resource}@{label}" for label in self.labels
+            f"{self.resource}@{label}"
+            for label in self.labels
             if self.store.find(self.resource, label) == version
         ]
         if self.server is None:
-            message = (f"{served_name(version)} is a full checkpoint: restart vLLM on {path} serving "
-                       f"{names} (VLLMAdapterSync(server=...) does it)")
+            message = (
+                f"{served_name(version)} is a full checkpoint: restart vLLM on {path} serving "
+                f"{names} (VLLMAdapterSync(server=...) does it)"
+            )
             logger.warning(message)
             errors.append(message)
             return
@@ -383,8 +412,10 @@ class VLLMAdapterSync:
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
         request = urllib.request.Request(
-            f"{self.base_url}{path}", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
+            f"{self.base_url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:

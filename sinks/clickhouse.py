@@ -67,7 +67,9 @@ class _Partition:
 
     __slots__ = ("sink_table", "coordinates", "seen", "stored", "lane", "gap_round", "gap_since")
 
-    def __init__(self, sink_table: SinkTable, coordinates: bytes, stored: int, lane: _Lane, seen: int | None) -> None:
+    def __init__(
+        self, sink_table: SinkTable, coordinates: bytes, stored: int, lane: _Lane, seen: int | None
+    ) -> None:
         self.sink_table = sink_table
         self.coordinates = coordinates  # encoded _topic_id and _partition
         self.seen = seen  # highest offset consumed; None until the first record when unknown
@@ -103,7 +105,9 @@ class ClickHouseSink:
         self._by_topic = {settings.topic(t.topic.name): t for t in tables}
         self._record_names = {t.table: t.record_name for t in tables}
         resolver = SchemaTopicResolver(settings.consumer_config("unused"), settings.topic(SCHEMAS.name))
-        self._deserializer = AvroDeserializer(store=SchemaStore.shipped(resolver), registry=settings.schema_registry_url)
+        self._deserializer = AvroDeserializer(
+            store=SchemaStore.shipped(resolver), registry=settings.schema_registry_url
+        )
         self._columns: dict[str, set[str]] = {}
         self._writers: dict[tuple[str, bytes], AvroSchema] = {}
         self._topic_ids: dict[str, str] = {}
@@ -124,8 +128,12 @@ class ClickHouseSink:
             ).result_rows
             if not rows:
                 raise RuntimeError(f"table {sink_table.table} is missing after migrations")
-            self._columns[sink_table.table] = {name for name, kind in rows if kind not in ("MATERIALIZED", "ALIAS")}
-            self.client.command(f"CREATE TABLE IF NOT EXISTS {sink_table.table}__probe AS {sink_table.table} ENGINE = Null")
+            self._columns[sink_table.table] = {
+                name for name, kind in rows if kind not in ("MATERIALIZED", "ALIAS")
+            }
+            self.client.command(
+                f"CREATE TABLE IF NOT EXISTS {sink_table.table}__probe AS {sink_table.table} ENGINE = Null"
+            )
 
     def _refresh_topic_ids(self) -> None:
         admin = AdminClient(self.settings.admin_config())
@@ -195,10 +203,14 @@ class ClickHouseSink:
         """Consume until ``stop`` is set, then insert what is batched and close."""
         if not self._columns:
             self.prepare()
-        producer = Producer(self.settings.producer_config(**{"message.timeout.ms": 0}))  # dead letters: retry forever
+        producer = Producer(
+            self.settings.producer_config(**{"message.timeout.ms": 0})
+        )  # dead letters: retry forever
         # Each lane inserts through a client of its own (a client runs one call at a time); the
         # consumer thread keeps ``self.client`` for its own queries.
-        clients = [self._connect() for _ in range(self.config.insert_lanes)] if self._connect else [self.client]
+        clients = (
+            [self._connect() for _ in range(self.config.insert_lanes)] if self._connect else [self.client]
+        )
         abandon = threading.Event()
         self._lanes = [
             _Lane(
@@ -225,7 +237,9 @@ class ClickHouseSink:
             )
         )
         self._consumer = consumer
-        consumer.subscribe(list(self._by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        consumer.subscribe(
+            list(self._by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         try:
             while not stop.is_set():
                 self._round += 1
@@ -315,7 +329,9 @@ class ClickHouseSink:
             if error.code() == KafkaError._PARTITION_EOF:
                 return
             if error.code() == KafkaError._AUTO_OFFSET_RESET:
-                logger.warning("Sink: offset reset on %s [%s]: %s", message.topic(), message.partition(), error)
+                logger.warning(
+                    "Sink: offset reset on %s [%s]: %s", message.topic(), message.partition(), error
+                )
                 self._refresh_topic_ids()
                 return
             self.stats.last_error = error.str()
@@ -382,8 +398,14 @@ class ClickHouseSink:
             group = table_batch.groups[writer] = []
         group.append(
             Entry(
-                partition, offset, state.coordinates + ocf.zigzag_varint(offset), value, message.key(), len(header),
-                event_id, replay,
+                partition,
+                offset,
+                state.coordinates + ocf.zigzag_varint(offset),
+                value,
+                message.key(),
+                len(header),
+                event_id,
+                replay,
             )  # fmt: skip
         )
 

@@ -62,7 +62,9 @@ def shipped_migrations() -> list[Migration]:
 
 def applied_versions(client: Any) -> dict[int, str]:
     client.command(_LEDGER)
-    rows = client.query("SELECT version, argMax(checksum, applied_at) FROM schema_migrations GROUP BY version").result_rows
+    rows = client.query(
+        "SELECT version, argMax(checksum, applied_at) FROM schema_migrations GROUP BY version"
+    ).result_rows
     return {int(v): c for v, c in rows}
 
 
@@ -75,7 +77,9 @@ def migrate(client: Any, migrations: list[Migration] | None = None) -> list[Migr
         if migration.version in applied:
             if applied[migration.version] != migration.checksum:
                 logger.warning(
-                    "Migration %04d_%s changed after it was applied; not re-applied", migration.version, migration.name
+                    "Migration %04d_%s changed after it was applied; not re-applied",
+                    migration.version,
+                    migration.name,
                 )
             continue
         for statement in migration.statements():

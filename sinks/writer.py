@@ -175,13 +175,21 @@ class BatchWriter:
                 try:
                     datum = decode_body(other, entry.value, entry.header_len, reader=writer)
                 except MalformedRecordError as e:
-                    self._dead_letter_entry(table_batch.sink_table, entry, f"cannot be read as {writer.name}: {e}")
+                    self._dead_letter_entry(
+                        table_batch.sink_table, entry, f"cannot be read as {writer.name}: {e}"
+                    )
                     continue
                 value = SOE_MAGIC + writer.fingerprint + encode_body(writer, datum)
                 entries.append(
                     Entry(
-                        entry.partition, entry.offset, entry.coordinates, value, entry.key, SOE_HEADER_LEN,
-                        entry.event_id, entry.replay,
+                        entry.partition,
+                        entry.offset,
+                        entry.coordinates,
+                        value,
+                        entry.key,
+                        SOE_HEADER_LEN,
+                        entry.event_id,
+                        entry.replay,
                     )  # fmt: skip
                 )
         entries.sort(key=lambda e: (e.partition, e.offset))
@@ -221,7 +229,9 @@ class BatchWriter:
             self.client.raw_insert(
                 table,
                 ocf.insert_columns(writer, self.columns[table]),
-                ocf.ContainerStream(ocf.container(ocf.wrapper_schema_json(writer.json), len(entries), chunks(entries))),
+                ocf.ContainerStream(
+                    ocf.container(ocf.wrapper_schema_json(writer.json), len(entries), chunks(entries))
+                ),
                 fmt="Avro",
                 settings={
                     "insert_deduplication_token": token,
@@ -245,7 +255,10 @@ class BatchWriter:
             span[1] = max(span[1], offset)
         token = _token(table, self.topic_ids().get(self.topic_of[table], ""), ranges, len(table_batch.rows))
         self.client.insert(
-            table, table_batch.rows, column_names=DEAD_LETTER_COLUMNS, settings={"insert_deduplication_token": token}
+            table,
+            table_batch.rows,
+            column_names=DEAD_LETTER_COLUMNS,
+            settings={"insert_deduplication_token": token},
         )
 
     def _with_retry(self, insert: Callable[[], None], table: str, max_attempts: int | None) -> None:
@@ -264,13 +277,21 @@ class BatchWriter:
                     self.stats.last_error = f"{table}: {_first_line(e)}"
                 if max_attempts is not None and attempt >= max_attempts:
                     raise
-                logger.warning("Sink: insert into %s failed (attempt %d, retrying in %.1fs): %s", table, attempt, delay, e)
+                logger.warning(
+                    "Sink: insert into %s failed (attempt %d, retrying in %.1fs): %s",
+                    table,
+                    attempt,
+                    delay,
+                    e,
+                )
                 if self.abandon.wait(delay):
                     raise Abandoned() from e
                 delay = min(delay * 2, self.config.retry_max_seconds)
 
     # ---- rejected batches ---------------------------------------------------------------------------
-    def _isolate_rejected(self, sink_table: SinkTable, writer: AvroSchema, entries: list[Entry]) -> list[Entry]:
+    def _isolate_rejected(
+        self, sink_table: SinkTable, writer: AvroSchema, entries: list[Entry]
+    ) -> list[Entry]:
         """Dead-letter the records at fault for a rejected insert and return the rest (all of
         ``entries`` when none is at fault).
 
@@ -322,7 +343,9 @@ class BatchWriter:
     # ---- dead letters -------------------------------------------------------------------------------
     def _dead_letter_message(self, message: Any, reason: str, error_class: str) -> None:
         source = f"{message.topic()}/{message.partition()}/{message.offset()}"
-        self._dead_letter(message.value(), message.key(), list(message.headers() or ()), reason, error_class, source)
+        self._dead_letter(
+            message.value(), message.key(), list(message.headers() or ()), reason, error_class, source
+        )
 
     def _dead_letter_entry(self, sink_table: SinkTable, entry: Entry, reason: str) -> None:
         headers = [(HEADER_EVENT_ID, entry.event_id)] if entry.event_id else []
@@ -330,7 +353,13 @@ class BatchWriter:
         self._dead_letter(entry.value, entry.key, headers, reason, "ClickHouseRejected", source)
 
     def _dead_letter(
-        self, value: bytes | None, key: bytes | None, headers: list[Any], reason: str, error_class: str, source: str
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[Any],
+        reason: str,
+        error_class: str,
+        source: str,
     ) -> None:
         headers = headers + [
             (HEADER_DLQ_REASON, reason.encode()),

@@ -117,7 +117,9 @@ class GapGuard:
 
 
 # ---- the end offsets of a partition, from a Fetch response -----------------------------------------
-def fetch_end_offsets(consumer_config: Mapping[str, Any], tps: Iterable[TP], timeout: float = 10.0) -> dict[TP, int]:
+def fetch_end_offsets(
+    consumer_config: Mapping[str, Any], tps: Iterable[TP], timeout: float = 10.0
+) -> dict[TP, int]:
     """End offset (high watermark) of each partition as reported by a Fetch response."""
     tps = list(tps)
     if not tps:
@@ -172,7 +174,9 @@ class OutputProducer:
         extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery, **extra)
+                self._producer.produce(
+                    topic, value, key, headers=headers, on_delivery=self._on_delivery, **extra
+                )
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -285,10 +289,14 @@ class ChangelogTable(faust.Table):
         serializers = self.app.serializers
         key_bytes = serializers.dumps_key(self.key_type, key, serializer=self.key_serializer)
         value_bytes = (
-            None if value is None else serializers.dumps_value(self.value_type, value, serializer=value_serializer)
+            None
+            if value is None
+            else serializers.dumps_value(self.value_type, value, serializer=value_serializer)
         )
         partition = self.partition_for_key(key)
-        self.app.outputs.send(self.changelog_topic.get_topic_name(), key_bytes, value_bytes, partition=partition)  # type: ignore[attr-defined]
+        self.app.outputs.send(
+            self.changelog_topic.get_topic_name(), key_bytes, value_bytes, partition=partition
+        )  # type: ignore[attr-defined]
 
 
 class StreamApp(faust.App):

@@ -81,7 +81,9 @@ class CallContentStore:
             self._cache.move_to_end(span_id)
         return content
 
-    def fetch(self, wanted: Mapping[str, tuple[int, int]], timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    def fetch(
+        self, wanted: Mapping[str, tuple[int, int]], timeout: float = 10.0
+    ) -> dict[str, dict[str, Any]]:
         """Re-read spans (span id -> (partition, offset)) from Kafka in one pass per partition.
 
         Blocking: call it from an executor. Spans not found within ``timeout`` are left out.
@@ -96,7 +98,9 @@ class CallContentStore:
             if self._consumer is None:
                 self._consumer = Consumer(self._config)
             consumer = self._consumer
-            consumer.assign([TopicPartition(self._topic, p, min(offsets)) for p, offsets in by_partition.items()])
+            consumer.assign(
+                [TopicPartition(self._topic, p, min(offsets)) for p, offsets in by_partition.items()]
+            )
             try:
                 deadline = time.monotonic() + timeout
                 pending = {p: dict(offsets) for p, offsets in by_partition.items()}

@@ -123,8 +123,16 @@ class RolloutJoin:
         for span_id, (version, fingerprint) in sorted(self._emitted.items()):
             call = self._calls[span_id]
             credit = credits.get(span_id) if fingerprint is not None else None
-            out.append(TripletUpdate(triplet_id_for(self.rollout_id, span_id), span_id, call.attempt_id,
-                                     version, steps[span_id], credit))
+            out.append(
+                TripletUpdate(
+                    triplet_id_for(self.rollout_id, span_id),
+                    span_id,
+                    call.attempt_id,
+                    version,
+                    steps[span_id],
+                    credit,
+                )
+            )
         return out
 
     def _credits_and_steps(self) -> tuple[dict[str, Credit], dict[str, int]]:

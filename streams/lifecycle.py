@@ -74,7 +74,9 @@ class RolloutLifecycle:
         if kind == RolloutEventType.TASK_ENQUEUED:
             transition = self._enqueue(state, event, now_us)
         elif (state is None or not state.attempts) and kind in (
-            RolloutEventType.ATTEMPT_STARTED, RolloutEventType.HEARTBEAT, RolloutEventType.ATTEMPT_FINISHED
+            RolloutEventType.ATTEMPT_STARTED,
+            RolloutEventType.HEARTBEAT,
+            RolloutEventType.ATTEMPT_FINISHED,
         ):
             transition = self._untracked(state, event, now_us)
         elif state is None:
@@ -98,7 +100,10 @@ class RolloutLifecycle:
         rollout's first event; the rollout is then created in ``queuing`` and filled in later."""
         if state is None:
             state = RolloutState(
-                rollout_id=reward.rollout_id, status=RolloutStatus.QUEUING, created_at=now_us, updated_at=now_us
+                rollout_id=reward.rollout_id,
+                status=RolloutStatus.QUEUING,
+                created_at=now_us,
+                updated_at=now_us,
             )
         elif reward.reward_id in state.seen_event_ids:
             return Transition(state, duplicate=True)
@@ -108,7 +113,7 @@ class RolloutLifecycle:
         if state.last_reward_at is None or reward.timestamp >= state.last_reward_at:
             state.last_reward = reward.value
             state.last_reward_at = reward.timestamp
-        state.seen_event_ids = [*state.seen_event_ids[-(SEEN_IDS_KEPT - 1):], reward.reward_id]
+        state.seen_event_ids = [*state.seen_event_ids[-(SEEN_IDS_KEPT - 1) :], reward.reward_id]
         state.version += 1
         state.updated_at = now_us
         return Transition(state, changed=True)
@@ -213,7 +218,9 @@ class RolloutLifecycle:
             return Transition(state)
         status = _SETTLING[event.type]
         if status is None:
-            status = AttemptStatus.SUCCEEDED if event.status == AttemptStatus.SUCCEEDED else AttemptStatus.FAILED
+            status = (
+                AttemptStatus.SUCCEEDED if event.status == AttemptStatus.SUCCEEDED else AttemptStatus.FAILED
+            )
         attempt.status = status
         attempt.ended_at = event.timestamp
         attempt.error = event.error if status != AttemptStatus.SUCCEEDED else None
@@ -316,7 +323,7 @@ class RolloutLifecycle:
         state.version += 1
         state.updated_at = now_us
         state.last_event_id = event.event_id
-        state.seen_event_ids = [*state.seen_event_ids[-(SEEN_IDS_KEPT - 1):], event.event_id]
+        state.seen_event_ids = [*state.seen_event_ids[-(SEEN_IDS_KEPT - 1) :], event.event_id]
 
 
 def attempt_latency_ms(state: RolloutState) -> float:

@@ -124,7 +124,12 @@ class PromotionController:
         for name in self.store.names():
             labels = self.store.state(name).labels
             production, candidate = labels.get(PRODUCTION), labels.get(CANDIDATE)
-            if production is None or candidate is None or production.version is None or candidate.version is None:
+            if (
+                production is None
+                or candidate is None
+                or production.version is None
+                or candidate.version is None
+            ):
                 continue
             if production.version == candidate.version:
                 continue
@@ -133,7 +138,9 @@ class PromotionController:
                 recorded.append(decision)
         return recorded
 
-    def _decide(self, name: str, production: ResourceLabel, candidate: ResourceLabel) -> PromotionDecision | None:
+    def _decide(
+        self, name: str, production: ResourceLabel, candidate: ResourceLabel
+    ) -> PromotionDecision | None:
         assert production.version is not None and candidate.version is not None
         since = candidate.moved_at
         with self._book_lock:
@@ -145,14 +152,19 @@ class PromotionController:
         evidence = (cand.n, prod.n)
         now = time.monotonic()
         if verdict.action == "hold":
-            if evidence == experiment.evidence or now - experiment.recorded_at < self.config.hold_every_seconds:
+            if (
+                evidence == experiment.evidence
+                or now - experiment.recorded_at < self.config.hold_every_seconds
+            ):
                 return None
         experiment.evidence, experiment.recorded_at = evidence, now
-        decision = self._record(name, verdict.action, candidate.version, production.version, cand, prod, since,
-                                verdict)
+        decision = self._record(
+            name, verdict.action, candidate.version, production.version, cand, prod, since, verdict
+        )
         if decision.action is PromotionAction.PROMOTE:
-            self.store.label(name, PRODUCTION, candidate.version, reason=decision.reason,
-                             decision_id=decision.decision_id)
+            self.store.label(
+                name, PRODUCTION, candidate.version, reason=decision.reason, decision_id=decision.decision_id
+            )
             self.store.label(name, CANDIDATE, None, reason="promoted", decision_id=decision.decision_id)
         elif decision.action is PromotionAction.ROLLBACK:
             self.store.label(name, CANDIDATE, None, reason=decision.reason, decision_id=decision.decision_id)
@@ -161,8 +173,15 @@ class PromotionController:
         return decision
 
     def _record(
-        self, name: str, action: str, candidate: int, production: int, cand: ArmStats, prod: ArmStats,
-        since: int, verdict: Any,
+        self,
+        name: str,
+        action: str,
+        candidate: int,
+        production: int,
+        cand: ArmStats,
+        prod: ArmStats,
+        since: int,
+        verdict: Any,
     ) -> PromotionDecision:
         decision = PromotionDecision(
             decision_id=f"{name}:v{candidate}:vs:v{production}:{action}:{cand.n}:{prod.n}",

@@ -204,7 +204,9 @@ def build_worker(settings: Settings) -> StreamApp:
     encode_metrics = AvroSerializer(load_schema("version_metrics"), s.schema_registry_url)
 
     def raw_topic(*names: str) -> faust.TopicT:
-        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        return app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
 
     # ---- topics ----------------------------------------------------------------------------------
     events_topic = raw_topic(s.topic(ROLLOUT_EVENTS.name))
@@ -213,7 +215,9 @@ def build_worker(settings: Settings) -> StreamApp:
     events_name, tasks_name, triplets_name = (s.topic(t.name) for t in (ROLLOUT_EVENTS, TASKS, TRIPLETS))
     metrics_name, dead_letter_name = s.topic(METRICS.name), s.topic(DEAD_LETTER.name)
     utf8, state_codec, json_codec = (
-        codec_type("agentstream-utf8"), codec_type("agentstream-rollout-state"), codec_type("json")
+        codec_type("agentstream-utf8"),
+        codec_type("agentstream-rollout-state"),
+        codec_type("json"),
     )
     state_topic = app.topic(
         s.topic(ROLLOUT_STATE.name),
@@ -228,7 +232,9 @@ def build_worker(settings: Settings) -> StreamApp:
 
     # ---- tables ----------------------------------------------------------------------------------
     def table(name: str, value_type: type, **kwargs: Any) -> Any:
-        return app.Table(name, default=None, key_type=utf8, value_type=value_type, partitions=s.partitions, **kwargs)
+        return app.Table(
+            name, default=None, key_type=utf8, value_type=value_type, partitions=s.partitions, **kwargs
+        )
 
     #: rollout id -> RolloutState; its changelog is the compacted rollout-state topic
     rollouts = table("rollouts", state_codec, changelog_topic=state_topic)
@@ -251,8 +257,13 @@ def build_worker(settings: Settings) -> StreamApp:
     def dead_letter(message: Any, error: BaseException) -> None:
         stats.dead_lettered += 1
         reason = f"{type(error).__name__}: {error}"[:2000]
-        logger.warning("stream worker: %s/%s/%s to the dead-letter topic: %s",
-                       message.topic, message.partition, message.offset, reason)
+        logger.warning(
+            "stream worker: %s/%s/%s to the dead-letter topic: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+        )
         headers = list(message.headers or ()) + [
             (HEADER_DLQ_REASON, reason.encode()),
             (HEADER_DLQ_ERROR_CLASS, type(error).__name__.encode()),
@@ -370,8 +381,11 @@ def build_worker(settings: Settings) -> StreamApp:
         for update in updates:
             content = contents.get(update.span_id)
             if content is None:
-                logger.error("span %s of rollout %s is gone from the spans topic: triplet not emitted",
-                             update.span_id, join.rollout_id)
+                logger.error(
+                    "span %s of rollout %s is gone from the spans topic: triplet not emitted",
+                    update.span_id,
+                    join.rollout_id,
+                )
                 continue
             credit = update.credit
             triplet = Triplet(
@@ -410,7 +424,9 @@ def build_worker(settings: Settings) -> StreamApp:
             stats.resent += len(current)
             emit_triplets(join, locations, current, join.strategy.value)
 
-    def load_join(rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, dict[str, list[int]]]:
+    def load_join(
+        rollout_id: str, strategy: str, discount: float
+    ) -> tuple[RolloutJoin, dict[str, list[int]]]:
         record = joins.get(rollout_id)
         if record is None:
             return RolloutJoin(rollout_id, strategy, discount), {}
@@ -458,17 +474,19 @@ def build_worker(settings: Settings) -> StreamApp:
                     if last_call is not None and reward["timestamp"] - last_call > horizon_us:
                         stats.late_rewards_dropped += 1
                         continue
-                    added = join.add_reward(RewardEvent(
-                        reward_id=reward["reward_id"],
-                        attempt_id=reward["attempt_id"],
-                        value=float(reward["value"]),
-                        timestamp_us=reward["timestamp"],
-                        sequence_id=reward["sequence_id"],
-                        span_id=reward["span_id"],
-                        response_id=reward["response_id"],
-                        feedback=reward["feedback"],
-                        name=reward["name"],
-                    ))
+                    added = join.add_reward(
+                        RewardEvent(
+                            reward_id=reward["reward_id"],
+                            attempt_id=reward["attempt_id"],
+                            value=float(reward["value"]),
+                            timestamp_us=reward["timestamp"],
+                            sequence_id=reward["sequence_id"],
+                            span_id=reward["span_id"],
+                            response_id=reward["response_id"],
+                            feedback=reward["feedback"],
+                            name=reward["name"],
+                        )
+                    )
                     if not added:
                         resend(join, locations, strategy)
                         continue
@@ -486,7 +504,9 @@ def build_worker(settings: Settings) -> StreamApp:
     async def check_attempts() -> None:
         if not watched:
             return
-        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic(ROLLOUT_EVENTS.name)}
+        assigned = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic(ROLLOUT_EVENTS.name)
+        }
         now = now_us()
         for rollout_id, partition in list(watched.items()):
             if partition not in assigned:
@@ -534,7 +554,9 @@ def build_worker(settings: Settings) -> StreamApp:
     @app.timer(1.0)
     async def write_status() -> None:
         """A status file per worker: what `agentstream up` shows and tests wait for."""
-        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic(ROLLOUT_EVENTS.name))
+        assigned = sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic(ROLLOUT_EVENTS.name)
+        )
         status = {
             "pid": os.getpid(),
             "ready": bool(assigned) and not app.rebalancing and not getattr(app, "in_recovery", False),

@@ -60,42 +60,73 @@ def _plan(version: str, i: int) -> str:
 
 def _run_one(client: AgentStream, version: str, i: int, facts: ScenarioFacts) -> None:
     cause = _plan(version, i)
-    ticket = {"ticket_id": f"T{version}-{i:02d}", "text": f"My order {i} has not arrived", "queue": "shipping"}
+    ticket = {
+        "ticket_id": f"T{version}-{i:02d}",
+        "text": f"My order {i} has not arrived",
+        "queue": "shipping",
+    }
     input_tokens = 100 + i
     with Rollout(client, ticket, resources={RESOURCE: version}) as rollout:
         prompt = f"Route the ticket. v{version}\nTicket: {ticket['text']}\nCall:"
-        answer = "create_ticket(queue='shipping')" if cause != "task_failed" else "create_ticket(queue='billing')"
+        answer = (
+            "create_ticket(queue='shipping')" if cause != "task_failed" else "create_ticket(queue='billing')"
+        )
         llm_version = "2" if cause == "prompt_drift" else version
-        llm = rollout.span("route", kind="llm", attributes={
-            genai.OPERATION_NAME: "text_completion",
-            genai.REQUEST_MODEL: MODEL,
-            genai.INPUT_MESSAGES: json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
-            genai.USAGE_INPUT_TOKENS: input_tokens,
-            genai.USAGE_OUTPUT_TOKENS: OUTPUT_TOKENS,
-        })
+        llm = rollout.span(
+            "route",
+            kind="llm",
+            attributes={
+                genai.OPERATION_NAME: "text_completion",
+                genai.REQUEST_MODEL: MODEL,
+                genai.INPUT_MESSAGES: json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+                ),
+                genai.USAGE_INPUT_TOKENS: input_tokens,
+                genai.USAGE_OUTPUT_TOKENS: OUTPUT_TOKENS,
+            },
+        )
         with llm:
             llm.set_resource(RESOURCE, llm_version)
             time.sleep(0.002 * (i % 5))
             if cause == "llm_error":
                 llm.record_exception(ConnectionError("model server closed the connection"))
             else:
-                llm.set_attribute(genai.OUTPUT_MESSAGES, json.dumps(
-                    [{"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": "stop"}]))
+                llm.set_attribute(
+                    genai.OUTPUT_MESSAGES,
+                    json.dumps(
+                        [
+                            {
+                                "role": "assistant",
+                                "parts": [{"type": "text", "content": answer}],
+                                "finish_reason": "stop",
+                            }
+                        ]
+                    ),
+                )
         if cause == "llm_error":
             rollout.fail("LLM call failed: model server closed the connection")
             rollout.emit_reward(0.0, name="routing", source="rule")
         else:
-            arguments = {"queue": "billing" if cause == "task_failed" else "shipping", "ticket": ticket["ticket_id"]}
+            arguments = {
+                "queue": "billing" if cause == "task_failed" else "shipping",
+                "ticket": ticket["ticket_id"],
+            }
             if cause == "tool_error":
                 arguments = {"queue": None, "ticket": ticket["ticket_id"]}
             try:
-                with rollout.span("create_ticket", kind="tool", attributes={
-                    genai.OPERATION_NAME: genai.OPERATION_EXECUTE_TOOL,
-                    genai.TOOL_NAME: "create_ticket",
-                    genai.TOOL_CALL_ARGUMENTS: json.dumps(arguments),
-                }) as tool:
+                with rollout.span(
+                    "create_ticket",
+                    kind="tool",
+                    attributes={
+                        genai.OPERATION_NAME: genai.OPERATION_EXECUTE_TOOL,
+                        genai.TOOL_NAME: "create_ticket",
+                        genai.TOOL_CALL_ARGUMENTS: json.dumps(arguments),
+                    },
+                ) as tool:
                     if cause == "tool_error":
-                        raise ValueError("create_ticket: queue must be one of billing, shipping, technical, account")
+                        raise ValueError(
+                            "create_ticket: queue must be one of billing, shipping, technical, account"
+                        )
                     tool.set_attribute(genai.TOOL_CALL_RESULT, json.dumps({"ok": True}))
             except ValueError as e:
                 rollout.fail(f"tool call failed: {e}")
@@ -105,8 +136,13 @@ def _run_one(client: AgentStream, version: str, i: int, facts: ScenarioFacts) ->
                 rollout.fail("routed to billing, but this is a shipping ticket")
             rollout.emit_reward(1.0 if not cause else 0.0, name="routing", source="rule")
     facts.rollouts[rollout.rollout_id] = {
-        "version": version, "i": i, "cause": cause, "succeeded": not cause,
-        "reward": 1.0 if not cause else 0.0, "input_tokens": input_tokens, "output_tokens": OUTPUT_TOKENS,
+        "version": version,
+        "i": i,
+        "cause": cause,
+        "succeeded": not cause,
+        "reward": 1.0 if not cause else 0.0,
+        "input_tokens": input_tokens,
+        "output_tokens": OUTPUT_TOKENS,
         "ticket_id": ticket["ticket_id"],
     }
 
@@ -115,10 +151,19 @@ def run_scenario(settings: Settings) -> ScenarioFacts:
     """Publish the resources, run the rollouts and the late business events; returns what was sent."""
     facts = ScenarioFacts(started_at=time.time())
     with ResourceStore(settings) as store:
-        store.publish(RESOURCE, template="Route the ticket.\nTicket: {{ticket}}\nCall:", labels=["production"],
-                      reason="seed prompt")
-        store.publish(RESOURCE, template="Route the ticket to its queue.\nTicket: {{ticket}}\nCall:",
-                      labels=["candidate"], parent_version=1, reason="APO winner")
+        store.publish(
+            RESOURCE,
+            template="Route the ticket.\nTicket: {{ticket}}\nCall:",
+            labels=["production"],
+            reason="seed prompt",
+        )
+        store.publish(
+            RESOURCE,
+            template="Route the ticket to its queue.\nTicket: {{ticket}}\nCall:",
+            labels=["candidate"],
+            parent_version=1,
+            reason="APO winner",
+        )
         client = AgentStream(settings)
         try:
             for version in ("1", "2"):
@@ -127,8 +172,14 @@ def run_scenario(settings: Settings) -> ScenarioFacts:
             # business outcome, later: wrongly routed tickets escalate to a human
             for rid, r in facts.rollouts.items():
                 if r["cause"] == "task_failed":
-                    client.emit_reward(0.0, name="resolution", source="business_event", rollout_id=rid,
-                                       feedback="escalated to a human", handoff="human")
+                    client.emit_reward(
+                        0.0,
+                        name="resolution",
+                        source="business_event",
+                        rollout_id=rid,
+                        feedback="escalated to a human",
+                        handoff="human",
+                    )
                     facts.handoffs.add(rid)
             assert client.flush(30), "scenario records not delivered"
         finally:
@@ -144,7 +195,9 @@ def expected_version(facts: ScenarioFacts, version: str) -> dict[str, Any]:
     succeeded = sum(r["succeeded"] for r in rows)
     input_tokens = sum(r["input_tokens"] for r in rows)
     output_tokens = sum(r["output_tokens"] for r in rows)
-    handoffs = sum(1 for rid, r in facts.rollouts.items() if r["version"] == version and rid in facts.handoffs)
+    handoffs = sum(
+        1 for rid, r in facts.rollouts.items() if r["version"] == version and rid in facts.handoffs
+    )
     return {
         "rollouts": len(rows),
         "succeeded": succeeded,

@@ -103,9 +103,15 @@ class SinkProcess(ChildProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"sink exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"sink exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             state = GatewayState.load(self.settings.chdb_path)
-            if state is not None and state.pid == self.process.pid and (self.status() or {}).get("assigned_partitions"):
+            if (
+                state is not None
+                and state.pid == self.process.pid
+                and (self.status() or {}).get("assigned_partitions")
+            ):
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"sink not ready:\n{self.log.read_text()[-3000:]}")
@@ -115,7 +121,6 @@ class SinkProcess(ChildProcess):
 
         state = GatewayState.load(self.settings.chdb_path)
         return state.status() if state is not None else None
-
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
@@ -160,12 +165,13 @@ class WorkerProcess(ChildProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             if (self.status() or {}).get("ready"):
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"worker not ready:\n{self.log.read_text()[-3000:]}")
-
 
 
 def latest_by(records: list[dict[str, Any]], key: str, version: str) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,9 @@ class TopicStatus:
     detail: str = ""
 
 
-def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE, timeout: float = 15.0) -> list[TopicStatus]:
+def ensure_topics(
+    settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE, timeout: float = 15.0
+) -> list[TopicStatus]:
     """Create missing topics; report existing ones whose partition count differs from the catalogue.
 
     Safe to run any number of times. Raises ``KafkaException`` if the cluster is unreachable.

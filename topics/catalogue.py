@@ -37,16 +37,31 @@ class TopicSpec:
 
 
 SPANS = TopicSpec(
-    "spans", "rollout_id", "span", "delete", 7 * DAY_MS, "Finished spans of agents (LLM calls, tool calls, steps)."
+    "spans",
+    "rollout_id",
+    "span",
+    "delete",
+    7 * DAY_MS,
+    "Finished spans of agents (LLM calls, tool calls, steps).",
 )
 REWARDS = TopicSpec(
-    "rewards", "rollout_id", "reward", "delete", 30 * DAY_MS, "Rewards: rules, humans, business events, judges."
+    "rewards",
+    "rollout_id",
+    "reward",
+    "delete",
+    30 * DAY_MS,
+    "Rewards: rules, humans, business events, judges.",
 )
 ROLLOUT_EVENTS = TopicSpec(
     "rollout-events", "rollout_id", "rollout_event", "delete", 30 * DAY_MS, "Rollout and attempt lifecycle."
 )
 TRIPLETS = TopicSpec(
-    "triplets", "rollout_id", "triplet", "delete", 30 * DAY_MS, "Prompt/response/reward triplets for trainers."
+    "triplets",
+    "rollout_id",
+    "triplet",
+    "delete",
+    30 * DAY_MS,
+    "Prompt/response/reward triplets for trainers.",
 )
 TASKS = TopicSpec(
     "tasks",
@@ -143,8 +158,14 @@ def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
     sources). They must exist before anything writes to them: a first write would let the broker
     auto-create them with its default partition count, which Faust then refuses."""
     return tuple(
-        TopicSpec(f"{app_id}-{name}-changelog", "table key", None, "compact", None,
-                  f"Changelog of the stream workers' {name} table.")
+        TopicSpec(
+            f"{app_id}-{name}-changelog",
+            "table key",
+            None,
+            "compact",
+            None,
+            f"Changelog of the stream workers' {name} table.",
+        )
         for name in INTERNAL_TABLES
     )
 

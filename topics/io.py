@@ -70,7 +70,9 @@ class TopicReader:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         resolver = SchemaTopicResolver(settings.consumer_config("unused"), settings.topic(SCHEMAS.name))
-        self._deserializer = AvroDeserializer(store=SchemaStore.shipped(resolver), registry=settings.schema_registry_url)
+        self._deserializer = AvroDeserializer(
+            store=SchemaStore.shipped(resolver), registry=settings.schema_registry_url
+        )
         self.records = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -92,7 +94,9 @@ class TopicReader:
             partitions.extend(TopicPartition(topic, p, 0) for p in sorted(info.partitions))
         if self._start == "end":
             ends = high_watermarks(consumer, [(tp.topic, tp.partition) for tp in partitions], timeout)
-            partitions = [TopicPartition(tp.topic, tp.partition, ends[(tp.topic, tp.partition)]) for tp in partitions]
+            partitions = [
+                TopicPartition(tp.topic, tp.partition, ends[(tp.topic, tp.partition)]) for tp in partitions
+            ]
         consumer.assign(partitions)
         self._partitions = partitions
         self._consumer = consumer
@@ -139,8 +143,14 @@ class TopicReader:
                 try:
                     record = self._decode(spec, message.value())
                 except (MalformedRecordError, ValueError) as e:
-                    logger.error("%s: skipping undecodable record %s[%d]@%d: %s", self.name,
-                                 message.topic(), message.partition(), message.offset(), e)
+                    logger.error(
+                        "%s: skipping undecodable record %s[%d]@%d: %s",
+                        self.name,
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        e,
+                    )
                     continue
                 self.on_record(spec, message.key(), record)
                 handled += 1
@@ -166,7 +176,9 @@ class TopicReader:
         self.open()
         try:
             if not self.wait_caught_up(timeout):
-                raise TimeoutError(f"{self.name}: did not reach the end of {sorted(self.specs)} in {timeout}s")
+                raise TimeoutError(
+                    f"{self.name}: did not reach the end of {sorted(self.specs)} in {timeout}s"
+                )
             return self.records
         finally:
             self.close()
@@ -263,8 +275,11 @@ class RecordWriter:
             self._serializers[spec.name] = serializer
             if not self.settings.schema_registry_url:
                 schema = serializer.schema
-                self._producer.produce(self.settings.topic(SCHEMAS.name), key=schema.fingerprint.hex().encode(),
-                                       value=schema.json.encode())
+                self._producer.produce(
+                    self.settings.topic(SCHEMAS.name),
+                    key=schema.fingerprint.hex().encode(),
+                    value=schema.json.encode(),
+                )
         topic = self.settings.topic(spec.name)
         value = serializer(record.to_avro(), SerializationContext(topic, MessageField.VALUE))
         errors: list[str] = []

@@ -155,7 +155,7 @@ def template_regex(template: str) -> re.Pattern[str]:
     """A pattern that recovers the variable values of a rendered template."""
     parts, last, seen = [], 0, set()
     for match in _VARIABLE_LINE.finditer(template):
-        parts.append(re.escape(template[last:match.start()]))
+        parts.append(re.escape(template[last : match.start()]))
         name = match.group(0).strip("{} ")
         parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
         seen.add(name)
@@ -231,7 +231,9 @@ class APOTrainer:
                 children: list[Candidate] = []
                 for parent in beam:
                     for branch in range(cfg.branch_factor):
-                        strategy = ("demos", "gradient")[branch % 2] if self.optimizer is not None else "demos"
+                        strategy = (
+                            ("demos", "gradient")[branch % 2] if self.optimizer is not None else "demos"
+                        )
                         child = self._propose(parent, strategy, examples, round_index, seen)
                         if child is None:
                             continue
@@ -239,9 +241,17 @@ class APOTrainer:
                         result.candidates.append(child)
                         assert child.score is not None and parent.score is not None
                         accepted = child.score > parent.score + cfg.min_gain
-                        self.on_event("candidate", {"round": round_index, "version": child.version.version,
-                                                    "strategy": strategy, "score": child.score,
-                                                    "parent_score": parent.score, "accepted": accepted})
+                        self.on_event(
+                            "candidate",
+                            {
+                                "round": round_index,
+                                "version": child.version.version,
+                                "strategy": strategy,
+                                "score": child.score,
+                                "parent_score": parent.score,
+                                "accepted": accepted,
+                            },
+                        )
                         if accepted:
                             children.append(child)
                 pool = sorted(beam + children, key=lambda c: c.score or 0.0, reverse=True)
@@ -252,8 +262,14 @@ class APOTrainer:
                 result.winner = self._publish_winner(best, baseline, examples)
                 result.winner_score = best.score
             result.wall_s = time.monotonic() - started
-            self.on_event("done", {"winner": result.winner.version if result.winner else None,
-                                   "score": result.winner_score, "baseline": baseline.score})
+            self.on_event(
+                "done",
+                {
+                    "winner": result.winner.version if result.winner else None,
+                    "score": result.winner_score,
+                    "baseline": baseline.score,
+                },
+            )
             return result
         finally:
             if self._owns_store:
@@ -265,13 +281,17 @@ class APOTrainer:
         name = self.config.resource_name
 
         def keep(spec: TopicSpec, key: bytes | None, record: Any) -> None:
-            if isinstance(record, Triplet) and record.resource_name == name and record.mode in self.config.modes:
+            if (
+                isinstance(record, Triplet)
+                and record.resource_name == name
+                and record.mode in self.config.modes
+            ):
                 current = self._triplets.get(record.triplet_id)
                 if current is None or record.version >= current.version:
                     self._triplets[record.triplet_id] = record
 
         TopicReader(self.settings, (TRIPLETS,), keep, name="apo-triplets").read_to_end(60.0)
-        triplets = sorted(self._triplets.values(), key=lambda t: t.created_at)[-self.config.triplet_window:]
+        triplets = sorted(self._triplets.values(), key=lambda t: t.created_at)[-self.config.triplet_window :]
         state = self.store.state(name)
         patterns: dict[str, re.Pattern[str] | None] = {}
         examples = []
@@ -286,8 +306,9 @@ class APOTrainer:
             match = pattern.match(prompt) if pattern is not None and prompt is not None else None
             if match is None or response is None:
                 continue
-            examples.append(Example(match.groupdict(), response, t.reward, t.feedback, t.resource_version,
-                                    t.created_at))
+            examples.append(
+                Example(match.groupdict(), response, t.reward, t.feedback, t.resource_version, t.created_at)
+            )
         return examples
 
     # ---- proposals -----------------------------------------------------------------------------------
@@ -306,12 +327,19 @@ class APOTrainer:
         self, parent: Candidate, strategy: str, examples: list[Example], round_index: int, seen: set[str]
     ) -> Candidate | None:
         instruction, demos = parent.instruction, parent.demos
-        lineage = {"trainer": "apo", "apo.run": self.run_id, "apo.round": str(round_index),
-                   "apo.strategy": strategy, "apo.stage": "evaluation"}
+        lineage = {
+            "trainer": "apo",
+            "apo.run": self.run_id,
+            "apo.round": str(round_index),
+            "apo.strategy": strategy,
+            "apo.stage": "evaluation",
+        }
         if strategy == "demos":
             demos = self._bootstrap_demos(parent, examples)
             if not demos:
-                self.on_event("skip", {"strategy": strategy, "reason": "no high-reward triplets to learn from"})
+                self.on_event(
+                    "skip", {"strategy": strategy, "reason": "no high-reward triplets to learn from"}
+                )
                 return None
         else:
             critique, instruction = self._textual_gradient(parent, examples)
@@ -320,7 +348,9 @@ class APOTrainer:
             lineage["apo.critique"] = critique[:500]
         template = assemble(instruction, demos, parent.query)
         if len(template) > self.config.max_prompt_chars:
-            self.on_event("skip", {"strategy": strategy, "reason": f"{len(template)} chars > max_prompt_chars"})
+            self.on_event(
+                "skip", {"strategy": strategy, "reason": f"{len(template)} chars > max_prompt_chars"}
+            )
             return None
         try:
             check_template(template, list(parent.version.variables))
@@ -332,8 +362,12 @@ class APOTrainer:
             self.on_event("skip", {"strategy": strategy, "reason": "the same prompt was already proposed"})
             return None
         version = self.store.publish(
-            self.config.resource_name, template=template, variables=list(parent.version.variables), config=config,
-            parent_version=parent.version.version, lineage=lineage,
+            self.config.resource_name,
+            template=template,
+            variables=list(parent.version.variables),
+            config=config,
+            parent_version=parent.version.version,
+            lineage=lineage,
         )
         seen.add(version.content_hash)
         return Candidate(version, instruction, demos, parent.query, strategy, parent.version.version)
@@ -382,12 +416,18 @@ class APOTrainer:
     def _optimize(self, prompt: str) -> str:
         if self.config.optimizer_api == "chat":
             reply = self.optimizer.chat.completions.create(
-                model=self.config.optimizer_model, messages=[{"role": "user", "content": prompt}],
-                temperature=1.0, max_tokens=400, seed=self.rng.randrange(2**31),
+                model=self.config.optimizer_model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=1.0,
+                max_tokens=400,
+                seed=self.rng.randrange(2**31),
             )
             return reply.choices[0].message.content or ""
         reply = self.optimizer.completions.create(
-            model=self.config.optimizer_model, prompt=prompt, temperature=1.0, max_tokens=120,
+            model=self.config.optimizer_model,
+            prompt=prompt,
+            temperature=1.0,
+            max_tokens=120,
             seed=self.rng.randrange(2**31),
         )
         # a base model often opens with blank lines: its answer is the first paragraph after them
@@ -407,28 +447,53 @@ class APOTrainer:
         def progress(done: int, total: int) -> None:
             self.on_event("progress", {"version": version, "done": done, "total": total})
 
-        evaluation = self.evaluator.evaluate(self.config.resource_name, version, items, mode="val",
-                                             on_progress=progress)
+        evaluation = self.evaluator.evaluate(
+            self.config.resource_name, version, items, mode="val", on_progress=progress
+        )
         candidate.evaluation, candidate.score = evaluation, evaluation.score
         self.scored[version] = evaluation
-        self.on_event("scored", {"version": version, "strategy": candidate.strategy, "score": evaluation.score,
-                                 "n": evaluation.n, "wall_s": evaluation.wall_s})
+        self.on_event(
+            "scored",
+            {
+                "version": version,
+                "strategy": candidate.strategy,
+                "score": evaluation.score,
+                "n": evaluation.n,
+                "wall_s": evaluation.wall_s,
+            },
+        )
 
-    def _publish_winner(self, best: Candidate, baseline: Candidate, examples: list[Example]) -> ResourceVersion:
-        window = (min(e.created_at for e in examples), max(e.created_at for e in examples)) if examples else (0, 0)
+    def _publish_winner(
+        self, best: Candidate, baseline: Candidate, examples: list[Example]
+    ) -> ResourceVersion:
+        window = (
+            (min(e.created_at for e in examples), max(e.created_at for e in examples)) if examples else (0, 0)
+        )
         assert best.evaluation is not None and baseline.evaluation is not None
         lineage = {
-            "trainer": "apo", "apo.run": self.run_id, "apo.stage": "winner", "apo.strategy": best.strategy,
-            "apo.evaluated_as": f"v{best.version.version}", "apo.parent_version": str(baseline.version.version),
-            "val.score": f"{best.score:.4f}", "val.parent_score": f"{baseline.score:.4f}",
-            "val.n": str(best.evaluation.n), "triplets.count": str(len(examples)),
-            "triplets.from_us": str(window[0]), "triplets.to_us": str(window[1]),
+            "trainer": "apo",
+            "apo.run": self.run_id,
+            "apo.stage": "winner",
+            "apo.strategy": best.strategy,
+            "apo.evaluated_as": f"v{best.version.version}",
+            "apo.parent_version": str(baseline.version.version),
+            "val.score": f"{best.score:.4f}",
+            "val.parent_score": f"{baseline.score:.4f}",
+            "val.n": str(best.evaluation.n),
+            "triplets.count": str(len(examples)),
+            "triplets.from_us": str(window[0]),
+            "triplets.to_us": str(window[1]),
             "apo.config": json.dumps({k: v for k, v in vars(self.config).items() if k != "resource_name"}),
         }
         winner = self.store.publish(
-            self.config.resource_name, template=best.version.template, variables=list(best.version.variables),
-            config=dict(best.version.config), parent_version=baseline.version.version, lineage=lineage,
-            labels=[self.config.label], reason=f"APO winner: val {best.score:.3f} vs {baseline.score:.3f}",
+            self.config.resource_name,
+            template=best.version.template,
+            variables=list(best.version.variables),
+            config=dict(best.version.config),
+            parent_version=baseline.version.version,
+            lineage=lineage,
+            labels=[self.config.label],
+            reason=f"APO winner: val {best.score:.3f} vs {baseline.score:.3f}",
             force_new=True,
         )
         self.scored[winner.version] = best.evaluation  # same content, already scored

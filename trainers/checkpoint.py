@@ -180,7 +180,9 @@ def publish_checkpoint(
     )
 
 
-def published_versions(store: ResourceStore, resource_name: str, trainer: str | None = None) -> list[ResourceVersion]:
+def published_versions(
+    store: ResourceStore, resource_name: str, trainer: str | None = None
+) -> list[ResourceVersion]:
     """Versions of the resource, oldest first; only those trained by ``trainer`` when given."""
     if resource_name not in store.names():
         return []
@@ -192,5 +194,6 @@ def published_versions(store: ResourceStore, resource_name: str, trainer: str | 
 
 def find_window_version(store: ResourceStore, resource_name: str, window_id: str) -> ResourceVersion | None:
     """The version already trained on the window ``window_id``, if any."""
-    return next((v for v in published_versions(store, resource_name) if v.lineage.get("window.id") == window_id),
-                None)
+    return next(
+        (v for v in published_versions(store, resource_name) if v.lineage.get("window.id") == window_id), None
+    )

@@ -114,8 +114,11 @@ def sft_rows(triplets: Iterable[Triplet], fmt: Format) -> list[dict[str, Any]]:
 def kto_rows(triplets: Iterable[Triplet], fmt: Format, threshold: float) -> list[dict[str, Any]]:
     """Unpaired examples for KTO: ``label`` is whether the reward reached ``threshold``."""
     return [
-        {"prompt": _prompt(t, fmt), "completion": _completion(response_text(t), fmt),
-         "label": bool(t.reward is not None and t.reward >= threshold)}
+        {
+            "prompt": _prompt(t, fmt),
+            "completion": _completion(response_text(t), fmt),
+            "label": bool(t.reward is not None and t.reward >= threshold),
+        }
         for t in triplets
         if t.reward is not None and response_text(t)
     ]
@@ -135,8 +138,13 @@ def dpo_pairs(triplets: Iterable[Triplet], fmt: Format, min_margin: float = 0.0)
         worst = min(rewarded, key=lambda t: t.reward)  # type: ignore[arg-type, return-value]
         if best.reward - worst.reward <= min_margin or response_text(best) == response_text(worst):  # type: ignore[operator]
             continue
-        rows.append({"prompt": _prompt(best, fmt), "chosen": _completion(response_text(best), fmt),
-                     "rejected": _completion(response_text(worst), fmt)})
+        rows.append(
+            {
+                "prompt": _prompt(best, fmt),
+                "chosen": _completion(response_text(best), fmt),
+                "rejected": _completion(response_text(worst), fmt),
+            }
+        )
     return rows
 
 
@@ -148,7 +156,9 @@ class Attempt:
     reward: float
 
 
-def grpo_groups(triplets: Iterable[Triplet], group_size: int, min_attempts: int = 2) -> dict[str, list[Attempt]]:
+def grpo_groups(
+    triplets: Iterable[Triplet], group_size: int, min_attempts: int = 2
+) -> dict[str, list[Attempt]]:
     """Attempts of the same task in groups of exactly ``group_size`` (GRPO's ``num_generations``).
 
     A task with more attempts is split into several groups; a group short of ``group_size`` is
@@ -158,9 +168,11 @@ def grpo_groups(triplets: Iterable[Triplet], group_size: int, min_attempts: int 
     """
     groups: dict[str, list[Attempt]] = {}
     for key, attempts in _by_task(triplets).items():
-        rewarded = [Attempt(t, float(t.reward)) for t in attempts if t.reward is not None and response_text(t)]
+        rewarded = [
+            Attempt(t, float(t.reward)) for t in attempts if t.reward is not None and response_text(t)
+        ]
         for index, start in enumerate(range(0, len(rewarded), group_size)):
-            chunk = rewarded[start:start + group_size]
+            chunk = rewarded[start : start + group_size]
             if len(chunk) < min_attempts or len({a.reward for a in chunk}) < 2:
                 continue
             groups[f"{key}/{index}"] = [chunk[i % len(chunk)] for i in range(group_size)]

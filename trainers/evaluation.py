@@ -58,7 +58,9 @@ class RolloutEvaluator:
         task_type: task type of the evaluation rollouts (selects credit assignment etc.).
     """
 
-    def __init__(self, settings: Settings, client: AgentStream, *, timeout: float = 900.0, task_type: str = "") -> None:
+    def __init__(
+        self, settings: Settings, client: AgentStream, *, timeout: float = 900.0, task_type: str = ""
+    ) -> None:
         self.settings = settings.resolved()
         self.client = client
         self.timeout = timeout
@@ -66,7 +68,9 @@ class RolloutEvaluator:
         self._outcomes: dict[str, RolloutState] = {}
         self._waiting: set[str] = set()
         self._lock = threading.Condition()
-        self._reader = TopicReader(self.settings, (ROLLOUT_STATE,), self._on_state, start="end", name="evaluator")
+        self._reader = TopicReader(
+            self.settings, (ROLLOUT_STATE,), self._on_state, start="end", name="evaluator"
+        )
 
     def open(self) -> RolloutEvaluator:
         self._reader.start()
@@ -92,8 +96,15 @@ class RolloutEvaluator:
     ) -> Evaluation:
         """Run every item (a task input) with ``resource_name`` pinned to ``version``; returns
         scores in item order once all rollouts have ended."""
-        return self.run(items, mode=mode, resources={resource_name: str(version)}, on_progress=on_progress,
-                        label=f"{resource_name}-v{version}", resource_name=resource_name, version=version)
+        return self.run(
+            items,
+            mode=mode,
+            resources={resource_name: str(version)},
+            on_progress=on_progress,
+            label=f"{resource_name}-v{version}",
+            resource_name=resource_name,
+            version=version,
+        )
 
     def run(
         self,
@@ -116,8 +127,10 @@ class RolloutEvaluator:
         started = time.monotonic()
         keys = list(task_keys) if task_keys is not None else ids
         self.client.enqueue(
-            [TaskSpec(item, rollout_id=rid, metadata={"run": run, "task_key": key})
-             for item, rid, key in zip(items, ids, keys)],
+            [
+                TaskSpec(item, rollout_id=rid, metadata={"run": run, "task_key": key})
+                for item, rid, key in zip(items, ids, keys)
+            ],
             task_type=self.task_type,
             mode=mode,
             resources=resources or {},
@@ -134,13 +147,18 @@ class RolloutEvaluator:
                     break
                 if time.monotonic() > deadline:
                     self._waiting.difference_update(ids)
-                    raise TimeoutError(f"{label}: {done}/{len(ids)} rollouts "
-                                       f"ended within {self.timeout:.0f}s (are runners and stream workers up?)")
+                    raise TimeoutError(
+                        f"{label}: {done}/{len(ids)} rollouts "
+                        f"ended within {self.timeout:.0f}s (are runners and stream workers up?)"
+                    )
                 self._lock.wait(0.5)
             states = [self._outcomes.pop(rid) for rid in ids]
             self._waiting.difference_update(ids)
         return Evaluation(
-            resource_name, version, mode, ids,
+            resource_name,
+            version,
+            mode,
+            ids,
             scores=[1.0 if s.status == RolloutStatus.SUCCEEDED else 0.0 for s in states],
             versions=[_used(s).get(resource_name, "") for s in states],
             rewards=[s.reward_sum / s.reward_count if s.reward_count else 0.0 for s in states],

@@ -213,8 +213,11 @@ def _columns(task_input: Any) -> dict[str, Any]:
         for key, value in task_input.items():
             if key in ("prompt", "completion", "completion_ids", "task"):
                 continue  # trl's own columns (and ours) keep their meaning
-            columns[str(key)] = value if isinstance(value, (str, int, float, bool)) or value is None \
+            columns[str(key)] = (
+                value
+                if isinstance(value, (str, int, float, bool)) or value is None
                 else json.dumps(value, ensure_ascii=False)
+            )
     return columns
 
 
@@ -291,7 +294,7 @@ def prompts_from_triplets(
         FROM (SELECT * FROM triplets FINAL) AS t
         LEFT JOIN (SELECT rollout_id, argMax(input, version) AS input FROM rollout_states GROUP BY rollout_id) AS s
             ON s.rollout_id = t.rollout_id
-        WHERE {' AND '.join(where)}
+        WHERE {" AND ".join(where)}
         GROUP BY t.prompt_messages
         ORDER BY max(t.created_at) DESC
         LIMIT {{limit:UInt32}}
@@ -313,9 +316,11 @@ def prompts_from_triplets(
 def _as_format(prompt: Any, fmt: str) -> Any:
     """Chat messages or text, as the model is trained (text: message contents joined by newlines)."""
     if fmt == "messages":
-        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [
-            {"role": m.get("role", "user"), "content": _completion_text([m])} for m in prompt
-        ]
+        return (
+            [{"role": "user", "content": prompt}]
+            if isinstance(prompt, str)
+            else [{"role": m.get("role", "user"), "content": _completion_text([m])} for m in prompt]
+        )
     return prompt if isinstance(prompt, str) else "\n".join(_completion_text([m]) for m in prompt)
 
 
@@ -373,7 +378,9 @@ class OnlineGRPOTrainer:
         wanted = self.config.use_vllm
         available = vllm_available()
         if wanted and not available:
-            raise RuntimeError("use_vllm=True needs the gpu extra (pip install 'agentstream[gpu]') and a CUDA device")
+            raise RuntimeError(
+                "use_vllm=True needs the gpu extra (pip install 'agentstream[gpu]') and a CUDA device"
+            )
         return available if wanted is None else wanted
 
     def prompt_rows(self, tokenizer: Any) -> list[dict[str, Any]]:
@@ -385,18 +392,26 @@ class OnlineGRPOTrainer:
         if self._prompts is not None:
             rows = self._prompts
         elif c.prompts == "tasks":
-            rows = prompts_from_tasks(self.settings, prompt=c.prompt, task_type=c.task_type, modes=c.modes,
-                                      limit=c.max_prompts)
+            rows = prompts_from_tasks(
+                self.settings, prompt=c.prompt, task_type=c.task_type, modes=c.modes, limit=c.max_prompts
+            )
         elif c.prompts == "triplets":
             from agentstream.clickhouse.connect import connect
 
-            rows = prompts_from_triplets(connect(self.settings), resource_name=c.resource_name,
-                                         task_type=c.task_type, modes=c.modes, limit=c.max_prompts)
+            rows = prompts_from_triplets(
+                connect(self.settings),
+                resource_name=c.resource_name,
+                task_type=c.task_type,
+                modes=c.modes,
+                limit=c.max_prompts,
+            )
         else:
             raise ValueError(f"unknown prompt source {c.prompts!r}: use tasks or triplets")
         if not rows:
-            raise ValueError(f"no prompts for online GRPO of {c.resource_name} (source {c.prompts!r}, "
-                             f"modes {c.modes}, task type {c.task_type!r})")
+            raise ValueError(
+                f"no prompts for online GRPO of {c.resource_name} (source {c.prompts!r}, "
+                f"modes {c.modes}, task type {c.task_type!r})"
+            )
         return rows
 
     def _formatted(self, rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
@@ -423,41 +438,51 @@ class OnlineGRPOTrainer:
         else:
             base_model = c.base_model or ""
         model, tokenizer, peft_config = load_policy(
-            base_model, init=init, lora_r=c.lora_r, lora_alpha=c.lora_alpha, lora_target_modules=c.lora_target_modules
+            base_model,
+            init=init,
+            lora_r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_target_modules=c.lora_target_modules,
         )
         rows = self._formatted(source_rows, tokenizer)
         use_vllm = self.use_vllm()
         generation = f"vllm-{c.vllm_mode}" if use_vllm else "transformers"
         root = Path(c.output_dir) if c.output_dir is not None else output_root(self.settings)
         scratch = root / c.resource_name / f".trl-{self.name}-{int(time.time())}"
-        args = GRPOConfig(**{
-            "output_dir": str(scratch),
-            "max_steps": c.max_steps,
-            "learning_rate": c.learning_rate,
-            "beta": c.beta,
-            "num_generations": c.num_generations,
-            "max_completion_length": c.max_completion_length,
-            "temperature": c.temperature,
-            "per_device_train_batch_size": c.per_device_train_batch_size,
-            "gradient_accumulation_steps": c.gradient_accumulation_steps,
-            "use_vllm": use_vllm,
-            **({"vllm_mode": c.vllm_mode, "vllm_gpu_memory_utilization": c.vllm_gpu_memory_utilization}
-               if use_vllm else {}),
-            "seed": c.seed,
-            "logging_steps": 1,
-            "save_strategy": "no",
-            "report_to": "none",
-            "disable_tqdm": True,
-            "dataloader_num_workers": 0,
-            **_device_args(),
-            **c.trl_args,
-        })
+        args = GRPOConfig(
+            **{
+                "output_dir": str(scratch),
+                "max_steps": c.max_steps,
+                "learning_rate": c.learning_rate,
+                "beta": c.beta,
+                "num_generations": c.num_generations,
+                "max_completion_length": c.max_completion_length,
+                "temperature": c.temperature,
+                "per_device_train_batch_size": c.per_device_train_batch_size,
+                "gradient_accumulation_steps": c.gradient_accumulation_steps,
+                "use_vllm": use_vllm,
+                **(
+                    {"vllm_mode": c.vllm_mode, "vllm_gpu_memory_utilization": c.vllm_gpu_memory_utilization}
+                    if use_vllm
+                    else {}
+                ),
+                "seed": c.seed,
+                "logging_steps": 1,
+                "save_strategy": "no",
+                "report_to": "none",
+                "disable_tqdm": True,
+                "dataloader_num_workers": 0,
+                **_device_args(),
+                **c.trl_args,
+            }
+        )
         history: list[dict[str, Any]] = []
         on_log = self.on_log
 
         class Observe(TrainerCallback):
-            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                       **kwargs: Any) -> None:
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+            ) -> None:
                 if logs:
                     history.append(dict(logs, step=state.global_step))
                     if on_log is not None:
@@ -468,8 +493,13 @@ class OnlineGRPOTrainer:
                     control.should_training_stop = True
 
         trainer = GRPOTrainer(
-            model=model, reward_funcs=[self.reward], args=args, train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer, peft_config=peft_config, callbacks=[Observe()],
+            model=model,
+            reward_funcs=[self.reward],
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[Observe()],
         )
         _quiet(trainer)
         started = time.monotonic()
@@ -483,7 +513,11 @@ class OnlineGRPOTrainer:
         path = reserve_checkpoint_dir(root, c.resource_name, self.store)
         save_checkpoint(trainer.model, tokenizer, path)
         version = publish_checkpoint(
-            self.store, c.resource_name, path, base_model=base_model, adapter=adapter,
+            self.store,
+            c.resource_name,
+            path,
+            base_model=base_model,
+            adapter=adapter,
             lineage=self._lineage(init, rows, history, steps, seconds, generation),
             config={"algorithm": "grpo-online"},
             parent_version=init.version if init is not None else None,
@@ -491,8 +525,15 @@ class OnlineGRPOTrainer:
         )
         return OnlineGRPOResult(version, history, len(rows), steps, generation, path)
 
-    def _lineage(self, init: ResourceVersion | None, rows: list[dict[str, Any]], history: list[dict[str, Any]],
-                 steps: int, seconds: float, generation: str) -> dict[str, str]:
+    def _lineage(
+        self,
+        init: ResourceVersion | None,
+        rows: list[dict[str, Any]],
+        history: list[dict[str, Any]],
+        steps: int,
+        seconds: float,
+        generation: str,
+    ) -> dict[str, str]:
         c = self.config
         rewards = [float(e["reward"]) for e in history if "reward" in e]
         losses = [float(e["loss"]) for e in history if "loss" in e]
@@ -511,11 +552,20 @@ class OnlineGRPOTrainer:
             "metrics.train_seconds": f"{seconds:.3f}",
         }
         if rewards:
-            lineage.update({"metrics.reward_first": f"{rewards[0]:.6g}", "metrics.reward_last": f"{rewards[-1]:.6g}",
-                            "metrics.reward_mean": f"{sum(rewards) / len(rewards):.6g}"})
+            lineage.update(
+                {
+                    "metrics.reward_first": f"{rewards[0]:.6g}",
+                    "metrics.reward_last": f"{rewards[-1]:.6g}",
+                    "metrics.reward_mean": f"{sum(rewards) / len(rewards):.6g}",
+                }
+            )
         if losses:
-            lineage.update({"metrics.train_loss_first": f"{losses[0]:.6g}",
-                            "metrics.train_loss_last": f"{losses[-1]:.6g}"})
+            lineage.update(
+                {
+                    "metrics.train_loss_first": f"{losses[0]:.6g}",
+                    "metrics.train_loss_last": f"{losses[-1]:.6g}",
+                }
+            )
         return lineage
 
 

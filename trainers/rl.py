@@ -37,8 +37,14 @@ from .data import (
 )
 from .weights import WeightsConfig, WeightTrainer
 
-__all__ = ["DPOFromLogs", "DPOFromLogsConfig", "GRPOFromLogs", "GRPOFromLogsConfig", "KTOFromLogs",
-           "KTOFromLogsConfig"]
+__all__ = [
+    "DPOFromLogs",
+    "DPOFromLogsConfig",
+    "GRPOFromLogs",
+    "GRPOFromLogsConfig",
+    "KTOFromLogs",
+    "KTOFromLogsConfig",
+]
 
 
 # ---- KTO ---------------------------------------------------------------------------------------------
@@ -60,23 +66,40 @@ class KTOFromLogs(WeightTrainer):
     config: KTOFromLogsConfig
 
     def rows(self, triplets: list[Any], tokenizer: Any) -> list[dict[str, Any]]:
-        threshold = self.config.threshold if self.config.threshold is not None else self.settings.trainer.min_reward
+        threshold = (
+            self.config.threshold if self.config.threshold is not None else self.settings.trainer.min_reward
+        )
         rows = kto_rows(triplets, resolve_format(self.config.format, tokenizer), threshold)
         return rows if len(rows) >= 2 else []
 
-    def trl_trainer(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any,
-                    args: dict[str, Any]) -> Any:
+    def trl_trainer(
+        self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any, args: dict[str, Any]
+    ) -> Any:
         from trl import KTOConfig, KTOTrainer
 
         c = self.config
-        config = KTOConfig(**{"max_length": c.max_length, "beta": c.beta, "desirable_weight": c.desirable_weight,
-                              "undesirable_weight": c.undesirable_weight, **args})
-        return KTOTrainer(model=model, args=config, train_dataset=to_dataset(rows), processing_class=tokenizer,
-                          peft_config=peft_config)
+        config = KTOConfig(
+            **{
+                "max_length": c.max_length,
+                "beta": c.beta,
+                "desirable_weight": c.desirable_weight,
+                "undesirable_weight": c.undesirable_weight,
+                **args,
+            }
+        )
+        return KTOTrainer(
+            model=model,
+            args=config,
+            train_dataset=to_dataset(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
 
     def metrics(self, trainer: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
-        return {"metrics.desirable": str(sum(r["label"] for r in rows)),
-                "metrics.undesirable": str(sum(not r["label"] for r in rows))}
+        return {
+            "metrics.desirable": str(sum(r["label"] for r in rows)),
+            "metrics.undesirable": str(sum(not r["label"] for r in rows)),
+        }
 
 
 # ---- DPO ---------------------------------------------------------------------------------------------
@@ -99,14 +122,20 @@ class DPOFromLogs(WeightTrainer):
     def rows(self, triplets: list[Any], tokenizer: Any) -> list[dict[str, Any]]:
         return dpo_pairs(triplets, resolve_format(self.config.format, tokenizer), self.config.min_margin)
 
-    def trl_trainer(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any,
-                    args: dict[str, Any]) -> Any:
+    def trl_trainer(
+        self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any, args: dict[str, Any]
+    ) -> Any:
         from trl import DPOConfig, DPOTrainer
 
         c = self.config
         config = DPOConfig(**{"max_length": c.max_length, "beta": c.beta, "loss_type": c.loss_type, **args})
-        return DPOTrainer(model=model, args=config, train_dataset=to_dataset(rows), processing_class=tokenizer,
-                          peft_config=peft_config)
+        return DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=to_dataset(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
 
     def metrics(self, trainer: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
         return {"metrics.pairs": str(len(rows))}
@@ -144,8 +173,9 @@ class GRPOFromLogs(WeightTrainer):
         # the prompt of a row is its group's id: the rollout function looks the attempts up by it
         return [{"prompt": group_id} for group_id in self._groups]
 
-    def trl_trainer(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any,
-                    args: dict[str, Any]) -> Any:
+    def trl_trainer(
+        self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any, args: dict[str, Any]
+    ) -> Any:
         import os
 
         from trl import GRPOConfig, GRPOTrainer
@@ -158,8 +188,15 @@ class GRPOFromLogs(WeightTrainer):
         # a batch holds whole groups, and no more groups than the window has
         batch = max(g, min(args["per_device_train_batch_size"], g * len(rows)) // g * g)
         args = {**args, "per_device_train_batch_size": batch}
-        config = GRPOConfig(**{"num_generations": g, "beta": c.beta, "max_completion_length": c.max_completion_length,
-                               "use_vllm": False, **args})
+        config = GRPOConfig(
+            **{
+                "num_generations": g,
+                "beta": c.beta,
+                "max_completion_length": c.max_completion_length,
+                "use_vllm": False,
+                **args,
+            }
+        )
         cursor: dict[str, int] = {}
         replayed = self.replayed
 
@@ -185,26 +222,37 @@ class GRPOFromLogs(WeightTrainer):
                     logprobs = None  # trl takes sampling logprobs for the whole batch or not at all
             return {**out, "logprobs": logprobs}
 
-        def logged_reward(prompts: list[str], completions: list[Any], logged_reward: list[float],
-                          **_: Any) -> list[float]:
+        def logged_reward(
+            prompts: list[str], completions: list[Any], logged_reward: list[float], **_: Any
+        ) -> list[float]:
             return list(logged_reward)
 
-        return GRPOTrainer(model=model, args=config, train_dataset=to_dataset(rows), processing_class=tokenizer,
-                           reward_funcs=[logged_reward], rollout_func=replay, peft_config=peft_config)
+        return GRPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=to_dataset(rows),
+            processing_class=tokenizer,
+            reward_funcs=[logged_reward],
+            rollout_func=replay,
+            peft_config=peft_config,
+        )
 
     def metrics(self, trainer: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
         rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-        metrics = {"metrics.groups": str(len(rows)),
-                   "metrics.replayed": str(self.replayed["attempts"]),
-                   "metrics.replayed_logged_tokens": str(self.replayed["logged_tokens"]),
-                   "metrics.replayed_logged_logprobs": str(self.replayed["logged_logprobs"])}
+        metrics = {
+            "metrics.groups": str(len(rows)),
+            "metrics.replayed": str(self.replayed["attempts"]),
+            "metrics.replayed_logged_tokens": str(self.replayed["logged_tokens"]),
+            "metrics.replayed_logged_logprobs": str(self.replayed["logged_logprobs"]),
+        }
         if rewards:
             metrics["metrics.reward_mean"] = f"{sum(rewards) / len(rewards):.6g}"
         return metrics
 
 
-def _replay_tokens(attempt: Attempt, tokenizer: Any, fmt: str, use_logged: bool,
-                   max_completion: int) -> tuple[list[int], list[int], list[float] | None | bool]:
+def _replay_tokens(
+    attempt: Attempt, tokenizer: Any, fmt: str, use_logged: bool, max_completion: int
+) -> tuple[list[int], list[int], list[float] | None | bool]:
     """Prompt ids, completion ids and logged logprobs of an attempt.
 
     The third value is ``False`` when the ids were re-tokenized from text (no logprobs apply then),
@@ -217,8 +265,9 @@ def _replay_tokens(attempt: Attempt, tokenizer: Any, fmt: str, use_logged: bool,
         logprobs = logged[: len(completion)] if len(logged) >= len(completion) else None
         return list(t.prompt_token_ids), completion, logprobs
     if fmt == "messages":
-        prompt_ids = tokenizer.apply_chat_template(prompt_messages(t), tokenize=True, add_generation_prompt=True,
-                                                   return_dict=True)["input_ids"]
+        prompt_ids = tokenizer.apply_chat_template(
+            prompt_messages(t), tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
     else:
         prompt_ids = tokenizer(prompt_text(t))["input_ids"]
     completion = tokenizer(response_text(t), add_special_tokens=False)["input_ids"]

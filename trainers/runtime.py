@@ -96,8 +96,13 @@ class TripletFilter:
 
     def describe(self) -> str:
         return orjson.dumps(
-            {"resource": self.resource_name, "task_types": list(self.task_types), "modes": list(self.modes),
-             "min_reward": self.min_reward, "require_reward": self.require_reward},
+            {
+                "resource": self.resource_name,
+                "task_types": list(self.task_types),
+                "modes": list(self.modes),
+                "min_reward": self.min_reward,
+                "require_reward": self.require_reward,
+            },
             option=orjson.OPT_SORT_KEYS,
         ).decode()
 
@@ -121,8 +126,11 @@ class TripletWindow:
     def window_id(self) -> str:
         """Deterministic: the same offsets of the same topic for the same group give the same id."""
         body = orjson.dumps(
-            {"topic": self.topic, "group": self.group_id,
-             "ranges": {str(p): list(r) for p, r in sorted(self.ranges.items())}},
+            {
+                "topic": self.topic,
+                "group": self.group_id,
+                "ranges": {str(p): list(r) for p, r in sorted(self.ranges.items())},
+            },
             option=orjson.OPT_SORT_KEYS,
         )
         return hashlib.sha256(body).hexdigest()[:16]
@@ -142,7 +150,9 @@ class TripletWindow:
             "window.id": self.window_id,
             "window.topic": self.topic,
             "window.group": self.group_id,
-            "window.offsets": orjson.dumps({str(p): list(r) for p, r in sorted(self.ranges.items())}).decode(),
+            "window.offsets": orjson.dumps(
+                {str(p): list(r) for p, r in sorted(self.ranges.items())}
+            ).decode(),
             "window.count": str(len(self.triplets)),
             "window.records": str(self.records),
             "window.from_us": str(start),
@@ -161,7 +171,9 @@ def window_ends(versions: Iterable[ResourceVersion], topic: str, group_id: str) 
         try:
             ranges = orjson.loads(lineage.get("window.offsets", "{}"))
         except orjson.JSONDecodeError:
-            logger.warning("%s v%d: unreadable window.offsets in its lineage", version.resource_name, version.version)
+            logger.warning(
+                "%s v%d: unreadable window.offsets in its lineage", version.resource_name, version.version
+            )
             continue
         for partition, (_, end) in ranges.items():
             ends[int(partition)] = max(ends.get(int(partition), 0), int(end))
@@ -213,7 +225,9 @@ class TripletStream:
         self.name = name
         self.filter = triplet_filter or TripletFilter()
         self.window_count = window_count or self.settings.trainer.window_count
-        self.window_seconds = window_seconds if window_seconds is not None else self.settings.trainer.window_seconds
+        self.window_seconds = (
+            window_seconds if window_seconds is not None else self.settings.trainer.window_seconds
+        )
         self.recover = recover
         self.skip_trained = skip_trained
         self.topic = self.settings.topic(TRIPLETS.name)
@@ -225,7 +239,9 @@ class TripletStream:
         self._window = _OpenWindow()
         self._trained: OrderedDict[str, int] = OrderedDict()
         self._last_progress_commit = 0.0
-        resolver = SchemaTopicResolver(self.settings.consumer_config("unused"), self.settings.topic(SCHEMAS.name))
+        resolver = SchemaTopicResolver(
+            self.settings.consumer_config("unused"), self.settings.topic(SCHEMAS.name)
+        )
         self._deserializer = AvroDeserializer(
             store=SchemaStore.shipped(resolver), registry=self.settings.schema_registry_url
         )
@@ -248,8 +264,9 @@ class TripletStream:
                 },
             )
         )
-        consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
+        consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         self._consumer = consumer
         return self
 
@@ -275,7 +292,9 @@ class TripletStream:
 
     # ---- windows ------------------------------------------------------------------------------------
     def next_window(
-        self, stop: threading.Event | None = None, timeout: float | None = None,
+        self,
+        stop: threading.Event | None = None,
+        timeout: float | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> TripletWindow | None:
         """Block until a window closes; ``None`` when ``stop`` is set or ``timeout`` passes first.
@@ -348,16 +367,27 @@ class TripletStream:
             return Triplet.from_avro(self._deserializer(value))
         except (MalformedRecordError, ValueError) as e:
             self.undecodable += 1
-            logger.error("%s: skipping undecodable triplet %s[%d]@%d: %s", self.name, message.topic(),
-                         message.partition(), message.offset(), e)
+            logger.error(
+                "%s: skipping undecodable triplet %s[%d]@%d: %s",
+                self.name,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                e,
+            )
             return None
 
     def _add(self, triplet: Triplet) -> None:
         window = self._window
         trained = self._trained.get(triplet.triplet_id)
         if trained is not None:
-            logger.debug("%s: %s v%d was already trained (v%d)", self.name, triplet.triplet_id, triplet.version,
-                         trained)
+            logger.debug(
+                "%s: %s v%d was already trained (v%d)",
+                self.name,
+                triplet.triplet_id,
+                triplet.version,
+                trained,
+            )
             return
         current = window.latest.get(triplet.triplet_id)
         if current is not None and current.version >= triplet.version:
@@ -376,8 +406,11 @@ class TripletStream:
             return None
         if len(window.accepted) >= self.window_count:
             return self._close("count")
-        if self.window_seconds is not None and window.first_accepted_at is not None \
-                and now - window.first_accepted_at >= self.window_seconds:
+        if (
+            self.window_seconds is not None
+            and window.first_accepted_at is not None
+            and now - window.first_accepted_at >= self.window_seconds
+        ):
             return self._close("time")
         return None
 
@@ -421,7 +454,9 @@ class TripletStream:
                 if tp.offset >= 0:
                     committed[tp.partition] = tp.offset
         except KafkaException as e:
-            logger.warning("%s: could not read committed offsets (%s); the broker's positions are used", self.name, e)
+            logger.warning(
+                "%s: could not read committed offsets (%s); the broker's positions are used", self.name, e
+            )
         published = self.recover(numbers) if self.recover is not None else {}
         ahead = []
         for tp in partitions:
@@ -429,8 +464,13 @@ class TripletStream:
             end = published.get(tp.partition)
             if end is not None and (start is None or end > start):
                 # published, but the commit was lost: never read that window again
-                logger.warning("%s: partition %d resumes at %d, where its last published window ended "
-                               "(committed: %s)", self.name, tp.partition, end, start)
+                logger.warning(
+                    "%s: partition %d resumes at %d, where its last published window ended (committed: %s)",
+                    self.name,
+                    tp.partition,
+                    end,
+                    start,
+                )
                 start = end
                 ahead.append(TopicPartition(self.topic, tp.partition, end))
             if start is not None:
@@ -473,8 +513,9 @@ class WindowTrainer:
     resource_name: str
     triplet_filter: TripletFilter
 
-    def train_window(self, window: TripletWindow, stop: threading.Event | None = None,
-                     progress: Progress | None = None) -> WindowOutcome:
+    def train_window(
+        self, window: TripletWindow, stop: threading.Event | None = None, progress: Progress | None = None
+    ) -> WindowOutcome:
         raise NotImplementedError
 
 
@@ -504,27 +545,47 @@ def run_trainer(
     limit = 1 if once else max_windows
 
     def recover(_partitions: list[int]) -> dict[int, int]:
-        return window_ends(published_versions(store, trainer.resource_name, trainer.name), stream.topic,
-                           stream.group_id)
+        return window_ends(
+            published_versions(store, trainer.resource_name, trainer.name), stream.topic, stream.group_id
+        )
 
-    stream = TripletStream(settings, trainer.name, trainer.triplet_filter, window_count=window_count,
-                           window_seconds=window_seconds, recover=recover)
+    stream = TripletStream(
+        settings,
+        trainer.name,
+        trainer.triplet_filter,
+        window_count=window_count,
+        window_seconds=window_seconds,
+        recover=recover,
+    )
     outcomes: list[WindowOutcome] = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        disable=not show_progress, transient=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=False,
+    )
     with stream, progress:
         while not stop.is_set() and (limit is None or len(outcomes) < limit):
             filling = progress.add_task(f"window {len(outcomes) + 1}: triplets", total=stream.window_count)
             window = stream.next_window(
-                stop, idle_timeout, lambda accepted, _records, task=filling: progress.update(task, completed=accepted)
+                stop,
+                idle_timeout,
+                lambda accepted, _records, task=filling: progress.update(task, completed=accepted),
             )
             progress.remove_task(filling)
             if window is None:
                 break
             existing = find_window_version(store, trainer.resource_name, window.window_id)
             if existing is not None:
-                logger.warning("%s: window %s was already trained into %s v%d; not training it again",
-                               trainer.name, window.window_id, existing.resource_name, existing.version)
+                logger.warning(
+                    "%s: window %s was already trained into %s v%d; not training it again",
+                    trainer.name,
+                    window.window_id,
+                    existing.resource_name,
+                    existing.version,
+                )
                 outcome = WindowOutcome(window, existing, "already published")
             else:
                 outcome = trainer.train_window(window, stop, progress)

@@ -40,9 +40,15 @@ class StreamSFTTrainer(WeightTrainer):
 
     def make_filter(self) -> TripletFilter:
         base = super().make_filter()
-        threshold = self.config.min_reward if self.config.min_reward is not None else self.settings.trainer.min_reward
-        return TripletFilter(resource_name=base.resource_name, task_types=base.task_types, modes=base.modes,
-                             min_reward=threshold)
+        threshold = (
+            self.config.min_reward if self.config.min_reward is not None else self.settings.trainer.min_reward
+        )
+        return TripletFilter(
+            resource_name=base.resource_name,
+            task_types=base.task_types,
+            modes=base.modes,
+            min_reward=threshold,
+        )
 
     def rows(self, triplets: list[Any], tokenizer: Any) -> list[dict[str, Any]]:
         fmt = resolve_format(self.config.format, tokenizer)
@@ -54,8 +60,9 @@ class StreamSFTTrainer(WeightTrainer):
             self.row_format = "conversational prompt/completion (completion-only loss)"
         return rows
 
-    def trl_trainer(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any,
-                    args: dict[str, Any]) -> Any:
+    def trl_trainer(
+        self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any, args: dict[str, Any]
+    ) -> Any:
         from trl import SFTConfig, SFTTrainer
 
         conversation = "messages" in rows[0]
@@ -68,8 +75,13 @@ class StreamSFTTrainer(WeightTrainer):
                 **args,
             }
         )
-        return SFTTrainer(model=model, args=config, train_dataset=to_dataset(rows), processing_class=tokenizer,
-                          peft_config=peft_config)
+        return SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=to_dataset(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
 
     def metrics(self, trainer: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
         return {"sft.rows": self.row_format}

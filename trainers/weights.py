@@ -105,8 +105,9 @@ class WeightTrainer(WindowTrainer):
         """The training rows of a window's triplets (an empty list skips the window)."""
         raise NotImplementedError
 
-    def trl_trainer(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any,
-                    args: dict[str, Any]) -> Any:
+    def trl_trainer(
+        self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any, args: dict[str, Any]
+    ) -> Any:
         """The trl trainer for these rows; ``args`` are the shared trl config fields."""
         raise NotImplementedError
 
@@ -126,19 +127,25 @@ class WeightTrainer(WindowTrainer):
             self._store = ResourceStore(self.settings, who=f"trainer:{self.name}").open()
         return self._store
 
-    def train_window(self, window: TripletWindow, stop: threading.Event | None = None,
-                     progress: Progress | None = None) -> WindowOutcome:
+    def train_window(
+        self, window: TripletWindow, stop: threading.Event | None = None, progress: Progress | None = None
+    ) -> WindowOutcome:
         """Train on ``window``, save the checkpoint, publish it with its lineage (labelled ``config.label``)."""
         c = self.config
         init = self._init_version()
         model, tokenizer, peft_config = load_policy(
-            c.base_model, init=init, lora_r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+            c.base_model,
+            init=init,
+            lora_r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
             lora_target_modules=c.lora_target_modules,
         )
         rows = self.rows(window.triplets, tokenizer)
         if not rows:
-            return WindowOutcome(window, None, f"skipped: no {self.algorithm} examples in "
-                                               f"{len(window.triplets)} triplets")
+            return WindowOutcome(
+                window, None, f"skipped: no {self.algorithm} examples in {len(window.triplets)} triplets"
+            )
         root = Path(c.output_dir) if c.output_dir is not None else output_root(self.settings)
         scratch = root / self.resource_name / f".trl-{self.name}-{window.window_id}"
         args = self._trl_args(scratch)
@@ -152,7 +159,9 @@ class WeightTrainer(WindowTrainer):
         if stop is not None and stop.is_set():
             return WindowOutcome(window, None, "interrupted")
         adapter = (init is not None and init.config.get("adapter") == "true") or peft_config is not None
-        base_model = init.config.get("base_model", c.base_model) if init is not None and adapter else c.base_model
+        base_model = (
+            init.config.get("base_model", c.base_model) if init is not None and adapter else c.base_model
+        )
         path = reserve_checkpoint_dir(root, self.resource_name, self.store)
         save_checkpoint(trainer.model, tokenizer, path)
         lineage = {
@@ -169,9 +178,15 @@ class WeightTrainer(WindowTrainer):
             **self.metrics(trainer, rows),
         }
         version = publish_checkpoint(
-            self.store, self.resource_name, path, base_model=base_model, adapter=adapter, lineage=lineage,
+            self.store,
+            self.resource_name,
+            path,
+            base_model=base_model,
+            adapter=adapter,
+            lineage=lineage,
             config={"algorithm": self.algorithm, **self.version_config()},
-            parent_version=init.version if init is not None else None, label=c.label,
+            parent_version=init.version if init is not None else None,
+            label=c.label,
         )
         return WindowOutcome(window, version, "published")
 
@@ -187,9 +202,16 @@ class WeightTrainer(WindowTrainer):
         """Consume the triplet topic and train window after window (see :func:`.runtime.run_trainer`)."""
         try:
             return run_trainer(
-                self, self.settings, self.store, window_count=self.config.window_count,
-                window_seconds=self.config.window_seconds, once=once, max_windows=max_windows, stop=stop,
-                idle_timeout=idle_timeout, show_progress=show_progress,
+                self,
+                self.settings,
+                self.store,
+                window_count=self.config.window_count,
+                window_seconds=self.config.window_seconds,
+                once=once,
+                max_windows=max_windows,
+                stop=stop,
+                idle_timeout=idle_timeout,
+                show_progress=show_progress,
             )
         finally:
             self.close()
@@ -242,8 +264,11 @@ def _loss_metrics(history: list[dict[str, Any]]) -> dict[str, str]:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     if not losses:
         return {}
-    return {"metrics.train_loss_first": f"{losses[0]:.6g}", "metrics.train_loss_last": f"{losses[-1]:.6g}",
-            "metrics.train_loss_mean": f"{sum(losses) / len(losses):.6g}"}
+    return {
+        "metrics.train_loss_first": f"{losses[0]:.6g}",
+        "metrics.train_loss_last": f"{losses[-1]:.6g}",
+        "metrics.train_loss_mean": f"{sum(losses) / len(losses):.6g}",
+    }
 
 
 def _tokens_seen(trainer: Any) -> int:

@@ -36,7 +36,9 @@ class AnalyticsData:
 
 
 @pytest.fixture(scope="session")
-def analytics_data(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyticsData]:
+def analytics_data(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AnalyticsData]:
     """The analytics scenario sent through broker, stream worker and sink into chDB, once per session."""
     settings = Settings(
         bootstrap_servers=broker.bootstrap_servers,
@@ -66,7 +68,10 @@ def analytics_data(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFact
             # the per-version windows the worker emits every metrics_flush_seconds (the dashboard's A/B series)
             windowed = client.query("SELECT sum(rollouts) FROM version_metrics_by_window").result_rows[0][0]
             return (
-                ended == expected and handoffs == len(facts.handoffs) and triplets >= facts.triplets and labels >= 3
+                ended == expected
+                and handoffs == len(facts.handoffs)
+                and triplets >= facts.triplets
+                and labels >= 3
                 and windowed == expected
             )
 

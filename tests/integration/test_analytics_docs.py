@@ -53,7 +53,9 @@ def copy_history(source: Any, target: Any, offset_shift: int = 0) -> None:
     """Insert every row of the history tables of ``source`` into ``target``, as the sink would write them
     again after a redelivery: same values, Kafka offsets moved by ``offset_shift``, a new ``ingested_at``."""
     for table in HISTORY_TABLES:
-        columns = [c for c in source.query(f"SELECT * FROM {table} LIMIT 0").column_names if c != "ingested_at"]
+        columns = [
+            c for c in source.query(f"SELECT * FROM {table} LIMIT 0").column_names if c != "ingested_at"
+        ]
         select = [f"_offset + {offset_shift} AS _offset" if c == "_offset" else c for c in columns]
         block = source.raw_query(f"SELECT {', '.join(select)} FROM {table}", fmt="Native")
         target.raw_insert(table, columns, insert_block=block, fmt="Native")
@@ -62,7 +64,9 @@ def copy_history(source: Any, target: Any, offset_shift: int = 0) -> None:
 @pytest.fixture(scope="module")
 def results(analytics_data: AnalyticsData) -> dict[int, list[dict[str, Any]]]:
     client = analytics_data.client()
-    return {n: run(client, sql, parameters_for(sql, analytics_data)) for n, (_, _, sql) in doc_queries().items()}
+    return {
+        n: run(client, sql, parameters_for(sql, analytics_data)) for n, (_, _, sql) in doc_queries().items()
+    }
 
 
 def by_version(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -96,15 +100,22 @@ def test_1_success_rate_reward_and_handoffs_per_version(results: dict, analytics
         assert row["handoff_rate"] == pytest.approx(expected["handoff_rate"], abs=1e-3)
         assert row["cost"] == pytest.approx(expected["cost"], rel=1e-9)
         assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
-    assert rows["1"]["success_rate"] == pytest.approx(0.5) and rows["2"]["success_rate"] == pytest.approx(0.75)
-    assert rows["1"]["handoff_rate"] == pytest.approx(0.1) and rows["2"]["handoff_rate"] == pytest.approx(0.25)
+    assert rows["1"]["success_rate"] == pytest.approx(0.5) and rows["2"]["success_rate"] == pytest.approx(
+        0.75
+    )
+    assert rows["1"]["handoff_rate"] == pytest.approx(0.1) and rows["2"]["handoff_rate"] == pytest.approx(
+        0.25
+    )
 
 
 def test_2_ab_compares_the_candidate_with_the_production_it_challenged(
     results: dict, analytics_data: AnalyticsData
 ) -> None:
     [row] = results[2]
-    production, candidate = expected_version(analytics_data.facts, "1"), expected_version(analytics_data.facts, "2")
+    production, candidate = (
+        expected_version(analytics_data.facts, "1"),
+        expected_version(analytics_data.facts, "2"),
+    )
     # production moved to v2 after the run: the A/B still compares v2 with v1, the version it challenged
     assert (row["production_version"], row["candidate_version"]) == ("1", "2")
     assert (row["production_n"], row["production_successes"]) == (20, production["succeeded"])
@@ -125,7 +136,11 @@ def test_3_failure_causes_per_version(results: dict, analytics_data: AnalyticsDa
             assert row["share"] == pytest.approx(row["rollouts"] / failed, abs=1e-3)
             assert row["example_error"]
     assert {r["failure_cause"] for r in results[3] if r["resource_version"] == "1"} == {
-        "tool_error", "parse_error", "task_failed", "prompt_drift", "llm_error"
+        "tool_error",
+        "parse_error",
+        "task_failed",
+        "prompt_drift",
+        "llm_error",
     }
     assert [(r["failure_cause"], r["rollouts"]) for r in results[3] if r["resource_version"] == "2"] == [
         ("task_failed", 5)
@@ -175,7 +190,10 @@ def test_6_handoff_rate_trend(results: dict, analytics_data: AnalyticsData) -> N
         assert sum(r["rollouts"] for r in rows) == expected["rollouts"]
         for row in rows:
             assert row["handoff_rate"] == pytest.approx(row["handoffs"] / row["rollouts"], abs=1e-3)
-    assert {v: sum(r["handoffs"] for r in rows) for v, rows in by_version(results[6]).items()} == {"1": 2, "2": 5}
+    assert {v: sum(r["handoffs"] for r in rows) for v, rows in by_version(results[6]).items()} == {
+        "1": 2,
+        "2": 5,
+    }
 
 
 def test_7_reward_distribution(results: dict, analytics_data: AnalyticsData) -> None:
@@ -204,14 +222,19 @@ def test_8_top_tool_errors_show_the_arguments(results: dict, analytics_data: Ana
 
 def test_9_rollouts_whose_prompt_drifted(results: dict, analytics_data: AnalyticsData) -> None:
     assert sorted(r["rollout_id"] for r in results[9]) == analytics_data.facts.failing("prompt_drift")
-    assert {(r["resource_name"], r["given_version"], r["used_version"]) for r in results[9]} == {(RESOURCE, "1", "2")}
+    assert {(r["resource_name"], r["given_version"], r["used_version"]) for r in results[9]} == {
+        (RESOURCE, "1", "2")
+    }
 
 
 def test_10_triplets_ready_for_sft(results: dict, analytics_data: AnalyticsData) -> None:
     facts = analytics_data.facts
     # a drifted rollout's LLM call ran v2: its triplet is v2's (and failed)
-    ready = Counter("2" if r["cause"] == "prompt_drift" else r["version"] for r in facts.rollouts.values()
-                    if r["succeeded"])
+    ready = Counter(
+        "2" if r["cause"] == "prompt_drift" else r["version"]
+        for r in facts.rollouts.values()
+        if r["succeeded"]
+    )
     rows = {r["resource_version"]: r for r in results[10]}
     assert {v: r["ready"] for v, r in rows.items()} == dict(ready) == {"1": 10, "2": 15}
     assert {v: r["ready_rollouts"] for v, r in rows.items()} == dict(ready)
@@ -220,6 +243,7 @@ def test_10_triplets_ready_for_sft(results: dict, analytics_data: AnalyticsData)
 
 def _normalised(rows: list[dict[str, Any]]) -> list[tuple]:
     """Rows comparable across runs: arrays as sorted tuples (groupUniqArray has no order), floats rounded."""
+
     def value(v: Any) -> Any:
         if isinstance(v, list):
             return tuple(sorted(map(str, v)))
@@ -239,7 +263,9 @@ def test_views_and_queries_are_unchanged_when_every_record_arrives_twice(
         # merges would collapse the duplicates themselves: the views must do without them
         clickhouse.command(f"SYSTEM STOP MERGES {table}")
     copy_history(source, clickhouse)
-    copied = {table: clickhouse.query(f"SELECT count() FROM {table}").result_rows[0][0] for table in HISTORY_TABLES}
+    copied = {
+        table: clickhouse.query(f"SELECT count() FROM {table}").result_rows[0][0] for table in HISTORY_TABLES
+    }
     views = {
         "version_summary": "SELECT * FROM version_summary ORDER BY resource_name, resource_version",
         "rollout_outcomes": "SELECT * FROM rollout_outcomes ORDER BY rollout_id, resource_name",
@@ -250,8 +276,10 @@ def test_views_and_queries_are_unchanged_when_every_record_arrives_twice(
     queries = {**views, **{f"query {n}": sql for n, (_, _, sql) in doc_queries().items()}}
 
     def figures() -> dict[str, list[tuple]]:
-        return {name: _normalised(run(clickhouse, sql, parameters_for(sql, analytics_data)))
-                for name, sql in queries.items()}
+        return {
+            name: _normalised(run(clickhouse, sql, parameters_for(sql, analytics_data)))
+            for name, sql in queries.items()
+        }
 
     once = figures()
     summary = {r["resource_version"]: r for r in run(clickhouse, views["version_summary"], {})}
@@ -274,7 +302,7 @@ def test_the_docs_price_statement_sets_prices_and_a_new_price_replaces_the_old(
     analytics_data: AnalyticsData, clickhouse: Any
 ) -> None:
     text = DOCS.read_text()
-    section = text[text.index("## Model prices"):text.index("## The ten queries")]
+    section = text[text.index("## Model prices") : text.index("## The ten queries")]
     [statement] = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
     migrate(clickhouse)
     copy_history(analytics_data.client(), clickhouse)
@@ -283,9 +311,9 @@ def test_the_docs_price_statement_sets_prices_and_a_new_price_replaces_the_old(
     assert prices["gpt-4.1-mini"] == pytest.approx(1.60) and prices["gemma-3-270m"] == 0
 
     def cost(version: str) -> float:
-        return run(clickhouse, "SELECT cost FROM version_summary WHERE resource_version = {v:String}", {"v": version})[0][
-            "cost"
-        ]
+        return run(
+            clickhouse, "SELECT cost FROM version_summary WHERE resource_version = {v:String}", {"v": version}
+        )[0]["cost"]
 
     before = expected_version(analytics_data.facts, "1")["cost"]
     assert cost("1") == pytest.approx(before)

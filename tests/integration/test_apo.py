@@ -44,7 +44,12 @@ def stratified(split: str, per_queue: int) -> list[Any]:
 
 
 def task(ticket: Any, temperature: float) -> dict[str, Any]:
-    return {"ticket_id": ticket.ticket_id, "text": ticket.text, "queue": ticket.queue, "temperature": temperature}
+    return {
+        "ticket_id": ticket.ticket_id,
+        "text": ticket.text,
+        "queue": ticket.queue,
+        "temperature": temperature,
+    }
 
 
 def test_template_parts_round_trip() -> None:
@@ -56,26 +61,40 @@ def test_template_parts_round_trip() -> None:
 
 
 def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm: LocalLLMServer) -> None:
-    settings = settings.model_copy(update={
-        "runner": settings.runner.model_copy(update={"group_id": f"r-{uuid.uuid4().hex[:6]}",
-                                                     "session_timeout_ms": 2_000}),
-        "streams": settings.streams.model_copy(update={"session_timeout_ms": 2_000, "heartbeat_interval_ms": 400,
-                                                       "timer_interval_seconds": 0.1}),
-    })
+    settings = settings.model_copy(
+        update={
+            "runner": settings.runner.model_copy(
+                update={"group_id": f"r-{uuid.uuid4().hex[:6]}", "session_timeout_ms": 2_000}
+            ),
+            "streams": settings.streams.model_copy(
+                update={
+                    "session_timeout_ms": 2_000,
+                    "heartbeat_interval_ms": 400,
+                    "timer_interval_seconds": 0.1,
+                }
+            ),
+        }
+    )
     worker = WorkerProcess(settings).start()
     client = AgentStream(settings)
     store = ResourceStore(settings, who="test").open()
     business = BusinessEvents(client, seed=1, delay=(0.05, 0.2))
-    runner = Runner(SupportAgent(llm.base_url, GEMMA_MODEL, business=business), settings, client=client,
-                    concurrency=2, resources=store)
+    runner = Runner(
+        SupportAgent(llm.base_url, GEMMA_MODEL, business=business),
+        settings,
+        client=client,
+        concurrency=2,
+        resources=store,
+    )
     try:
         worker.wait_ready()
         runner.start()
         seed = store.publish(PROMPT_RESOURCE, template=SEED_PROMPT, labels=["production"])
         with RolloutEvaluator(settings, client, timeout=300) as evaluator:
             # production traffic on the seed: the base model fails, humans file the escalations
-            traffic = evaluator.run([task(t, 0.7) for t in stratified("train", 4)], mode="train",
-                                    resource_name=PROMPT_RESOURCE)
+            traffic = evaluator.run(
+                [task(t, 0.7) for t in stratified("train", 4)], mode="train", resource_name=PROMPT_RESOURCE
+            )
             assert set(traffic.versions) == {str(seed.version)}
             business.close()
             assert business.handoffs > 0
@@ -84,9 +103,21 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
             events: list[tuple[str, dict[str, Any]]] = []
             val = [task(t, 0.0) for t in stratified("val", 2)]
             trainer = APOTrainer(
-                APOConfig(resource_name=PROMPT_RESOURCE, beam_width=1, branch_factor=2, rounds=1, demos=4, demo_min_reward=DEMO_MIN_REWARD,
-                          optimizer_model=GEMMA_MODEL, optimizer_api="completions", seed=3),
-                settings, evaluator=evaluator, val_items=val, store=store,
+                APOConfig(
+                    resource_name=PROMPT_RESOURCE,
+                    beam_width=1,
+                    branch_factor=2,
+                    rounds=1,
+                    demos=4,
+                    demo_min_reward=DEMO_MIN_REWARD,
+                    optimizer_model=GEMMA_MODEL,
+                    optimizer_api="completions",
+                    seed=3,
+                ),
+                settings,
+                evaluator=evaluator,
+                val_items=val,
+                store=store,
                 optimizer=openai.OpenAI(base_url=llm.base_url, api_key="local"),
                 on_event=lambda kind, fields: events.append((kind, fields)),
             )

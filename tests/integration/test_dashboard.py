@@ -49,7 +49,9 @@ def _ids(response: httpx.Response) -> list[str]:
 
 
 # ---- rollouts list ------------------------------------------------------------------------------------
-def test_rollouts_api_lists_every_rollout_with_its_outcome(api: TestClient, analytics_data: AnalyticsData) -> None:
+def test_rollouts_api_lists_every_rollout_with_its_outcome(
+    api: TestClient, analytics_data: AnalyticsData
+) -> None:
     facts = analytics_data.facts
     body = api.get("/api/rollouts", params={"limit": 500}).json()
     assert body["total"] == len(facts.rollouts) == 40
@@ -73,12 +75,16 @@ def test_filters_narrow_the_list(api: TestClient, analytics_data: AnalyticsData)
     failed = {rid for rid, r in facts.rollouts.items() if not r["succeeded"]}
     assert set(_ids(api.get("/api/rollouts", params={"status": "failed", "limit": 500}))) == failed
     v1_failed = {rid for rid in failed if facts.rollouts[rid]["version"] == "1"}
-    response = api.get("/api/rollouts", params={"status": "failed", "resource": RESOURCE, "version": "1", "limit": 500})
+    response = api.get(
+        "/api/rollouts", params={"status": "failed", "resource": RESOURCE, "version": "1", "limit": 500}
+    )
     assert set(_ids(response)) == v1_failed and len(v1_failed) == 10
     v2 = {rid for rid, r in facts.rollouts.items() if r["version"] == "2"}
     assert set(_ids(api.get("/api/rollouts", params={"version": "2", "limit": 500}))) == v2
     for cause in set(V1_CAUSES):
-        assert sorted(_ids(api.get("/api/rollouts", params={"cause": cause, "limit": 500}))) == facts.failing(cause)
+        assert sorted(_ids(api.get("/api/rollouts", params={"cause": cause, "limit": 500}))) == facts.failing(
+            cause
+        )
     assert len(_ids(api.get("/api/rollouts", params={"min_reward": 0.5, "limit": 500}))) == 25
     assert set(_ids(api.get("/api/rollouts", params={"max_reward": 0.5, "limit": 500}))) == failed
     assert len(_ids(api.get("/api/rollouts", params={"mode": "train", "limit": 500}))) == 40
@@ -112,9 +118,17 @@ def test_sorting_and_pagination(api: TestClient, analytics_data: AnalyticsData) 
     assert past_the_end["rows"] == [] and past_the_end["total"] == 40
     ascending = api.get("/api/rollouts", params={"limit": 500, "order": "asc"}).json()["rows"]
     assert [r["rollout_id"] for r in ascending] == seen  # pages in created_at order, no overlap
-    by_latency = [r["latency_ms"] for r in api.get("/api/rollouts", params={"sort": "latency", "limit": 500}).json()["rows"]]
+    by_latency = [
+        r["latency_ms"]
+        for r in api.get("/api/rollouts", params={"sort": "latency", "limit": 500}).json()["rows"]
+    ]
     assert by_latency == sorted(by_latency, reverse=True)
-    by_reward = [r["reward_mean"] for r in api.get("/api/rollouts", params={"sort": "reward", "order": "asc", "limit": 500}).json()["rows"]]
+    by_reward = [
+        r["reward_mean"]
+        for r in api.get("/api/rollouts", params={"sort": "reward", "order": "asc", "limit": 500}).json()[
+            "rows"
+        ]
+    ]
     assert by_reward == sorted(by_reward) and by_reward[0] == 0.0 and by_reward[-1] == 1.0
 
 
@@ -151,7 +165,10 @@ def test_bad_filters_are_rejected_with_a_message(api: TestClient) -> None:
     for query, message in cases.items():
         response = api.get(f"/api/rollouts?{query}")
         assert response.status_code == 400, query
-        assert response.json()["error"] == "Bad request" and message in response.json()["detail"], (query, response.text)
+        assert response.json()["error"] == "Bad request" and message in response.json()["detail"], (
+            query,
+            response.text,
+        )
     page = api.get("/rollouts?status=bogus")
     assert page.status_code == 400 and "status" in page.text and "<html" in page.text
 
@@ -198,7 +215,10 @@ def test_waterfall_of_a_tool_error_shows_the_arguments_and_the_error(
 
     rows = detail["waterfall"]["rows"]
     assert [(r["row"], r["name"], r["depth"]) for r in rows] == [
-        ("span", "rollout", 0), ("span", "route", 1), ("span", "create_ticket", 1), ("reward", "routing", 1)
+        ("span", "rollout", 0),
+        ("span", "route", 1),
+        ("span", "create_ticket", 1),
+        ("reward", "routing", 1),
     ]
     spans = _rows(detail)
     tool = spans["create_ticket"]
@@ -230,7 +250,9 @@ def test_waterfall_of_a_tool_error_shows_the_arguments_and_the_error(
     assert "create_ticket(queue=&#39;shipping&#39;)" in text and "create_ticket(queue='shipping')" not in text
 
 
-def test_every_failure_cause_is_visible_in_its_waterfall(api: TestClient, analytics_data: AnalyticsData) -> None:
+def test_every_failure_cause_is_visible_in_its_waterfall(
+    api: TestClient, analytics_data: AnalyticsData
+) -> None:
     facts = analytics_data.facts
     llm_error = api.get(f"/api/rollouts/{facts.failing('llm_error')[0]}").json()
     route = _rows(llm_error)["route"]
@@ -239,7 +261,10 @@ def test_every_failure_cause_is_visible_in_its_waterfall(api: TestClient, analyt
     assert llm_error["rollout"]["failure_cause"] == "llm_error"
 
     drift = api.get(f"/api/rollouts/{facts.failing('prompt_drift')[0]}").json()
-    assert drift["rollout"]["resources"] == {RESOURCE: "1"} and drift["rollout"]["failure_cause"] == "prompt_drift"
+    assert (
+        drift["rollout"]["resources"] == {RESOURCE: "1"}
+        and drift["rollout"]["failure_cause"] == "prompt_drift"
+    )
     assert _rows(drift)["route"]["resource"] == f"{RESOURCE} v2"  # the LLM call used another version
     assert "v2" in api.get(f"/rollouts/{facts.failing('prompt_drift')[0]}").text
 
@@ -267,7 +292,8 @@ def test_every_failure_cause_is_visible_in_its_waterfall(api: TestClient, analyt
 def test_unknown_rollout_is_404(api: TestClient) -> None:
     response = api.get("/api/rollouts/ro-does-not-exist")
     assert response.status_code == 404 and response.json() == {
-        "error": "Not found", "detail": "no rollout 'ro-does-not-exist'"
+        "error": "Not found",
+        "detail": "no rollout 'ro-does-not-exist'",
     }
     page = api.get("/rollouts/ro-does-not-exist")
     assert page.status_code == 404 and "no rollout" in html.unescape(page.text)
@@ -284,12 +310,22 @@ def test_resources_versions_labels_and_history(api: TestClient) -> None:
     detail = api.get(f"/api/resources/{RESOURCE}").json()
     versions = {v["version"]: v for v in detail["versions"]}
     assert versions[1]["template"].startswith("Route the ticket.\n") and versions[1]["parent_version"] is None
-    assert versions[2]["template"].startswith("Route the ticket to its queue.") and versions[2]["parent_version"] == 1
+    assert (
+        versions[2]["template"].startswith("Route the ticket to its queue.")
+        and versions[2]["parent_version"] == 1
+    )
     assert detail["labels"] == {"production": 2, "candidate": 2}
     assert "production" in versions[2]["labels"] and versions[1]["labels"] == []
-    history = [(m["label"], m["previous_version"], m["version"], m["reason"]) for m in detail["label_history"]]
+    history = [
+        (m["label"], m["previous_version"], m["version"], m["reason"]) for m in detail["label_history"]
+    ]
     assert history[0] == ("production", 1, 2, "promoted: candidate beat production")  # newest first
-    assert ("production", None, 1, "seed prompt") in history and ("candidate", None, 2, "APO winner") in history
+    assert ("production", None, 1, "seed prompt") in history and (
+        "candidate",
+        None,
+        2,
+        "APO winner",
+    ) in history
 
     page = html.unescape(api.get(f"/resources/{RESOURCE}").text)
     assert "promoted: candidate beat production" in page and "production → v2" in page
@@ -333,10 +369,15 @@ def test_ab_view_per_version(api: TestClient, analytics_data: AnalyticsData) -> 
     assert (versions["1"]["succeeded"], versions["2"]["succeeded"]) == (10, 15)
     assert "production" in versions["2"]["labels"] and versions["1"]["labels"] == []
     # the same figures as the version_summary view
-    summary = analytics_data.client().query(
-        "SELECT resource_version, success_rate, reward_mean, latency_p99_ms FROM version_summary "
-        "WHERE resource_name = {r:String}", parameters={"r": RESOURCE}
-    ).result_rows
+    summary = (
+        analytics_data.client()
+        .query(
+            "SELECT resource_version, success_rate, reward_mean, latency_p99_ms FROM version_summary "
+            "WHERE resource_name = {r:String}",
+            parameters={"r": RESOURCE},
+        )
+        .result_rows
+    )
     for version, success_rate, reward_mean, p99 in summary:
         assert versions[version]["success_rate"] == pytest.approx(success_rate)
         assert versions[version]["reward_mean"] == pytest.approx(reward_mean)
@@ -359,7 +400,9 @@ def test_ab_view_per_version(api: TestClient, analytics_data: AnalyticsData) -> 
 def test_ab_series_per_window(api: TestClient, analytics_data: AnalyticsData) -> None:
     series = api.get("/api/ab/series", params={"resource": RESOURCE}).json()["series"]
     assert set(series) == {"1", "2"}
-    totals = {v: (sum(w["rollouts"] for w in ws), sum(w["succeeded"] for w in ws)) for v, ws in series.items()}
+    totals = {
+        v: (sum(w["rollouts"] for w in ws), sum(w["succeeded"] for w in ws)) for v, ws in series.items()
+    }
     assert totals == {"1": (20, 10), "2": (20, 15)}
     for windows in series.values():
         starts = [w["window_start"] for w in windows]
@@ -374,12 +417,17 @@ def test_static_files_health_and_headers(api: TestClient) -> None:
     assert health.status_code == 200 and health.json() == {"ok": True, "clickhouse": "ok"}
     assert "fetch(" in api.get("/static/ab.js").text and ".waterfall" in api.get("/static/style.css").text
     headers = api.get("/rollouts").headers
-    assert "script-src 'self'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+    assert (
+        "script-src 'self'" in headers["content-security-policy"]
+        and headers["x-content-type-options"] == "nosniff"
+    )
 
 
 # ---- auth ------------------------------------------------------------------------------------------------
 def test_token_auth(analytics_data: AnalyticsData) -> None:
-    settings = analytics_data.settings.model_copy(update={"dashboard": DashboardSettings(token=SecretStr(TOKEN))})
+    settings = analytics_data.settings.model_copy(
+        update={"dashboard": DashboardSettings(token=SecretStr(TOKEN))}
+    )
     with TestClient(create_app(settings), follow_redirects=False) as client:
         assert client.get("/healthz").status_code == 200  # probes need no token
         assert client.get("/static/style.css").status_code == 200
@@ -398,7 +446,9 @@ def test_token_auth(analytics_data: AnalyticsData) -> None:
         assert cookie and TOKEN not in cookie  # the cookie does not carry the token itself
         page = client.get("/rollouts?status=failed")  # the client keeps the cookie
         assert page.status_code == 200 and "15 rollouts" in page.text
-        assert client.get("/api/ab").status_code == 200  # the cookie also opens the API (the live A/B fetches)
+        assert (
+            client.get("/api/ab").status_code == 200
+        )  # the cookie also opens the API (the live A/B fetches)
 
         client.cookies.clear()
         assert client.get("/api/rollouts").status_code == 401
@@ -469,7 +519,10 @@ def test_cli_serves_the_dashboard(analytics_data: AnalyticsData) -> None:
         assert health.json() == {"ok": True, "clickhouse": "ok"}
         assert httpx.get(f"{state.url}/api/rollouts", timeout=10).status_code == 401
         failed = httpx.get(
-            f"{state.url}/api/rollouts", params={"status": "failed"}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+            f"{state.url}/api/rollouts",
+            params={"status": "failed"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
         )
         assert failed.json()["total"] == 15
     finally:
@@ -483,7 +536,9 @@ def test_cli_serves_the_dashboard(analytics_data: AnalyticsData) -> None:
 def test_without_a_sink_it_reads_chdb_itself_but_never_holds_it(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     env = settings_env(settings)
-    subprocess.run([sys.executable, "-m", "agentstream.cli", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "agentstream.cli", "migrate"], env=env, check=True, capture_output=True
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "agentstream.cli", "dashboard", "--port", "0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -502,10 +557,18 @@ def test_without_a_sink_it_reads_chdb_itself_but_never_holds_it(tmp_path: Path) 
         )  # fmt: skip
         assert other.returncode == 0 and "[(7,)]" in other.stdout, other.stderr[-2000:]
         assert httpx.get(f"{state.url}/api/resources", timeout=30).json() == {"resources": []}
-        for path, shown in (("/", "No rollouts match"), ("/ab", "No rollout has run"), ("/resources", "No resource")):
+        for path, shown in (
+            ("/", "No rollouts match"),
+            ("/ab", "No rollout has run"),
+            ("/resources", "No resource"),
+        ):
             page = httpx.get(f"{state.url}{path}", timeout=30)
             assert page.status_code == 200 and shown in page.text, (path, page.text[-500:])
-        assert httpx.get(f"{state.url}/api/ab", timeout=30).json() == {"resource": None, "versions": [], "resources": []}
+        assert httpx.get(f"{state.url}/api/ab", timeout=30).json() == {
+            "resource": None,
+            "versions": [],
+            "resources": [],
+        }
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
@@ -517,7 +580,9 @@ def test_up_runs_the_dashboard_which_waits_for_the_sink(settings: Settings) -> N
     with Stack(settings, workers=0, promoter=False) as stack:
         assert [c.name for c in stack.children] == ["sink", "dashboard"]
         url = wait_for(stack.dashboard_url, 60)
-        assert url, (stack.logs / "dashboard.log").read_text() if (stack.logs / "dashboard.log").exists() else ""
+        assert url, (
+            (stack.logs / "dashboard.log").read_text() if (stack.logs / "dashboard.log").exists() else ""
+        )
         stack.wait_ready()
 
         def answers() -> bool:  # 503 until the sink serves its gateway, then the (empty) list

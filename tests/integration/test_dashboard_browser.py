@@ -129,7 +129,10 @@ def test_failing_rollout_from_the_list_to_its_waterfall(
     tool = page.locator("#waterfall details.kind-tool")
     assert tool.get_attribute("open") is not None  # a failed tool call opens by itself
     error = tool.locator(".error-box")
-    assert error.is_visible() and "queue must be one of billing, shipping, technical, account" in error.inner_text()
+    assert (
+        error.is_visible()
+        and "queue must be one of billing, shipping, technical, account" in error.inner_text()
+    )
     assert '"queue": null' in tool.locator("pre.args").first.inner_text()
     assert page.locator("#waterfall details.kind-reward").count() == 1
     # the LLM call's messages are one click away

@@ -359,7 +359,9 @@ def sdk(settings: Settings) -> Iterator[AgentStream]:
     agentstream.shutdown()
 
 
-def landed(sdk: AgentStream, settings: Settings, expected: int, other_records: int = 0) -> list[dict[str, Any]]:
+def landed(
+    sdk: AgentStream, settings: Settings, expected: int, other_records: int = 0
+) -> list[dict[str, Any]]:
     """The spans in this test's topic once everything emitted was delivered.
 
     The SDK's own count of submitted records pins the number exactly (reading stops at
@@ -680,9 +682,7 @@ def test_second_turn_with_pydantic_messages(server: FakeVLLM, sdk: AgentStream, 
         },
         {
             "role": "tool",
-            "parts": [
-                {"type": "tool_call_response", "id": "chatcmpl-tool-9f2c", "response": SHIPPED}
-            ],
+            "parts": [{"type": "tool_call_response", "id": "chatcmpl-tool-9f2c", "response": SHIPPED}],
         },
     ]
 

@@ -26,7 +26,9 @@ from tests.helpers import SinkProcess, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
-MESSAGES = '[{"role": "user", "parts": [{"type": "text", "content": "My parcel never arrived, order #4411."}]}]'
+MESSAGES = (
+    '[{"role": "user", "parts": [{"type": "text", "content": "My parcel never arrived, order #4411."}]}]'
+)
 
 
 def _count(client: object, table: str, where: str = "1") -> tuple[int, int]:
@@ -46,13 +48,19 @@ def sink(settings: Settings) -> Iterator[SinkProcess]:
     process.stop()
 
 
-def _emit(client: AgentStream, thread: int, count: int, pace: float = 0.0, latencies: list[float] | None = None) -> None:
+def _emit(
+    client: AgentStream, thread: int, count: int, pace: float = 0.0, latencies: list[float] | None = None
+) -> None:
     with client.rollout({"thread": thread}) as rollout:
         for i in range(count):
             started = time.perf_counter()
             with client.span("chat gemma", kind="llm") as span:
                 span.set_attributes(
-                    {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gemma-3-270m", "gen_ai.input.messages": MESSAGES}
+                    {
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.request.model": "gemma-3-270m",
+                        "gen_ai.input.messages": MESSAGES,
+                    }
                 )
                 span.set_attribute("gen_ai.usage.input_tokens", 40 + i % 7)
                 span.set_token_ids(range(40), range(12))
@@ -143,12 +151,16 @@ def test_broker_stopped_mid_load_and_restarted_loses_nothing(tmp_path: Path) -> 
         broker.stop()
     slowest = sorted(latencies)[-5:]
     assert len(latencies) == 6_000
-    assert slowest[-1] < 0.005, f"an emit blocked the agent for {slowest[-1] * 1000:.1f} ms (top 5: {slowest})"
+    assert slowest[-1] < 0.005, (
+        f"an emit blocked the agent for {slowest[-1] * 1000:.1f} ms (top 5: {slowest})"
+    )
 
 
 def test_sink_killed_mid_batch_restarts_without_loss_or_duplicates(settings: Settings) -> None:
     fast = settings.model_copy(
-        update={"sink": settings.sink.model_copy(update={"session_timeout_ms": 2000, "batch_max_rows": 2_000})}
+        update={
+            "sink": settings.sink.model_copy(update={"session_timeout_ms": 2000, "batch_max_rows": 2_000})
+        }
     )
     sink = SinkProcess(fast).start()
     client = AgentStream(settings)
@@ -183,7 +195,9 @@ def test_sink_killed_mid_batch_restarts_without_loss_or_duplicates(settings: Set
         sink.stop()
 
 
-def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows(settings: Settings, sink: SinkProcess) -> None:
+def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows(
+    settings: Settings, sink: SinkProcess
+) -> None:
     topic = settings.topic("rewards")
     schema = Reward.avro_schema()
     good = [
@@ -192,7 +206,9 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows(settin
     ]
     encode = AvroSerializer(schema)
     valid = encode(good[0].to_avro())
-    foreign = AvroSchema.from_definition({"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]})
+    foreign = AvroSchema.from_definition(
+        {"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]}
+    )
     span_schema = load_schema("span")
     bad = {
         b"not-avro": b'{"reward": 1}',
@@ -214,7 +230,9 @@ def test_malformed_records_go_to_the_dead_letter_topic_and_the_rest_flows(settin
 
     ch = connect(settings)
     assert wait_for(lambda: _count(ch, "rewards")[0] >= 10, timeout=30), sink.status()
-    assert sorted(r[0] for r in ch.query("SELECT reward_id FROM rewards").result_rows) == sorted(r.reward_id for r in good)
+    assert sorted(r[0] for r in ch.query("SELECT reward_id FROM rewards").result_rows) == sorted(
+        r.reward_id for r in good
+    )
 
     dead = read_topic(settings, settings.topic("dead-letter"), expected=len(bad), decode=False)
     reasons = {}

@@ -38,9 +38,15 @@ def send_metrics(settings: Settings, name: str, version: int, n: int, successes:
         base = time.time_ns() // 1000  # partials are cumulative: a later send is a newer revision
         for revision, share in ((base, 0.5), (base + 1, 1.0)):
             record = VersionMetrics(
-                resource_name=name, resource_version=str(version), window_start=start + w * WINDOW_US,
-                window_end=start + (w + 1) * WINDOW_US, source_partition=p, revision=revision,
-                rollouts=int(cell_n * share), succeeded=int(cell_s * share), emitted_at=start,
+                resource_name=name,
+                resource_version=str(version),
+                window_start=start + w * WINDOW_US,
+                window_end=start + (w + 1) * WINDOW_US,
+                source_partition=p,
+                revision=revision,
+                rollouts=int(cell_n * share),
+                succeeded=int(cell_s * share),
+                emitted_at=start,
             )
             key = f"{name}/{version}/{record.window_start}/{p}".encode()
             producer.produce(settings.topic("metrics"), serializer(record.to_avro()), key)

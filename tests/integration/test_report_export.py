@@ -34,8 +34,12 @@ LINEAGE_COLUMNS = {
 
 def cli(data: AnalyticsData, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agentstream.cli", *args], env={**settings_env(data.settings), "COLUMNS": "200"},
-        cwd=cwd, capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "agentstream.cli", *args],
+        env={**settings_env(data.settings), "COLUMNS": "200"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -51,8 +55,11 @@ def triplet_version(rollout: dict[str, Any]) -> str:
 
 
 def succeeded_rollouts(data: AnalyticsData, version: str | None = None) -> set[str]:
-    return {rid for rid, r in data.facts.rollouts.items()
-            if r["succeeded"] and (version is None or triplet_version(r) == version)}
+    return {
+        rid
+        for rid, r in data.facts.rollouts.items()
+        if r["succeeded"] and (version is None or triplet_version(r) == version)
+    }
 
 
 # ---- parsing --------------------------------------------------------------------------------------
@@ -68,7 +75,9 @@ def test_times_and_resources_parse_or_fail_clearly() -> None:
         with pytest.raises(ValueError, match="not a time"):
             parse_time(bad, now)
     assert parse_resource("support_prompt") == ("support_prompt", None)
-    assert parse_resource("support_prompt:2") == parse_resource("support_prompt:v2") == ("support_prompt", "2")
+    assert (
+        parse_resource("support_prompt:2") == parse_resource("support_prompt:v2") == ("support_prompt", "2")
+    )
     for bad in (":2", "support_prompt:", " "):
         with pytest.raises(ValueError, match="NAME or NAME:VERSION"):
             parse_resource(bad)
@@ -78,37 +87,55 @@ def test_times_and_resources_parse_or_fail_clearly() -> None:
 
 # ---- the report -----------------------------------------------------------------------------------
 def test_report_figures_per_version_match_the_scenario(analytics_data: AnalyticsData) -> None:
-    report = EvaluationReport(analytics_data.client(), since=datetime.fromtimestamp(analytics_data.facts.started_at,
-                                                                                     UTC) - timedelta(minutes=5))
+    report = EvaluationReport(
+        analytics_data.client(),
+        since=datetime.fromtimestamp(analytics_data.facts.started_at, UTC) - timedelta(minutes=5),
+    )
     groups = {g.group: g for g in report.groups}
     assert sorted(groups) == [f"{RESOURCE}:1", f"{RESOURCE}:2"]
     for version in ("1", "2"):
         expected, figures = expected_version(analytics_data.facts, version), groups[f"{RESOURCE}:{version}"]
         assert (figures.rollouts, figures.succeeded, figures.failed) == (
-            expected["rollouts"], expected["succeeded"], expected["failed"])
+            expected["rollouts"],
+            expected["succeeded"],
+            expected["failed"],
+        )
         assert figures.success_rate == pytest.approx(expected["success_rate"])
         assert figures.handoff_rate == pytest.approx(expected["handoff_rate"])
         assert figures.reward_mean == pytest.approx(reward_mean(analytics_data, version))
-        assert (figures.input_tokens, figures.output_tokens) == (expected["input_tokens"], expected["output_tokens"])
+        assert (figures.input_tokens, figures.output_tokens) == (
+            expected["input_tokens"],
+            expected["output_tokens"],
+        )
         assert figures.cost == pytest.approx(expected["cost"])
         assert figures.llm_calls == expected["rollouts"]
         assert 0 < figures.latency_p50_ms <= figures.latency_p95_ms <= figures.latency_p99_ms
         causes = Counter(r["cause"] for r in analytics_data.facts.of_version(version) if r["cause"])
         assert report.failure_causes[f"{RESOURCE}:{version}"] == dict(causes)
     # the same formulas as the version_summary view, over all time here
-    summary = analytics_data.client().query(
-        "SELECT resource_version, success_rate, reward_mean, handoff_rate, latency_p99_ms, cost FROM version_summary"
-    ).result_rows
+    summary = (
+        analytics_data.client()
+        .query(
+            "SELECT resource_version, success_rate, reward_mean, handoff_rate, latency_p99_ms, cost FROM version_summary"
+        )
+        .result_rows
+    )
     for version, success_rate, mean, handoff_rate, p99, cost in summary:
         figures = groups[f"{RESOURCE}:{version}"]
-        assert (figures.success_rate, figures.reward_mean, figures.handoff_rate, figures.latency_p99_ms) == pytest.approx(
-            (success_rate, mean, handoff_rate, p99))
+        assert (
+            figures.success_rate,
+            figures.reward_mean,
+            figures.handoff_rate,
+            figures.latency_p99_ms,
+        ) == pytest.approx((success_rate, mean, handoff_rate, p99))
         assert figures.cost == pytest.approx(cost)
     # the scenario ran within seconds: the smallest bucket, one point per version
     assert report.bucket_seconds == 1
     assert {b.group for b in report.timeline} == set(groups)
     assert sum(b.rollouts for b in report.timeline) == 40
-    assert sum(b.cost for b in report.timeline) == pytest.approx(2 * expected_version(analytics_data.facts, "1")["cost"])
+    assert sum(b.cost for b in report.timeline) == pytest.approx(
+        2 * expected_version(analytics_data.facts, "1")["cost"]
+    )
 
 
 @pytest.mark.parametrize("by, group", [("task_type", "(none)"), ("mode", "train"), ("model", MODEL)])
@@ -144,32 +171,60 @@ def test_report_html_is_self_contained_with_figures_plots_and_failure_causes(
 ) -> None:
     path = EvaluationReport(analytics_data.client()).write_html(tmp_path / "nested" / "report.html")
     html = path.read_text()
-    summary = html[html.index('id="summary"'):html.index("</table>", html.index('id="summary"'))]
+    summary = html[html.index('id="summary"') : html.index("</table>", html.index('id="summary"'))]
     for version, rate, handoff in (("1", "50.0%", "10.0%"), ("2", "75.0%", "25.0%")):
         row = re.search(rf"<tr>\s*<td>{RESOURCE}:{version}</td>(.*?)</tr>", summary, re.DOTALL)
         assert row is not None, version
         cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-        assert cells[:6] == ["20", str(expected_version(analytics_data.facts, version)["succeeded"]),
-                             str(expected_version(analytics_data.facts, version)["failed"]), rate,
-                             f"{reward_mean(analytics_data, version):.3f}", handoff]
+        assert cells[:6] == [
+            "20",
+            str(expected_version(analytics_data.facts, version)["succeeded"]),
+            str(expected_version(analytics_data.facts, version)["failed"]),
+            rate,
+            f"{reward_mean(analytics_data, version):.3f}",
+            handoff,
+        ]
     images = re.findall(r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"', html)
     assert [alt for _, alt in images] == [
-        "Success rate", "Reward (mean)", "Latency p50 (solid) and p95 (dashed)", "Cost",
+        "Success rate",
+        "Reward (mean)",
+        "Latency p50 (solid) and p95 (dashed)",
+        "Cost",
         "Failure causes per resource_version",
     ]
     for encoded, _ in images:
         assert base64.b64decode(encoded).lstrip().startswith((b"<?xml", b"<svg"))
-    causes = html[html.index('id="failure-causes"'):]
-    header = re.findall(r"<th>(.*?)</th>", causes[:causes.index("</thead>")])
-    assert header == ["resource_version", "llm_error", "parse_error", "prompt_drift", "task_failed", "tool_error", "total"]
+    causes = html[html.index('id="failure-causes"') :]
+    header = re.findall(r"<th>(.*?)</th>", causes[: causes.index("</thead>")])
+    assert header == [
+        "resource_version",
+        "llm_error",
+        "parse_error",
+        "prompt_drift",
+        "task_failed",
+        "tool_error",
+        "total",
+    ]
     v2_row = re.search(rf"<td>{RESOURCE}:2</td>(.*?)</tr>", causes, re.DOTALL)
     assert re.findall(r"<td>(\d+)</td>", v2_row.group(1)) == ["0", "0", "0", "5", "0", "5"]
     # nothing fetched when the file is opened: no scripts, stylesheets or images from elsewhere
     assert not re.search(r"(src|href)=\"(?!data:)", html)
 
 
-def test_report_cli_prints_the_table_and_writes_the_html(analytics_data: AnalyticsData, tmp_path: Path) -> None:
-    done = cli(analytics_data, "report", "--since", "1h", "--by", "resource_version", "--html", "out.html", cwd=tmp_path)
+def test_report_cli_prints_the_table_and_writes_the_html(
+    analytics_data: AnalyticsData, tmp_path: Path
+) -> None:
+    done = cli(
+        analytics_data,
+        "report",
+        "--since",
+        "1h",
+        "--by",
+        "resource_version",
+        "--html",
+        "out.html",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert f"{RESOURCE}:1" in done.stdout and "50.0%" in done.stdout and "75.0%" in done.stdout
     assert "HTML report: out.html" in done.stdout
@@ -198,12 +253,26 @@ def check_lineage(rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
 
 def test_export_jsonl_with_resource_and_reward_filters(analytics_data: AnalyticsData, tmp_path: Path) -> None:
     out = tmp_path / "sft.jsonl"
-    done = cli(analytics_data, "export", "triplets", "--out", str(out), "--format", "jsonl",
-               "--resource", f"{RESOURCE}:2", "--min-reward", "1", cwd=tmp_path)
+    done = cli(
+        analytics_data,
+        "export",
+        "triplets",
+        "--out",
+        str(out),
+        "--format",
+        "jsonl",
+        "--resource",
+        f"{RESOURCE}:2",
+        "--min-reward",
+        "1",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     rows = read_jsonl(out)
     assert {r["rollout_id"] for r in rows} == succeeded_rollouts(analytics_data, "2") and len(rows) == 15
-    assert all(r["reward"] >= 1 and r["resource_version"] == "2" and r["resource_name"] == RESOURCE for r in rows)
+    assert all(
+        r["reward"] >= 1 and r["resource_version"] == "2" and r["resource_name"] == RESOURCE for r in rows
+    )
     assert all(r["model"] == MODEL and r["mode"] == "train" for r in rows)
     for row in rows:
         assert row["prompt_text"].startswith("Route the ticket. v2\nTicket: My order")
@@ -216,20 +285,40 @@ def test_export_jsonl_with_resource_and_reward_filters(analytics_data: Analytics
     assert lineage["filters"]["resource"] == f"{RESOURCE}:2" and lineage["filters"]["min_reward"] == 1
     [counts] = lineage["by_resource_version"]
     assert (counts["resource_name"], counts["resource_version"], counts["rows"], counts["reward_mean"]) == (
-        RESOURCE, "2", 15, 1.0)
-    assert lineage["window"] == {"start": rows[0]["window_start"].replace("Z", "+00:00"),
-                                 "end": rows[0]["window_end"].replace("Z", "+00:00")}
+        RESOURCE,
+        "2",
+        15,
+        1.0,
+    )
+    assert lineage["window"] == {
+        "start": rows[0]["window_start"].replace("Z", "+00:00"),
+        "end": rows[0]["window_end"].replace("Z", "+00:00"),
+    }
     assert lineage["source"]["dsn"] == analytics_data.settings.default_clickhouse_dsn
     assert "15 triplet(s)" in done.stdout
     again = cli(analytics_data, "export", "triplets", "--out", str(out), "--format", "jsonl", cwd=tmp_path)
     assert again.returncode == 2 and "exists" in again.stderr and len(read_jsonl(out)) == 15
 
 
-def test_export_parquet_is_written_by_clickhouse_and_reads_back(analytics_data: AnalyticsData, tmp_path: Path) -> None:
+def test_export_parquet_is_written_by_clickhouse_and_reads_back(
+    analytics_data: AnalyticsData, tmp_path: Path
+) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "sft.parquet"
-    done = cli(analytics_data, "export", "triplets", "--out", str(out), "--format", "parquet",
-               "--resource", RESOURCE, "--min-reward", "1", cwd=tmp_path)
+    done = cli(
+        analytics_data,
+        "export",
+        "triplets",
+        "--out",
+        str(out),
+        "--format",
+        "parquet",
+        "--resource",
+        RESOURCE,
+        "--min-reward",
+        "1",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     rows = pq.read_table(out).to_pylist()
     assert {r["rollout_id"] for r in rows} == succeeded_rollouts(analytics_data) and len(rows) == 25
@@ -242,16 +331,33 @@ def test_export_parquet_is_written_by_clickhouse_and_reads_back(analytics_data: 
 def test_export_hf_dataset_with_a_time_window(analytics_data: AnalyticsData, tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     client = analytics_data.client()
-    created = [row[0] for row in client.query(
-        "SELECT created_at FROM triplets FINAL WHERE resource_version = '1' AND response != '[]' ORDER BY created_at"
-    ).result_rows]
+    created = [
+        row[0]
+        for row in client.query(
+            "SELECT created_at FROM triplets FINAL WHERE resource_version = '1' AND response != '[]' ORDER BY created_at"
+        ).result_rows
+    ]
     # v1's LLM calls that answered: all v1 rollouts but the failed LLM calls and the drifted ones (v2's)
-    answered_v1 = [r for r in analytics_data.facts.of_version("1") if r["cause"] not in ("llm_error", "prompt_drift")]
+    answered_v1 = [
+        r for r in analytics_data.facts.of_version("1") if r["cause"] not in ("llm_error", "prompt_drift")
+    ]
     assert len(created) == len(answered_v1) == 16
     until = created[9].replace(tzinfo=UTC)
     out = tmp_path / "sft-hf"
-    done = cli(analytics_data, "export", "triplets", "--out", str(out), "--format", "hf",
-               "--resource", f"{RESOURCE}:1", "--until", until.isoformat(), cwd=tmp_path)
+    done = cli(
+        analytics_data,
+        "export",
+        "triplets",
+        "--out",
+        str(out),
+        "--format",
+        "hf",
+        "--resource",
+        f"{RESOURCE}:1",
+        "--until",
+        until.isoformat(),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     dataset = datasets.load_from_disk(str(out))
     rows = dataset.to_list()
@@ -277,8 +383,12 @@ def test_export_takes_the_newest_revision_leaves_out_evaluation_splits_and_reads
     migrate(clickhouse)
     clickhouse.command("SYSTEM STOP MERGES triplets")  # a merge would drop the revisions under test
     _copy_triplets(analytics_data.client(), clickhouse)
-    ids = [row[0] for row in clickhouse.query(
-        "SELECT triplet_id FROM triplets FINAL WHERE reward >= 1 ORDER BY created_at, triplet_id").result_rows]
+    ids = [
+        row[0]
+        for row in clickhouse.query(
+            "SELECT triplet_id FROM triplets FINAL WHERE reward >= 1 ORDER BY created_at, triplet_id"
+        ).result_rows
+    ]
     lowered, val, test, future = ids[:4]
 
     def revise(triplet_id: str, changes: str, bump: int = 1) -> None:
@@ -302,14 +412,18 @@ def test_export_takes_the_newest_revision_leaves_out_evaluation_splits_and_reads
     assert len(rows) == result.rows == 25 - 3
     assert len(exported) == len(rows)  # one row per triplet, never one per revision
 
-    only_val = TripletExport(clickhouse, TripletExportConfig(modes=("val",))).write(tmp_path / "val.jsonl", "jsonl")
+    only_val = TripletExport(clickhouse, TripletExportConfig(modes=("val",))).write(
+        tmp_path / "val.jsonl", "jsonl"
+    )
     assert [r["triplet_id"] for r in read_jsonl(only_val.path)] == [val]
     every_mode = TripletExport(clickhouse, TripletExportConfig(min_reward=1.0, modes=("all",)))
     assert every_mode.write(tmp_path / "all.jsonl", "jsonl").rows == 25 - 1
     newest = TripletExport(clickhouse, TripletExportConfig(limit=5)).write(tmp_path / "newest.jsonl", "jsonl")
     limited = read_jsonl(newest.path)
     everything = read_jsonl(TripletExport(clickhouse).write(tmp_path / "everything.jsonl", "jsonl").path)
-    assert len(limited) == 5 and [r["triplet_id"] for r in limited] == [r["triplet_id"] for r in everything[-5:]]
+    assert len(limited) == 5 and [r["triplet_id"] for r in limited] == [
+        r["triplet_id"] for r in everything[-5:]
+    ]
 
 
 def test_export_refuses_bad_input(analytics_data: AnalyticsData, tmp_path: Path) -> None:
@@ -329,7 +443,9 @@ def test_export_refuses_bad_input(analytics_data: AnalyticsData, tmp_path: Path)
 def test_export_hf_without_datasets_names_the_extra(
     analytics_data: AnalyticsData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "datasets", None)  # what `import datasets` does where it is not installed
+    monkeypatch.setitem(
+        sys.modules, "datasets", None
+    )  # what `import datasets` does where it is not installed
     with pytest.raises(RuntimeError, match=r"agentstream\[train\]"):
         TripletExport(analytics_data.client()).write(tmp_path / "hf", "hf")
     assert list(tmp_path.iterdir()) == []

@@ -27,8 +27,13 @@ TEMPLATE_V2 = 'Examples:\nTicket: refund please\nCall: {"queue": "billing"}\nTic
 @pytest.fixture
 def rsettings(settings: Settings) -> Settings:
     runner = settings.runner.model_copy(
-        update={"group_id": f"runners-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 2_000,
-                "lazy_start_seconds": 0.3, "heartbeat_seconds": 0.2, "shutdown_grace_seconds": 5.0}
+        update={
+            "group_id": f"runners-{uuid.uuid4().hex[:8]}",
+            "session_timeout_ms": 2_000,
+            "lazy_start_seconds": 0.3,
+            "heartbeat_seconds": 0.2,
+            "shutdown_grace_seconds": 5.0,
+        }
     )
     return settings.model_copy(update={"runner": runner})
 
@@ -111,8 +116,14 @@ def test_labels_move_and_roll_back(rsettings: Settings, store: ResourceStore) ->
     assert "-v1: {{q}}" in store.diff("p", 1, 3) and "+v3: {{q}}" in store.diff("p", 1, 3)
 
     history = [(e.label, e.version) for e in store.state("p").history]
-    assert history == [("production", 1), ("candidate", 2), ("production", 2), ("candidate", None),
-                       ("production", 1), ("production", 3)]
+    assert history == [
+        ("production", 1),
+        ("candidate", 2),
+        ("production", 2),
+        ("candidate", None),
+        ("production", 1),
+        ("production", 3),
+    ]
     # every move is a record on the labels topic (the sink keeps the history in ClickHouse)
     records = read_topic(rsettings, rsettings.topic("resource-labels"), expected=6)
     assert [(r["label"], r["version"]) for r in records] == history
@@ -120,15 +131,22 @@ def test_labels_move_and_roll_back(rsettings: Settings, store: ResourceStore) ->
 
 def test_pick_label_is_sticky_and_follows_weights() -> None:
     weights = {"production": 0.7, "candidate": 0.3}
-    picks = Counter(pick_label(weights, ["production", "candidate"], traffic_bucket(f"k{i}", "r")) for i in range(4000))
+    picks = Counter(
+        pick_label(weights, ["production", "candidate"], traffic_bucket(f"k{i}", "r")) for i in range(4000)
+    )
     assert 0.66 < picks["production"] / 4000 < 0.74
-    assert all(pick_label(weights, ["production", "candidate"], traffic_bucket("k7", "r"))
-               == pick_label(weights, ["production", "candidate"], traffic_bucket("k7", "r")) for _ in range(5))
+    assert all(
+        pick_label(weights, ["production", "candidate"], traffic_bucket("k7", "r"))
+        == pick_label(weights, ["production", "candidate"], traffic_bucket("k7", "r"))
+        for _ in range(5)
+    )
     assert pick_label(weights, ["production"], 0.99) == "production"  # no candidate: all production
     assert pick_label(weights, [], 0.5) is None
 
 
-def test_runner_hot_swaps_versions_honours_pins_and_splits_traffic(rsettings: Settings, store: ResourceStore) -> None:
+def test_runner_hot_swaps_versions_honours_pins_and_splits_traffic(
+    rsettings: Settings, store: ResourceStore
+) -> None:
     store.publish("support", template="v1 {{ticket}}", labels=["production"])
     seen: dict[str, tuple[str, str]] = {}
     lock = threading.Lock()
@@ -140,7 +158,9 @@ def test_runner_hot_swaps_versions_honours_pins_and_splits_traffic(rsettings: Se
         return 1.0
 
     sdk = AgentStream(rsettings)
-    runner = Runner(agent, rsettings, client=sdk, concurrency=2, traffic={"production": 0.5, "candidate": 0.5})
+    runner = Runner(
+        agent, rsettings, client=sdk, concurrency=2, traffic={"production": 0.5, "candidate": 0.5}
+    )
     try:
         runner.start()
         tasks = [make_task({"t": f"a{i}"}) for i in range(4)]
@@ -157,7 +177,10 @@ def test_runner_hot_swaps_versions_honours_pins_and_splits_traffic(rsettings: Se
         assert {seen[t.rollout_id][0] for t in second} == {"2"}
 
         # a pinned task uses its version whatever the labels say
-        pinned = [make_task({"t": "pin"}, resources={"support": "1"}), make_task({"t": "pin"}, resources={"support": "v1"})]
+        pinned = [
+            make_task({"t": "pin"}, resources={"support": "1"}),
+            make_task({"t": "pin"}, resources={"support": "v1"}),
+        ]
         missing = make_task({"t": "pin"}, resources={"support": "7"})
         put_tasks(rsettings, [*pinned, missing])
         assert wait_for(lambda: all(t.rollout_id in seen for t in pinned), 30)
@@ -209,7 +232,12 @@ def test_cli_resources(rsettings: Settings, monkeypatch: pytest.MonkeyPatch, tmp
     out = run("resources", "publish", "support", "--template-file", str(template), "--label", "production")
     assert out.exit_code == 0, out.output
     template.write_text("Examples first.\nTicket: {{ticket}}\nQueue:")
-    assert run("resources", "publish", "support", "--template-file", str(template), "--label", "candidate").exit_code == 0
+    assert (
+        run(
+            "resources", "publish", "support", "--template-file", str(template), "--label", "candidate"
+        ).exit_code
+        == 0
+    )
     listed = run("resources", "list")
     assert "support" in listed.output and "production" in listed.output
     shown = run("resources", "show", "support", "candidate")

@@ -209,7 +209,9 @@ def test_sync_agent_outcomes_rewards_usage_and_lazy_start(
     slow = of(records, tasks["slow"].rollout_id)
     assert slow[0] == "attempt_started" and slow[-1] == "attempt_finished"
     assert slow.count("attempt_started") == 1 and slow.count("heartbeat") >= 2, slow
-    started = next(e for e in records if e.rollout_id == tasks["slow"].rollout_id and e.type == "attempt_started")
+    started = next(
+        e for e in records if e.rollout_id == tasks["slow"].rollout_id and e.type == "attempt_started"
+    )
     assert started.status == "running" and started.worker_id == "w-sync"
     assert started.attempt_id == attempt_id_for(tasks["slow"].rollout_id, 1)
     assert peak >= 2, "attempts ran concurrently"
@@ -279,7 +281,9 @@ def test_two_runners_share_a_group(rsettings: Settings, client: AgentStream, eve
     for task in tasks:
         # at least once: a rebalance may hand a running task to the other runner as well
         outcomes = done[task.rollout_id]
-        assert {(e.attempt_id, e.status) for e in outcomes} == {(attempt_id_for(task.rollout_id, 1), "succeeded")}
+        assert {(e.attempt_id, e.status) for e in outcomes} == {
+            (attempt_id_for(task.rollout_id, 1), "succeeded")
+        }
     assert one.stats.done + two.stats.done >= len(tasks)
     assert {e.worker_id for evs in done.values() for e in evs} <= {"w1", "w2"}
 
@@ -370,8 +374,12 @@ def test_graceful_stop_releases_unfinished_attempts(
     assert calls == ["probe"]
 
 
-def test_invalid_task_input_fails_the_attempt(rsettings: Settings, client: AgentStream, events: TopicLog) -> None:
-    bad = Task(rollout_id="ro-notjson", attempt_number=1, input="{not json", enqueued_at=time.time_ns() // 1000)
+def test_invalid_task_input_fails_the_attempt(
+    rsettings: Settings, client: AgentStream, events: TopicLog
+) -> None:
+    bad = Task(
+        rollout_id="ro-notjson", attempt_number=1, input="{not json", enqueued_at=time.time_ns() // 1000
+    )
     put_tasks(rsettings, [bad])
     with Runner(lambda task: 1.0, rsettings, client=client):
         records = events.wait(lambda r: "ro-notjson" in finished(r))
@@ -382,7 +390,11 @@ def test_invalid_task_input_fails_the_attempt(rsettings: Settings, client: Agent
 # ---- enqueue ------------------------------------------------------------------------------------------------
 def test_enqueue_writes_task_enqueued_events(rsettings: Settings, client: AgentStream) -> None:
     ids = client.enqueue(
-        [{"q": 1, "rollout_id": "ro-mine"}, {"q": 2}, TaskSpec({"q": 3}, task_type="other", config={"max_attempts": 5})],
+        [
+            {"q": 1, "rollout_id": "ro-mine"},
+            {"q": 2},
+            TaskSpec({"q": 3}, task_type="other", config={"max_attempts": 5}),
+        ],
         task_type="math",
         mode="val",
         config=RolloutConfig(max_attempts=3, timeout_seconds=60),
@@ -393,14 +405,20 @@ def test_enqueue_writes_task_enqueued_events(rsettings: Settings, client: AgentS
     with pytest.raises(ValueError, match="task 1"):
         client.enqueue([{"q": 4}, {"q": object()}])  # nothing of a bad batch is written
     assert client.flush(10)
-    records = [RolloutEvent.from_avro(r) for r in read_topic(rsettings, rsettings.topic("rollout-events"), expected=3)]
+    records = [
+        RolloutEvent.from_avro(r)
+        for r in read_topic(rsettings, rsettings.topic("rollout-events"), expected=3)
+    ]
     assert len(records) == 3 and all(e.type == "task_enqueued" for e in records)
     by_id = {e.rollout_id: e for e in records}
     assert set(by_id) == set(ids)
     first = by_id["ro-mine"]
     assert json.loads(first.task or "") == {"q": 1, "rollout_id": "ro-mine"}
     assert (first.task_type, first.mode, first.resources, first.metadata) == (
-        "math", "val", {"prompt": "4"}, {"dataset": "gsm8k"}
+        "math",
+        "val",
+        {"prompt": "4"},
+        {"dataset": "gsm8k"},
     )
     assert first.config == RolloutConfig(max_attempts=3, timeout_seconds=60)
     third = by_id[ids[2]]
@@ -415,7 +433,10 @@ def test_top_level_enqueue_uses_the_default_client(rsettings: Settings) -> None:
         assert agentstream.flush(10)
     finally:
         agentstream.shutdown()
-    (event,) = [RolloutEvent.from_avro(r) for r in read_topic(rsettings, rsettings.topic("rollout-events"), expected=1)]
+    (event,) = [
+        RolloutEvent.from_avro(r)
+        for r in read_topic(rsettings, rsettings.topic("rollout-events"), expected=1)
+    ]
     assert event.rollout_id == rollout_id and event.task == '"just a string"' and event.mode == "train"
 
 
@@ -442,12 +463,28 @@ def test_cli_enqueue(rsettings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_p
         + "\n"
     )
     result = _cli(
-        rsettings, monkeypatch, "tasks", "enqueue", str(file), "--task-type", "math", "--max-attempts", "2",
-        "--timeout", "30", "--retry-on", "failed,timeout", "--credit-assignment", "discounted",
+        rsettings,
+        monkeypatch,
+        "tasks",
+        "enqueue",
+        str(file),
+        "--task-type",
+        "math",
+        "--max-attempts",
+        "2",
+        "--timeout",
+        "30",
+        "--retry-on",
+        "failed,timeout",
+        "--credit-assignment",
+        "discounted",
     )
     assert result.exit_code == 0, result.output
     assert "Enqueued 4 task(s)" in result.output
-    records = [RolloutEvent.from_avro(r) for r in read_topic(rsettings, rsettings.topic("rollout-events"), expected=4)]
+    records = [
+        RolloutEvent.from_avro(r)
+        for r in read_topic(rsettings, rsettings.topic("rollout-events"), expected=4)
+    ]
     assert len(records) == 4
     by_task = {e.task: e for e in records}
     first = by_task['{"q":"2+2"}']
@@ -456,7 +493,8 @@ def test_cli_enqueue(rsettings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_p
     assert first.config.timeout_seconds == 30 and first.config.credit_assignment == "discounted"
     assert [s.value for s in first.config.retry_condition] == ["failed", "timeout"]
     assert json.loads(next(t for t in by_task if "question" in t)) == {
-        "question": "3*3", "input": "kept whole: not the wrapper form"
+        "question": "3*3",
+        "input": "kept whole: not the wrapper form",
     }
     assert "[1,2,3]" in by_task
     special = by_task['"x"']
@@ -469,10 +507,7 @@ def test_cli_enqueue_rejects_a_file_with_bad_lines(
 ) -> None:
     file = tmp_path / "bad.jsonl"
     file.write_text(
-        '{"input": 1}\n'
-        '{"input": 2, "config": {"max_attempts": 0}}\n'
-        "{oops\n"
-        '{"input": 3, "mode": "later"}\n'
+        '{"input": 1}\n{"input": 2, "config": {"max_attempts": 0}}\n{oops\n{"input": 3, "mode": "later"}\n'
     )
     result = _cli(rsettings, monkeypatch, "tasks", "enqueue", str(file))
     assert result.exit_code == 1
@@ -496,7 +531,17 @@ def test_cli_runner_runs_an_agent_module(rsettings: Settings, tmp_path: Path) ->
     tasks = [make_task({"ok": True}), make_task({"ok": False})]
     put_tasks(rsettings, tasks)
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentstream.cli", "runner", "my_agent:solve", "--concurrency", "2", "--worker-id", "cli-w"],
+        [
+            sys.executable,
+            "-m",
+            "agentstream.cli",
+            "runner",
+            "my_agent:solve",
+            "--concurrency",
+            "2",
+            "--worker-id",
+            "cli-w",
+        ],
         cwd=tmp_path,
         env=settings_env(rsettings),
         stdout=subprocess.PIPE,
@@ -517,13 +562,19 @@ def test_cli_runner_runs_an_agent_module(rsettings: Settings, tmp_path: Path) ->
 
 
 # ---- end to end: enqueue -> lifecycle processor -> runner ---------------------------------------------------
-def test_enqueued_rollouts_run_to_completion_with_the_stream_worker(rsettings: Settings, client: AgentStream) -> None:
+def test_enqueued_rollouts_run_to_completion_with_the_stream_worker(
+    rsettings: Settings, client: AgentStream
+) -> None:
     from tests.helpers import WorkerProcess, latest_by
 
     rsettings = rsettings.model_copy(
         update={
             "streams": rsettings.streams.model_copy(
-                update={"session_timeout_ms": 2_000, "heartbeat_interval_ms": 400, "timer_interval_seconds": 0.1}
+                update={
+                    "session_timeout_ms": 2_000,
+                    "heartbeat_interval_ms": 400,
+                    "timer_interval_seconds": 0.1,
+                }
             )
         }
     )
@@ -543,9 +594,12 @@ def test_enqueued_rollouts_run_to_completion_with_the_stream_worker(rsettings: S
                     s
                     if len(
                         s := latest_by(
-                            read_topic(rsettings, rsettings.topic("rollout-state"), timeout=1.0), "rollout_id", "version"
+                            read_topic(rsettings, rsettings.topic("rollout-state"), timeout=1.0),
+                            "rollout_id",
+                            "version",
                         )
-                    ) == 2
+                    )
+                    == 2
                     and all(v["status"] == "succeeded" for v in s.values())
                     else None
                 ),
@@ -556,7 +610,10 @@ def test_enqueued_rollouts_run_to_completion_with_the_stream_worker(rsettings: S
     assert final, "rollouts did not all succeed"
     assert set(final) == set(ids)
     flaky = final[ids[1]]
-    assert [(a["attempt_number"], a["status"]) for a in flaky["attempts"]] == [(1, "failed"), (2, "succeeded")]
+    assert [(a["attempt_number"], a["status"]) for a in flaky["attempts"]] == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
     assert "first attempt fails" in (flaky["attempts"][0]["error"] or "")
 
 
@@ -569,7 +626,11 @@ def test_timed_out_attempt_is_requeued_and_completes_on_another_runner(
     rsettings = rsettings.model_copy(
         update={
             "streams": rsettings.streams.model_copy(
-                update={"session_timeout_ms": 2_000, "heartbeat_interval_ms": 400, "timer_interval_seconds": 0.1}
+                update={
+                    "session_timeout_ms": 2_000,
+                    "heartbeat_interval_ms": 400,
+                    "timer_interval_seconds": 0.1,
+                }
             ),
             "runner": rsettings.runner.model_copy(update={"shutdown_grace_seconds": 0.0}),
         }
@@ -584,22 +645,29 @@ def test_timed_out_attempt_is_requeued_and_completes_on_another_runner(
         return 1.0
 
     def state() -> dict[str, Any]:
-        return latest_by(read_topic(rsettings, rsettings.topic("rollout-state"), timeout=1.0), "rollout_id", "version")
+        return latest_by(
+            read_topic(rsettings, rsettings.topic("rollout-state"), timeout=1.0), "rollout_id", "version"
+        )
 
     worker = WorkerProcess(rsettings).start()
     try:
         worker.wait_ready()
-        [rollout_id] = client.enqueue({"ticket": "printer on fire"}, config={"timeout_seconds": 2.0, "max_attempts": 3})
+        [rollout_id] = client.enqueue(
+            {"ticket": "printer on fire"}, config={"timeout_seconds": 2.0, "max_attempts": 3}
+        )
         runner_a = Runner(hanging_agent, rsettings, client=client, worker_id="runner-a").start()
         try:
             timed_out = wait_for(
-                lambda: (s := state().get(rollout_id)) and s["attempts"][0]["status"] == "timeout" and s, timeout=30
+                lambda: (s := state().get(rollout_id)) and s["attempts"][0]["status"] == "timeout" and s,
+                timeout=30,
             )
             assert timed_out, state()
         finally:
             runner_a.stop(10)  # an attempt it still holds is handed back (released)
         with Runner(agent, rsettings, client=client, worker_id="runner-b"):
-            final = wait_for(lambda: (s := state().get(rollout_id)) and s["status"] == "succeeded" and s, timeout=30)
+            final = wait_for(
+                lambda: (s := state().get(rollout_id)) and s["status"] == "succeeded" and s, timeout=30
+            )
     finally:
         release.set()
         worker.stop()

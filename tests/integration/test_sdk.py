@@ -47,7 +47,12 @@ def test_spans_nest_within_a_rollout(settings: Settings, client: AgentStream) ->
         agentstream.emit_message("thinking out loud")
     assert client.flush(10)
     spans = _spans(settings, 4)
-    root, plan_span, tool, message = spans["rollout"], spans["plan"], spans["test_spans_nest_within_a_rollout.<locals>.lookup"], spans["message"]
+    root, plan_span, tool, message = (
+        spans["rollout"],
+        spans["plan"],
+        spans["test_spans_nest_within_a_rollout.<locals>.lookup"],
+        spans["message"],
+    )
     assert root.parent_span_id is None and root.kind == "agent"
     assert plan_span.parent_span_id == root.span_id and tool.parent_span_id == plan_span.span_id
     assert message.parent_span_id == root.span_id
@@ -72,7 +77,7 @@ def test_asyncio_tasks_and_threads_keep_their_own_context(settings: Settings, cl
         return i
 
     async def agent() -> None:
-        with agentstream.rollout("async") :
+        with agentstream.rollout("async"):
             with agentstream.span("gather"):
                 await asyncio.gather(*(fetch(i) for i in range(3)))
                 await asyncio.to_thread(agentstream.emit_message, "from a worker thread")
@@ -83,7 +88,11 @@ def test_asyncio_tasks_and_threads_keep_their_own_context(settings: Settings, cl
         with agentstream.rollout("threads"):
             with agentstream.span("fan-out"):
                 with ThreadPoolExecutor(2) as pool:
-                    list(pool.map(agentstream.bind_context(lambda i: agentstream.emit_message(f"m{i}")), range(2)))
+                    list(
+                        pool.map(
+                            agentstream.bind_context(lambda i: agentstream.emit_message(f"m{i}")), range(2)
+                        )
+                    )
 
     threaded()
     assert client.flush(10)
@@ -95,7 +104,9 @@ def test_asyncio_tasks_and_threads_keep_their_own_context(settings: Settings, cl
     assert len(fetches) == 3 and all(f.parent_span_id == gather.span_id for f in fetches)
     messages = [s for s in records if s.name == "message"]
     assert len(messages) == 3
-    async_msg = next(m for m in messages if m.attributes["agentstream.message.body"] == "from a worker thread")
+    async_msg = next(
+        m for m in messages if m.attributes["agentstream.message.body"] == "from a worker thread"
+    )
     assert async_msg.parent_span_id == gather.span_id
     fan_out = next(s for s in records if s.name == "fan-out")
     for m in messages:
@@ -116,7 +127,11 @@ def test_errors_mark_spans_and_rollouts_failed(settings: Settings, client: Agent
     (event,) = divide.events
     assert event.name == "exception" and event.attributes["exception.type"] == "ZeroDivisionError"
     assert spans["rollout"].status == "error"
-    finished = [e for e in read_topic(settings, settings.topic("rollout-events"), expected=2) if e["type"] == "attempt_finished"]
+    finished = [
+        e
+        for e in read_topic(settings, settings.topic("rollout-events"), expected=2)
+        if e["type"] == "attempt_finished"
+    ]
     assert finished[0]["status"] == "failed" and "ZeroDivisionError" in finished[0]["error"]
 
 
@@ -124,7 +139,9 @@ def test_rewards_inside_and_outside_a_rollout(settings: Settings, client: AgentS
     with agentstream.rollout("task") as rollout:
         with agentstream.span("answer", kind="llm") as answer:
             inner = agentstream.emit_reward(0.5, name="format", feedback="missing field")
-    later = agentstream.emit_reward(1, name="resolution", source="business_event", rollout_id=rollout.rollout_id)
+    later = agentstream.emit_reward(
+        1, name="resolution", source="business_event", rollout_id=rollout.rollout_id
+    )
     with pytest.raises(ValueError, match="finite number"):
         agentstream.emit_reward(float("inf"))
     with pytest.raises(ValueError, match="no rollout"):
@@ -133,7 +150,10 @@ def test_rewards_inside_and_outside_a_rollout(settings: Settings, client: AgentS
         agentstream.emit_reward(1.0, rollout_id="ro-x", source="vibes")
     assert client.flush(10)
     rewards = {r["reward_id"]: r for r in read_topic(settings, settings.topic("rewards"), expected=2)}
-    assert rewards[inner]["parent_span_id"] == answer.span_id and rewards[inner]["attempt_id"] == rollout.attempt_id
+    assert (
+        rewards[inner]["parent_span_id"] == answer.span_id
+        and rewards[inner]["attempt_id"] == rollout.attempt_id
+    )
     assert rewards[inner]["feedback"] == "missing field" and rewards[inner]["sequence_id"] > 0
     assert rewards[later]["source"] == "business_event" and rewards[later]["attempt_id"] == ""
     assert rewards[later]["rollout_id"] == rollout.rollout_id and rewards[later]["value"] == 1.0
@@ -186,13 +206,19 @@ def test_unreachable_broker_spools_and_replays_in_order(tmp_path: Path) -> None:
         client.close()
     steps = [s for s in spans if s.name.startswith("step-")]
     assert len({s.span_id for s in spans}) == 301
-    assert [s.name for s in sorted(steps, key=lambda s: s.sequence_id)] == [f"step-{i:03d}" for i in range(300)]
+    assert [s.name for s in sorted(steps, key=lambda s: s.sequence_id)] == [
+        f"step-{i:03d}" for i in range(300)
+    ]
     assert all(s.rollout_id == rollout.rollout_id for s in spans)
     assert not any(settings.spool_dir.rglob("*.seg"))
 
 
 def test_a_spool_left_by_a_dead_process_is_delivered_by_the_next(settings: Settings, tmp_path: Path) -> None:
-    dead = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", data_dir=settings.data_dir, topic_prefix=settings.topic_prefix)
+    dead = Settings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}",
+        data_dir=settings.data_dir,
+        topic_prefix=settings.topic_prefix,
+    )
     first = AgentStream(dead)
     with first.rollout("left behind"):
         with first.span("orphaned"):

@@ -48,13 +48,21 @@ PROMPT = "Q: What is 2 + 3? A:"
 
 @pytest.fixture
 def fast(settings: Settings) -> Settings:
-    return settings.model_copy(update={
-        "runner": settings.runner.model_copy(update={"group_id": f"r-{uuid.uuid4().hex[:6]}",
-                                                     "session_timeout_ms": 2_000}),
-        "streams": settings.streams.model_copy(update={"session_timeout_ms": 2_000, "heartbeat_interval_ms": 400,
-                                                       "timer_interval_seconds": 0.1}),
-        "sink": settings.sink.model_copy(update={"session_timeout_ms": 2_000}),
-    })
+    return settings.model_copy(
+        update={
+            "runner": settings.runner.model_copy(
+                update={"group_id": f"r-{uuid.uuid4().hex[:6]}", "session_timeout_ms": 2_000}
+            ),
+            "streams": settings.streams.model_copy(
+                update={
+                    "session_timeout_ms": 2_000,
+                    "heartbeat_interval_ms": 400,
+                    "timer_interval_seconds": 0.1,
+                }
+            ),
+            "sink": settings.sink.model_copy(update={"session_timeout_ms": 2_000}),
+        }
+    )
 
 
 @pytest.fixture
@@ -72,7 +80,9 @@ def make_adapter(base: Path, out: Path) -> Path:
     torch.manual_seed(1)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+        LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+        ),
     )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
@@ -90,7 +100,11 @@ class CheckpointAgent:
     def __call__(self, task: dict[str, Any], rollout: Rollout) -> None:
         version = rollout.resource(RESOURCE).version
         completion = self.client.completions.create(
-            model=f"{RESOURCE}:v{version}", prompt=task["prompt"], max_tokens=6, temperature=0, logprobs=0,
+            model=f"{RESOURCE}:v{version}",
+            prompt=task["prompt"],
+            max_tokens=6,
+            temperature=0,
+            logprobs=0,
             extra_body={"return_token_ids": True},
         )
         self.answers[rollout.rollout_id] = (version, completion)
@@ -103,8 +117,13 @@ def test_a_running_runner_switches_to_a_new_checkpoint_and_logprobs_reach_the_tr
     worker = WorkerProcess(fast).start()
     sink = SinkProcess(fast).start()
     client = AgentStream(fast)
-    v1 = store.publish(RESOURCE, uri=str(tiny_model), kind="model_checkpoint",
-                       config={"base_model": str(tiny_model), "adapter": "false"}, labels=["production"])
+    v1 = store.publish(
+        RESOURCE,
+        uri=str(tiny_model),
+        kind="model_checkpoint",
+        config={"base_model": str(tiny_model), "adapter": "false"},
+        labels=["production"],
+    )
     server = ModelServer(fast, [RESOURCE], store=store, port=0).start()
     agent = CheckpointAgent(server.base_url)
     runner = Runner(agent, fast, client=client, concurrency=1, resources=store)
@@ -116,13 +135,23 @@ def test_a_running_runner_switches_to_a_new_checkpoint_and_logprobs_reach_the_tr
 
         # a trained LoRA adapter is published and promoted while runner and server keep running
         adapter = make_adapter(tiny_model, tmp_path / "v2")
-        v2 = publish_checkpoint(store, RESOURCE, adapter, base_model=str(tiny_model), adapter=True,
-                                lineage={"trainer": "test"}, parent_version=v1.version, label=None)
+        v2 = publish_checkpoint(
+            store,
+            RESOURCE,
+            adapter,
+            base_model=str(tiny_model),
+            adapter=True,
+            lineage={"trainer": "test"},
+            parent_version=v1.version,
+            label=None,
+        )
         store.label(RESOURCE, "production", v2.version, reason="test promotion")
         [second] = client.enqueue({"prompt": PROMPT})
         assert wait_for(lambda: second in agent.answers, 60), runner.stats
         assert client.flush(10)
-        served_by = {rollout: (version, completion.model) for rollout, (version, completion) in agent.answers.items()}
+        served_by = {
+            rollout: (version, completion.model) for rollout, (version, completion) in agent.answers.items()
+        }
         assert served_by == {first: (1, f"{RESOURCE}:v1"), second: (2, f"{RESOURCE}:v2")}
         assert server.service.cache.loads == 2  # v1 then v2, in the one server process
         # "NAME" follows the production label: now v2
@@ -160,14 +189,24 @@ def test_a_running_runner_switches_to_a_new_checkpoint_and_logprobs_reach_the_tr
 
         # ... and so do the ClickHouse tables (migration 0005)
         ch = connect(fast)
-        rows = wait_for(lambda: ch.query(
-            "SELECT rollout_id, response_logprobs FROM triplets FINAL WHERE rollout_id IN {ids:Array(String)}",
-            parameters={"ids": [first, second]}).result_rows if _landed(ch, first, second) else None, 60)
+        rows = wait_for(
+            lambda: (
+                ch.query(
+                    "SELECT rollout_id, response_logprobs FROM triplets FINAL WHERE rollout_id IN {ids:Array(String)}",
+                    parameters={"ids": [first, second]},
+                ).result_rows
+                if _landed(ch, first, second)
+                else None
+            ),
+            60,
+        )
         assert rows and len(rows) == 2
         for rollout, logprobs in rows:
             _close(logprobs, answers[rollout].logprobs.token_logprobs)
-        [[span_logprobs]] = ch.query("SELECT response_logprobs FROM spans WHERE kind = 'llm' AND rollout_id = "
-                                     "{r:String}", parameters={"r": first}).result_rows
+        [[span_logprobs]] = ch.query(
+            "SELECT response_logprobs FROM spans WHERE kind = 'llm' AND rollout_id = {r:String}",
+            parameters={"r": first},
+        ).result_rows
         _close(span_logprobs, answers[first].logprobs.token_logprobs)
     finally:
         client.close()
@@ -176,15 +215,21 @@ def test_a_running_runner_switches_to_a_new_checkpoint_and_logprobs_reach_the_tr
 
 
 def _triplets(settings: Settings, rollouts: set[str]) -> dict[str, dict[str, Any]] | None:
-    found = {t["rollout_id"]: t for t in latest_by(read_topic(settings, settings.topic("triplets"), timeout=2),
-                                                   "triplet_id", "version").values()
-             if t["rollout_id"] in rollouts and t["reward"] is not None}
+    found = {
+        t["rollout_id"]: t
+        for t in latest_by(
+            read_topic(settings, settings.topic("triplets"), timeout=2), "triplet_id", "version"
+        ).values()
+        if t["rollout_id"] in rollouts and t["reward"] is not None
+    }
     return found if set(found) == rollouts else None
 
 
 def _landed(ch: Any, *rollouts: str) -> bool:
-    count = ch.query("SELECT count() FROM triplets FINAL WHERE rollout_id IN {ids:Array(String)}",
-                     parameters={"ids": list(rollouts)}).result_rows[0][0]
+    count = ch.query(
+        "SELECT count() FROM triplets FINAL WHERE rollout_id IN {ids:Array(String)}",
+        parameters={"ids": list(rollouts)},
+    ).result_rows[0][0]
     return count == len(rollouts)
 
 
@@ -204,16 +249,51 @@ def test_capture_records_ids_and_logprobs_of_chat_and_streamed_calls(
         llm = openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
         agentstream.instrument_openai(llm)
         with client.rollout({"q": 1}) as rollout:
-            chat = llm.chat.completions.create(model=RESOURCE, messages=messages, max_tokens=5, temperature=0,
-                                               logprobs=True, top_logprobs=2, extra_body=ids)
-            chat_chunks = list(llm.chat.completions.create(model=RESOURCE, messages=messages, max_tokens=5,
-                                                           temperature=0, logprobs=True, stream=True, extra_body=ids))
-            text_chunks = list(llm.completions.create(model=f"{RESOURCE}:v1", prompt=PROMPT, max_tokens=5,
-                                                      temperature=0, logprobs=0, stream=True, extra_body=ids))
+            chat = llm.chat.completions.create(
+                model=RESOURCE,
+                messages=messages,
+                max_tokens=5,
+                temperature=0,
+                logprobs=True,
+                top_logprobs=2,
+                extra_body=ids,
+            )
+            chat_chunks = list(
+                llm.chat.completions.create(
+                    model=RESOURCE,
+                    messages=messages,
+                    max_tokens=5,
+                    temperature=0,
+                    logprobs=True,
+                    stream=True,
+                    extra_body=ids,
+                )
+            )
+            text_chunks = list(
+                llm.completions.create(
+                    model=f"{RESOURCE}:v1",
+                    prompt=PROMPT,
+                    max_tokens=5,
+                    temperature=0,
+                    logprobs=0,
+                    stream=True,
+                    extra_body=ids,
+                )
+            )
         assert client.flush(10)
-    spans = sorted((s for s in read_topic(fast, fast.topic("spans"), timeout=5)
-                    if s["kind"] == "llm" and s["rollout_id"] == rollout.rollout_id), key=lambda s: s["sequence_id"])
-    assert [s["name"] for s in spans] == [f"chat {RESOURCE}", f"chat {RESOURCE}", f"text_completion {RESOURCE}:v1"]
+    spans = sorted(
+        (
+            s
+            for s in read_topic(fast, fast.topic("spans"), timeout=5)
+            if s["kind"] == "llm" and s["rollout_id"] == rollout.rollout_id
+        ),
+        key=lambda s: s["sequence_id"],
+    )
+    assert [s["name"] for s in spans] == [
+        f"chat {RESOURCE}",
+        f"chat {RESOURCE}",
+        f"text_completion {RESOURCE}:v1",
+    ]
 
     answer = chat.choices[0]
     assert chat.model == f"{RESOURCE}:v1" and len(answer.logprobs.content[0].top_logprobs) == 2
@@ -245,18 +325,33 @@ seen: list[str] = []
 def test_online_grpo_on_cpu_trains_and_publishes_a_candidate(
     fast: Settings, store: ResourceStore, tiny_model: Path, tmp_path: Path
 ) -> None:
-    v1 = store.publish(RESOURCE, uri=str(tiny_model), kind="model_checkpoint",
-                       config={"base_model": str(tiny_model), "adapter": "false"}, labels=["production"])
+    v1 = store.publish(
+        RESOURCE,
+        uri=str(tiny_model),
+        kind="model_checkpoint",
+        config={"base_model": str(tiny_model), "adapter": "false"},
+        labels=["production"],
+    )
     # the tasks topic, as the lifecycle processor writes it (attempt 2 is a retry of the same rollout)
     writer = RecordWriter(fast)
     try:
         for i, (a, b) in enumerate([(1, 2), (2, 3), (3, 4), (4, 4)]):
             for attempt in (1, 2) if i == 0 else (1,):
-                task = Task(rollout_id=f"ro-{i}", attempt_number=attempt, mode="train", enqueued_at=1_000 + i,
-                            input=json.dumps({"prompt": f"Q: What is {a} + {b}? A:", "answer": str(a + b)}))
+                task = Task(
+                    rollout_id=f"ro-{i}",
+                    attempt_number=attempt,
+                    mode="train",
+                    enqueued_at=1_000 + i,
+                    input=json.dumps({"prompt": f"Q: What is {a} + {b}? A:", "answer": str(a + b)}),
+                )
                 writer.write(TASKS, task.rollout_id, task)
-        held_out = Task(rollout_id="ro-val", attempt_number=1, mode="val", enqueued_at=2_000,
-                        input=json.dumps({"prompt": "Q: What is 9 + 9? A:", "answer": "18"}))
+        held_out = Task(
+            rollout_id="ro-val",
+            attempt_number=1,
+            mode="val",
+            enqueued_at=2_000,
+            input=json.dumps({"prompt": "Q: What is 9 + 9? A:", "answer": "18"}),
+        )
         writer.write(TASKS, held_out.rollout_id, held_out)
     finally:
         writer.close()
@@ -264,8 +359,15 @@ def test_online_grpo_on_cpu_trains_and_publishes_a_candidate(
     logs: list[dict[str, Any]] = []
     seen.clear()
     config = OnlineGRPOConfig(
-        resource_name=RESOURCE, reward=digit_share, init_from="production", max_steps=4, num_generations=4,
-        per_device_train_batch_size=4, max_completion_length=8, learning_rate=5e-3, output_dir=tmp_path / "ckpt",
+        resource_name=RESOURCE,
+        reward=digit_share,
+        init_from="production",
+        max_steps=4,
+        num_generations=4,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        learning_rate=5e-3,
+        output_dir=tmp_path / "ckpt",
     )
     trainer = OnlineGRPOTrainer(config, fast, store=store, on_log=logs.append)
     result = trainer.train()
@@ -289,7 +391,8 @@ def test_online_grpo_on_cpu_trains_and_publishes_a_candidate(
     assert _max_weight_change(tiny_model, Path(version.uri)) > 0
     with ModelServer(fast, [RESOURCE], store=store, port=0) as server:
         answer = openai.OpenAI(base_url=server.base_url, api_key="local").completions.create(
-            model=f"{RESOURCE}@candidate", prompt=PROMPT, max_tokens=3, temperature=0)
+            model=f"{RESOURCE}@candidate", prompt=PROMPT, max_tokens=3, temperature=0
+        )
     assert answer.model == f"{RESOURCE}:v{version.version}"
 
 
@@ -305,20 +408,63 @@ def test_grpo_prompts_from_recent_triplets(clickhouse: Any) -> None:
     def messages(text: str) -> str:
         return json.dumps([{"role": "user", "parts": [{"type": "text", "content": text}]}])
 
-    columns = ["triplet_id", "version", "rollout_id", "span_id", "prompt_messages", "response", "resource_name",
-               "mode", "task_type", "created_at", "emitted_at"]
-    clickhouse.insert("triplets", [
-        ("t1", 1, "r1", "s1", messages("Q: 1 + 2?"), "[]", RESOURCE, "train", "math", at, at),
-        ("t1", 2, "r1", "s1", messages("Q: 1 + 2?"), "[]", RESOURCE, "train", "math", at, at),  # a re-emission
-        ("t2", 1, "r2", "s2", messages("Q: 1 + 2?"), "[]", RESOURCE, "train", "math", at, at),  # the same prompt
-        ("t3", 1, "r3", "s3", messages("Q: 2 + 2?"), "[]", RESOURCE, "train", "math", later, later),
-        ("t4", 1, "r4", "s4", messages("Q: 9 + 9?"), "[]", RESOURCE, "val", "math", at, at),  # held out
-        ("t5", 1, "r5", "s5", messages("Q: 3 + 3?"), "[]", "other", "train", "math", at, at),
-    ], column_names=columns)
-    clickhouse.insert("rollout_states", [
-        ("r3", 1, json.dumps({"q": "2 + 2", "answer": "3"}), at, at),
-        ("r3", 2, json.dumps({"q": "2 + 2", "answer": "4"}), at, at),  # the newest state wins
-    ], column_names=["rollout_id", "version", "input", "created_at", "updated_at"])
+    columns = [
+        "triplet_id",
+        "version",
+        "rollout_id",
+        "span_id",
+        "prompt_messages",
+        "response",
+        "resource_name",
+        "mode",
+        "task_type",
+        "created_at",
+        "emitted_at",
+    ]
+    clickhouse.insert(
+        "triplets",
+        [
+            ("t1", 1, "r1", "s1", messages("Q: 1 + 2?"), "[]", RESOURCE, "train", "math", at, at),
+            (
+                "t1",
+                2,
+                "r1",
+                "s1",
+                messages("Q: 1 + 2?"),
+                "[]",
+                RESOURCE,
+                "train",
+                "math",
+                at,
+                at,
+            ),  # a re-emission
+            (
+                "t2",
+                1,
+                "r2",
+                "s2",
+                messages("Q: 1 + 2?"),
+                "[]",
+                RESOURCE,
+                "train",
+                "math",
+                at,
+                at,
+            ),  # the same prompt
+            ("t3", 1, "r3", "s3", messages("Q: 2 + 2?"), "[]", RESOURCE, "train", "math", later, later),
+            ("t4", 1, "r4", "s4", messages("Q: 9 + 9?"), "[]", RESOURCE, "val", "math", at, at),  # held out
+            ("t5", 1, "r5", "s5", messages("Q: 3 + 3?"), "[]", "other", "train", "math", at, at),
+        ],
+        column_names=columns,
+    )
+    clickhouse.insert(
+        "rollout_states",
+        [
+            ("r3", 1, json.dumps({"q": "2 + 2", "answer": "3"}), at, at),
+            ("r3", 2, json.dumps({"q": "2 + 2", "answer": "4"}), at, at),  # the newest state wins
+        ],
+        column_names=["rollout_id", "version", "input", "created_at", "updated_at"],
+    )
 
     rows = prompts_from_triplets(clickhouse, resource_name=RESOURCE, modes=("train",))
     by_prompt = {row["prompt"][0]["content"]: row for row in rows}
@@ -366,16 +512,23 @@ class FakeVLLM:
             return PlainTextResponse(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
 
         async def models(request: Request) -> Response:
-            return JSONResponse({"object": "list", "data": [{"id": n, "root": p} for n, p in self.adapters.items()]})
+            return JSONResponse(
+                {"object": "list", "data": [{"id": n, "root": p} for n, p in self.adapters.items()]}
+            )
 
-        return Starlette(routes=[Route("/v1/load_lora_adapter", load, methods=["POST"]),
-                                 Route("/v1/unload_lora_adapter", unload, methods=["POST"]),
-                                 Route("/v1/models", models)])
+        return Starlette(
+            routes=[
+                Route("/v1/load_lora_adapter", load, methods=["POST"]),
+                Route("/v1/unload_lora_adapter", unload, methods=["POST"]),
+                Route("/v1/models", models),
+            ]
+        )
 
 
 def _error(message: str, code: int) -> Response:
-    return JSONResponse({"object": "error", "message": message, "type": "BadRequestError", "code": code},
-                        status_code=code)
+    return JSONResponse(
+        {"object": "error", "message": message, "type": "BadRequestError", "code": code}, status_code=code
+    )
 
 
 @pytest.fixture
@@ -407,8 +560,14 @@ def test_vllm_adapter_sync_contract(
         return str(folder)
 
     def publish(name: str, **kwargs: Any) -> int:
-        return store.publish(RESOURCE, uri=adapter(name), kind="model_checkpoint", force_new=True,
-                             config={"base_model": "/models/base", "adapter": "true"}, **kwargs).version
+        return store.publish(
+            RESOURCE,
+            uri=adapter(name),
+            kind="model_checkpoint",
+            force_new=True,
+            config={"base_model": "/models/base", "adapter": "true"},
+            **kwargs,
+        ).version
 
     v1 = publish("a1", labels=["production"])
     with VLLMAdapterSync(store, RESOURCE, base_url, keep=2) as sync:
@@ -426,15 +585,23 @@ def test_vllm_adapter_sync_contract(
         assert wait_for(lambda: _served(fake) == expected, 10), (_served(fake), sync.errors)
         moved = [body for kind, body in fake.calls[loads_before:]]
         assert all(body.get("load_inplace") for body in moved) and {b["lora_name"] for b in moved} == {
-            RESOURCE, f"{RESOURCE}@production"}
+            RESOURCE,
+            f"{RESOURCE}@production",
+        }
 
         # only the newest two unlabelled versions stay loaded; a broken version is reported, not fatal
         store.label(RESOURCE, "candidate", None)
         publish("a3")
-        broken = store.publish(RESOURCE, uri=str(tmp_path), kind="model_checkpoint", force_new=True,
-                               config={"adapter": "true"}).version  # no adapter_config.json: a full folder
+        broken = store.publish(
+            RESOURCE, uri=str(tmp_path), kind="model_checkpoint", force_new=True, config={"adapter": "true"}
+        ).version  # no adapter_config.json: a full folder
         assert broken == 4
-        expected = {f"{RESOURCE}:v2": "a2", f"{RESOURCE}:v3": "a3", f"{RESOURCE}@production": "a2", RESOURCE: "a2"}
+        expected = {
+            f"{RESOURCE}:v2": "a2",
+            f"{RESOURCE}:v3": "a3",
+            f"{RESOURCE}@production": "a2",
+            RESOURCE: "a2",
+        }
         assert wait_for(lambda: _served(fake) == expected, 10), (_served(fake), sync.errors)
         assert sync.errors == []  # v4 is no adapter and labelled nowhere: nothing to do for it
 
@@ -475,7 +642,9 @@ def test_vllm_sync_restarts_the_server_on_a_promoted_full_checkpoint(
         return folder
 
     def publish(uri: Path, **kwargs: Any) -> int:
-        return store.publish(RESOURCE, uri=str(uri), kind="model_checkpoint", force_new=True, **kwargs).version
+        return store.publish(
+            RESOURCE, uri=str(uri), kind="model_checkpoint", force_new=True, **kwargs
+        ).version
 
     publish(base, labels=["production"])
     v2 = publish(adapter("on-base", base), labels=["candidate"])

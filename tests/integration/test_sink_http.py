@@ -26,6 +26,7 @@ def test_sink_inserts_over_http(settings: Settings, clickhouse: object) -> None:
                 "sink": settings.sink.model_copy(update={"session_timeout_ms": 2000}),
             }
         )
+
         def connect() -> object:
             return clickhouse_connect.get_client(dsn=http.clickhouse_dsn)
 
@@ -42,7 +43,9 @@ def test_sink_inserts_over_http(settings: Settings, clickhouse: object) -> None:
                         pass
                     sdk.emit_reward(i / 50)
             assert sdk.flush(20)
-            assert wait_for(lambda: int(client.command("SELECT count() FROM spans")) >= 100, timeout=30), sink.stats
+            assert wait_for(lambda: int(client.command("SELECT count() FROM spans")) >= 100, timeout=30), (
+                sink.stats
+            )
             time.sleep(0.5)
             assert int(client.command("SELECT count() FROM spans")) == 100
             assert int(client.command("SELECT uniqExact(reward_id) FROM rewards")) == 50

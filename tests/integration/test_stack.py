@@ -66,7 +66,8 @@ def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
         # the stream workers followed every rollout, through the sink and broker restarts
         succeeded = "SELECT count() FROM rollout_states FINAL WHERE status = 'succeeded'"
         assert wait_for(lambda: ch.query(succeeded).result_rows[0][0] >= 150, timeout=90), (
-            ch.query(succeeded).result_rows, [(c.name, c.status) for c in stack.children]
+            ch.query(succeeded).result_rows,
+            [(c.name, c.status) for c in stack.children],
         )
         assert ch.query(succeeded).result_rows[0][0] == 150
     assert StackState.load(settings.data_dir) is None  # stopped: no longer advertised

@@ -51,7 +51,9 @@ def client(stream_settings: Settings) -> Iterator[AgentStream]:
 
 
 def states(settings: Settings, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
-    return latest_by(read_topic(settings, settings.topic("rollout-state"), timeout=timeout), "rollout_id", "version")
+    return latest_by(
+        read_topic(settings, settings.topic("rollout-state"), timeout=timeout), "rollout_id", "version"
+    )
 
 
 def wait_states(settings: Settings, predicate: Any, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
@@ -65,8 +67,14 @@ def wait_states(settings: Settings, predicate: Any, timeout: float = 30.0) -> di
 
 def llm_call(client: AgentStream, rollout: Rollout, prompt: str, response: str, **attributes: Any) -> str:
     with client.span("chat", kind="llm", rollout=rollout) as span:
-        span.set_attribute(genai.INPUT_MESSAGES, json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]))
-        span.set_attribute(genai.OUTPUT_MESSAGES, json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": response}]}]))
+        span.set_attribute(
+            genai.INPUT_MESSAGES,
+            json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
+        )
+        span.set_attribute(
+            genai.OUTPUT_MESSAGES,
+            json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": response}]}]),
+        )
         span.set_attribute(genai.REQUEST_MODEL, "test-model")
         span.set_attributes(attributes)
         span.set_token_ids([1, 2, 3], [4, 5])
@@ -78,18 +86,23 @@ def test_lifecycle_retries_timeouts_unresponsive_and_cancel(
     stream_settings: Settings, worker: WorkerProcess, client: AgentStream
 ) -> None:
     [retried] = client.enqueue({"rollout_id": "r-retry", "q": 1}, config={"max_attempts": 2})
-    [timed_out] = client.enqueue({"rollout_id": "r-timeout"}, config={"timeout_seconds": 1.0, "max_attempts": 1})
+    [timed_out] = client.enqueue(
+        {"rollout_id": "r-timeout"}, config={"timeout_seconds": 1.0, "max_attempts": 1}
+    )
     [unresponsive] = client.enqueue(
         {"rollout_id": "r-unresponsive"}, config={"unresponsive_seconds": 1.0, "max_attempts": 2}
     )
     [not_retried] = client.enqueue(
-        {"rollout_id": "r-no-retry"}, config={"timeout_seconds": 0.5, "max_attempts": 3, "retry_condition": ["failed"]}
+        {"rollout_id": "r-no-retry"},
+        config={"timeout_seconds": 0.5, "max_attempts": 3, "retry_condition": ["failed"]},
     )
     [cancelled] = client.enqueue({"rollout_id": "r-cancel"})
     client.flush()
 
     def event(rollout_id: str, kind: str, attempt: int, **kwargs: Any) -> None:
-        client.emit_rollout_event(rollout_id, kind, attempt_id=f"{rollout_id}#{attempt}", attempt_number=attempt, **kwargs)
+        client.emit_rollout_event(
+            rollout_id, kind, attempt_id=f"{rollout_id}#{attempt}", attempt_number=attempt, **kwargs
+        )
 
     event(retried, "attempt_finished", 1, status="failed", error="boom")
     event(timed_out, "attempt_started", 1)
@@ -99,11 +112,22 @@ def test_lifecycle_retries_timeouts_unresponsive_and_cancel(
     client.flush()
     # the retry and the unresponsive attempt are requeued as attempt 2: finish them on "another runner"
     tasks = wait_for(
-        lambda: [
-            t for t in read_topic(stream_settings, stream_settings.topic("tasks"), timeout=2)
-            if t["attempt_number"] == 2
-        ] if len([t for t in read_topic(stream_settings, stream_settings.topic("tasks"), timeout=2)
-                  if t["attempt_number"] == 2]) >= 2 else None,
+        lambda: (
+            [
+                t
+                for t in read_topic(stream_settings, stream_settings.topic("tasks"), timeout=2)
+                if t["attempt_number"] == 2
+            ]
+            if len(
+                [
+                    t
+                    for t in read_topic(stream_settings, stream_settings.topic("tasks"), timeout=2)
+                    if t["attempt_number"] == 2
+                ]
+            )
+            >= 2
+            else None
+        ),
         timeout=30,
     )
     assert sorted(t["rollout_id"] for t in tasks) == [retried, unresponsive]
@@ -115,8 +139,10 @@ def test_lifecycle_retries_timeouts_unresponsive_and_cancel(
 
     final = wait_states(
         stream_settings,
-        lambda s: all(s.get(r, {}).get("status") in ("succeeded", "failed", "cancelled")
-                      for r in (retried, timed_out, unresponsive, not_retried, cancelled)),
+        lambda s: all(
+            s.get(r, {}).get("status") in ("succeeded", "failed", "cancelled")
+            for r in (retried, timed_out, unresponsive, not_retried, cancelled)
+        ),
     )
     assert final[retried]["status"] == "succeeded"
     assert [a["status"] for a in final[retried]["attempts"]] == ["failed", "succeeded"]
@@ -151,11 +177,27 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
     # after both calls end
     reward_time = int(time.time() * 1e6) + 2_000_000
     for _ in range(2):
-        client._worker.submit(("reward", {
-            "reward_id": "rw-final", "rollout_id": "r-join", "attempt_id": "r-join#1", "span_id": None,
-            "response_id": None, "trace_id": None, "parent_span_id": None, "sequence_id": 0, "name": "rule",
-            "value": 1.0, "feedback": "valid arguments", "source": "rule", "timestamp": reward_time, "attributes": {},
-        }))
+        client._worker.submit(
+            (
+                "reward",
+                {
+                    "reward_id": "rw-final",
+                    "rollout_id": "r-join",
+                    "attempt_id": "r-join#1",
+                    "span_id": None,
+                    "response_id": None,
+                    "trace_id": None,
+                    "parent_span_id": None,
+                    "sequence_id": 0,
+                    "name": "rule",
+                    "value": 1.0,
+                    "feedback": "valid arguments",
+                    "source": "rule",
+                    "timestamp": reward_time,
+                    "attributes": {},
+                },
+            )
+        )
     client.flush()
     time.sleep(1.0)
     first = llm_call(client, rollout, "route: printer broken", "hardware")
@@ -163,7 +205,9 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
     client.flush()
 
     def rewarded() -> Any:
-        latest = latest_by(read_topic(stream_settings, stream_settings.topic("triplets"), timeout=2), "triplet_id", "version")
+        latest = latest_by(
+            read_topic(stream_settings, stream_settings.topic("triplets"), timeout=2), "triplet_id", "version"
+        )
         live = [t for t in latest.values() if t["reward"] is not None]
         return (latest, live) if live and live[0]["span_id"] == second else None
 
@@ -181,10 +225,15 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
 
     # a late business reward explicitly on the first call: a new triplet; one on the second: version 2
     client.emit_reward(0.5, rollout_id="r-join", span_id=first, source="business_event", name="resolved")
-    client.emit_reward(-1.0, rollout_id="r-join", span_id=second, source="human", name="rating", feedback="rude")
+    client.emit_reward(
+        -1.0, rollout_id="r-join", span_id=second, source="human", name="rating", feedback="rude"
+    )
     client.flush()
+
     def late_joined() -> Any:
-        latest = latest_by(read_topic(stream_settings, stream_settings.topic("triplets"), timeout=2), "triplet_id", "version")
+        latest = latest_by(
+            read_topic(stream_settings, stream_settings.topic("triplets"), timeout=2), "triplet_id", "version"
+        )
         by_span = {t["span_id"]: t for t in latest.values()}
         done = by_span.get(first, {}).get("reward") == 0.5 and by_span.get(second, {}).get("version") == 2
         return latest if done else None
@@ -204,7 +253,11 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
     and no source event was skipped), and the sink must hold exactly two triplets per rollout.
     """
     settings = stream_settings.model_copy(
-        update={"streams": stream_settings.streams.model_copy(update={"default_credit_assignment": "final_broadcast"})}
+        update={
+            "streams": stream_settings.streams.model_copy(
+                update={"default_credit_assignment": "final_broadcast"}
+            )
+        }
     )
     sink = SinkProcess(settings).start()
     workers = [WorkerProcess(settings, "worker-a").start(), WorkerProcess(settings, "worker-b").start()]
@@ -222,7 +275,11 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
                 llm_call(client, rollout, f"q{i}", "a")
                 llm_call(client, rollout, f"q{i} again", "b")
                 client.emit_rollout_event(
-                    rollout_id, "attempt_finished", attempt_id=f"{rollout_id}#1", attempt_number=1, status="succeeded"
+                    rollout_id,
+                    "attempt_finished",
+                    attempt_id=f"{rollout_id}#1",
+                    attempt_number=1,
+                    status="succeeded",
                 )
                 client.emit_reward(1.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
                 if i % 50 == 0:
@@ -246,7 +303,9 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
 
         final = wait_states(
             settings,
-            lambda s: len(s) == n and all(v["status"] == "succeeded" and v["reward_count"] >= 1 for v in s.values()),
+            lambda s: (
+                len(s) == n and all(v["status"] == "succeeded" and v["reward_count"] >= 1 for v in s.values())
+            ),
             timeout=90,
         )
         assert len(final) == n
@@ -258,12 +317,17 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
         expected_triplets = 2 * n
 
         def sink_triplets() -> Any:
-            rows = sink_query(settings, "SELECT count(), uniqExact(triplet_id), min(reward), max(version) FROM triplets FINAL")
+            rows = sink_query(
+                settings,
+                "SELECT count(), uniqExact(triplet_id), min(reward), max(version) FROM triplets FINAL",
+            )
             return rows if rows and rows[0][0] >= expected_triplets else None
 
         rows = wait_for(sink_triplets, timeout=90, interval=1.0)
         if not rows:
-            in_topic = latest_by(read_topic(settings, settings.topic("triplets"), timeout=10), "triplet_id", "version")
+            in_topic = latest_by(
+                read_topic(settings, settings.topic("triplets"), timeout=10), "triplet_id", "version"
+            )
             stored = {r[0] for r in sink_query(settings, "SELECT DISTINCT triplet_id FROM triplets")}
             missing_rollouts = sorted({t["rollout_id"] for k, t in in_topic.items() if k not in stored})
             per_rollout: dict[str, int] = {}
@@ -272,13 +336,28 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
             short = sorted(r for r in final if per_rollout.get(r, 0) < 2)
             history = []
             if short:
-                for m in read_topic(settings, f"{settings.topic(settings.streams.app_id)}-joins-changelog", decode=False, timeout=10):
+                for m in read_topic(
+                    settings,
+                    f"{settings.topic(settings.streams.app_id)}-joins-changelog",
+                    decode=False,
+                    timeout=10,
+                ):
                     if m.key() and short[0].encode() in m.key():
                         value = json.loads(m.value()) if m.value() else None
-                        history.append((m.partition(), m.offset(), value and len(value["join"]["calls"]),
-                                        value and len(value["join"]["rewards"]), value and value["join"].get("emitted")))
-                spans = [(m.partition(), m.offset()) for m in read_topic(settings, settings.topic("spans"), decode=False, timeout=10)
-                         if m.key() == short[0].encode()]
+                        history.append(
+                            (
+                                m.partition(),
+                                m.offset(),
+                                value and len(value["join"]["calls"]),
+                                value and len(value["join"]["rewards"]),
+                                value and value["join"].get("emitted"),
+                            )
+                        )
+                spans = [
+                    (m.partition(), m.offset())
+                    for m in read_topic(settings, settings.topic("spans"), decode=False, timeout=10)
+                    if m.key() == short[0].encode()
+                ]
                 history.append(("spans at", spans))
             raise AssertionError(
                 f"history of {short[:1]}: {history}\n"
@@ -321,9 +400,15 @@ def test_per_version_metrics_reach_the_metrics_topic_and_clickhouse(
             for i, ok in enumerate(results):
                 rollout_id = f"m-{version}-{i}"
                 client.emit_rollout_event(
-                    rollout_id, "attempt_finished", attempt_id=f"{rollout_id}#1", attempt_number=1,
-                    status="succeeded" if ok else "failed", resources={"prompt": version},
-                    llm_calls=2, input_tokens=100, output_tokens=10,
+                    rollout_id,
+                    "attempt_finished",
+                    attempt_id=f"{rollout_id}#1",
+                    attempt_number=1,
+                    status="succeeded" if ok else "failed",
+                    resources={"prompt": version},
+                    llm_calls=2,
+                    input_tokens=100,
+                    output_tokens=10,
                 )
                 client.emit_reward(1.0 if ok else 0.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
         client.flush()
@@ -333,7 +418,9 @@ def test_per_version_metrics_reach_the_metrics_topic_and_clickhouse(
             "ORDER BY resource_version"
         )
         expected = [("v1", 4, 3, 4, 400), ("v2", 2, 1, 2, 200)]
-        rows = wait_for(lambda: (r := sink_query(stream_settings, query)) == expected and r, timeout=40, interval=0.5)
+        rows = wait_for(
+            lambda: (r := sink_query(stream_settings, query)) == expected and r, timeout=40, interval=0.5
+        )
         assert rows == expected, sink_query(stream_settings, query)
         records = read_topic(stream_settings, stream_settings.topic("metrics"), timeout=5)
         assert {r["resource_version"] for r in records} == {"v1", "v2"}

@@ -48,8 +48,14 @@ def tsettings(settings: Settings) -> Settings:
     """The test's settings with quick group joins and checkpoints under its data dir."""
     trainer = settings.trainer.model_copy(update={"session_timeout_ms": 2_000})
     runner = settings.runner.model_copy(
-        update={"group_id": f"runners-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 2_000, "lazy_start_seconds": 0.3,
-                "heartbeat_seconds": 0.15, "shutdown_grace_seconds": 5.0, "resources": [RESOURCE]}
+        update={
+            "group_id": f"runners-{uuid.uuid4().hex[:8]}",
+            "session_timeout_ms": 2_000,
+            "lazy_start_seconds": 0.3,
+            "heartbeat_seconds": 0.15,
+            "shutdown_grace_seconds": 5.0,
+            "resources": [RESOURCE],
+        }
     )
     return settings.model_copy(update={"trainer": trainer, "runner": runner})
 
@@ -61,8 +67,18 @@ def store(tsettings: Settings) -> Iterator[ResourceStore]:
 
 
 # ---- triplets ------------------------------------------------------------------------------------------
-def triplet(question: str, answer: str, reward: float | None, *, version: int = 1, triplet_id: str | None = None,
-            task_type: str = "math", mode: str = "train", rollout_id: str | None = None, **fields: Any) -> Triplet:
+def triplet(
+    question: str,
+    answer: str,
+    reward: float | None,
+    *,
+    version: int = 1,
+    triplet_id: str | None = None,
+    task_type: str = "math",
+    mode: str = "train",
+    rollout_id: str | None = None,
+    **fields: Any,
+) -> Triplet:
     now = time.time_ns() // 1_000
     rollout_id = rollout_id or f"ro-{uuid.uuid4().hex[:12]}"
     return Triplet(
@@ -95,8 +111,10 @@ def produce(settings: Settings, triplets: list[Triplet]) -> None:
 
 def arithmetic(n: int, offset: int = 0) -> list[Triplet]:
     """``n`` correct answers (reward 1.0) to distinct sums."""
-    return [triplet(f"What is {i % 10} + {(i // 10) % 10}?", str(i % 10 + (i // 10) % 10), 1.0)
-            for i in range(offset, offset + n)]
+    return [
+        triplet(f"What is {i % 10} + {(i // 10) % 10}?", str(i % 10 + (i // 10) % 10), 1.0)
+        for i in range(offset, offset + n)
+    ]
 
 
 def attempts(tasks: int, per_task: int = 4, tokenizer: Any = None) -> list[Triplet]:
@@ -113,11 +131,20 @@ def attempts(tasks: int, per_task: int = 4, tokenizer: Any = None) -> list[Tripl
             fields: dict[str, Any] = {}
             if tokenizer is not None and attempt < 2:
                 question = f"What is {a} + {b}?"
-                prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
-                                                           add_generation_prompt=True, return_dict=True)["input_ids"]
-                response_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                fields = {"prompt_token_ids": list(prompt_ids), "response_token_ids": response_ids,
-                          "response_logprobs": [-0.5] * len(response_ids)}
+                prompt_ids = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": question}],
+                    tokenize=True,
+                    add_generation_prompt=True,
+                    return_dict=True,
+                )["input_ids"]
+                response_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [
+                    tokenizer.eos_token_id
+                ]
+                fields = {
+                    "prompt_token_ids": list(prompt_ids),
+                    "response_token_ids": response_ids,
+                    "response_logprobs": [-0.5] * len(response_ids),
+                }
             out.append(triplet(f"What is {a} + {b}?", answer, 1.0 if right else 0.0, **fields))
     return out
 
@@ -137,7 +164,9 @@ def model_delta(base: Path, trained: str) -> float:
 def trainer_versions(store: ResourceStore, trainer: str) -> list[ResourceVersion]:
     if RESOURCE not in store.names():
         return []
-    return [v for _, v in sorted(store.state(RESOURCE).versions.items()) if v.lineage.get("trainer") == trainer]
+    return [
+        v for _, v in sorted(store.state(RESOURCE).versions.items()) if v.lineage.get("trainer") == trainer
+    ]
 
 
 def offsets(version: ResourceVersion) -> dict[int, tuple[int, int]]:
@@ -166,8 +195,12 @@ def put_tasks(settings: Settings, tasks: list[Task]) -> None:
 
 
 def make_task(value: Any) -> Task:
-    return Task(rollout_id=f"ro-{uuid.uuid4().hex[:12]}", attempt_number=1, input=json.dumps(value),
-                enqueued_at=time.time_ns() // 1_000)
+    return Task(
+        rollout_id=f"ro-{uuid.uuid4().hex[:12]}",
+        attempt_number=1,
+        input=json.dumps(value),
+        enqueued_at=time.time_ns() // 1_000,
+    )
 
 
 # ---- tests ---------------------------------------------------------------------------------------------
@@ -177,12 +210,25 @@ def test_triplet_stream_filters_and_keeps_the_newest_revision(tsettings: Setting
     lowered = triplet("What is 2 + 2?", "4", 1.0, triplet_id="low-1")
     lowered_v2 = lowered.model_copy(update={"version": 2, "reward": 0.0})  # and here it was revised down
     batch = [
-        late, *arithmetic(3), triplet("x", "y", 1.0, task_type="other"), triplet("v", "w", 1.0, mode="val"),
-        triplet("a", "b", 0.1), lowered, revised, lowered_v2, lowered, *arithmetic(6, offset=10),
+        late,
+        *arithmetic(3),
+        triplet("x", "y", 1.0, task_type="other"),
+        triplet("v", "w", 1.0, mode="val"),
+        triplet("a", "b", 0.1),
+        lowered,
+        revised,
+        lowered_v2,
+        lowered,
+        *arithmetic(6, offset=10),
     ]
     produce(tsettings, batch)
-    stream = TripletStream(tsettings, f"t-{uuid.uuid4().hex[:6]}", TripletFilter(task_types=("math",), min_reward=0.5),
-                           window_count=100, window_seconds=2.0)
+    stream = TripletStream(
+        tsettings,
+        f"t-{uuid.uuid4().hex[:6]}",
+        TripletFilter(task_types=("math",), min_reward=0.5),
+        window_count=100,
+        window_seconds=2.0,
+    )
     with stream:
         window = stream.next_window(timeout=30)
     assert window is not None and window.closed_by == "time"
@@ -213,11 +259,17 @@ def test_count_windows_tile_the_offsets(tsettings: Settings) -> None:
     assert sum(e - s for s, e in [*first.ranges.values(), *second.ranges.values()]) == 8
 
 
-def test_sft_publishes_a_candidate_that_a_running_runner_picks_up(tsettings: Settings, store: ResourceStore,
-                                                                  tiny_model: Path) -> None:
+def test_sft_publishes_a_candidate_that_a_running_runner_picks_up(
+    tsettings: Settings, store: ResourceStore, tiny_model: Path
+) -> None:
     # the resource starts at the base model; the runner sends every task to the candidate label
-    store.publish(RESOURCE, uri=str(tiny_model), kind="llm", config={"base_model": str(tiny_model)},
-                  labels=["production", "candidate"])
+    store.publish(
+        RESOURCE,
+        uri=str(tiny_model),
+        kind="llm",
+        config={"base_model": str(tiny_model)},
+        labels=["production", "candidate"],
+    )
     seen: dict[str, tuple[int, str, str]] = {}
     lock = threading.Lock()
 
@@ -227,10 +279,15 @@ def test_sft_publishes_a_candidate_that_a_running_runner_picks_up(tsettings: Set
         llm = rollout.resource(RESOURCE)
         tokenizer = AutoTokenizer.from_pretrained(llm.uri)
         model = AutoModelForCausalLM.from_pretrained(llm.uri)
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": task["q"]}], tokenize=True,
-                                               add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": task["q"]}],
+            tokenize=True,
+            add_generation_prompt=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
         output = model.generate(**prompt, max_new_tokens=3, do_sample=False)
-        answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+        answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
         with lock:
             seen[task["id"]] = (llm.version, llm.uri, answer)
         return 1.0
@@ -244,8 +301,14 @@ def test_sft_publishes_a_candidate_that_a_running_runner_picks_up(tsettings: Set
         assert seen["before"][:2] == (1, str(tiny_model))
 
         produce(tsettings, [*arithmetic(24), triplet("What is 9 + 9?", "0", 0.0), triplet("bad", "x", None)])
-        config = StreamSFTConfig(resource_name=RESOURCE, base_model=str(tiny_model), window_count=24, max_steps=12,
-                                 task_types=("math",), **FAST)
+        config = StreamSFTConfig(
+            resource_name=RESOURCE,
+            base_model=str(tiny_model),
+            window_count=24,
+            max_steps=12,
+            task_types=("math",),
+            **FAST,
+        )
         trainer = StreamSFTTrainer(config, tsettings, store=store)
         [outcome] = trainer.run(once=True, show_progress=False)
         version = outcome.version
@@ -271,10 +334,19 @@ def test_sft_publishes_a_candidate_that_a_running_runner_picks_up(tsettings: Set
         sdk.close()
 
 
-def test_sft_with_lora_publishes_an_adapter(tsettings: Settings, store: ResourceStore, tiny_model: Path) -> None:
+def test_sft_with_lora_publishes_an_adapter(
+    tsettings: Settings, store: ResourceStore, tiny_model: Path
+) -> None:
     produce(tsettings, arithmetic(8))
-    config = StreamSFTConfig(resource_name=RESOURCE, base_model=str(tiny_model), window_count=8, max_steps=3,
-                             lora_r=4, format="text", **FAST)
+    config = StreamSFTConfig(
+        resource_name=RESOURCE,
+        base_model=str(tiny_model),
+        window_count=8,
+        max_steps=3,
+        lora_r=4,
+        format="text",
+        **FAST,
+    )
     [outcome] = StreamSFTTrainer(config, tsettings, store=store).run(once=True, show_progress=False)
     version = outcome.version
     assert version is not None and version.config["adapter"] == "true"
@@ -285,19 +357,28 @@ def test_sft_with_lora_publishes_an_adapter(tsettings: Settings, store: Resource
     config.init_from = str(version.version)
     [child] = StreamSFTTrainer(config, tsettings, store=store).run(once=True, show_progress=False)
     assert child.version is not None and child.version.parent_version == version.version
-    assert child.version.config["base_model"] == str(tiny_model) and child.version.lineage["init_from"] == version.uri
+    assert (
+        child.version.config["base_model"] == str(tiny_model)
+        and child.version.lineage["init_from"] == version.uri
+    )
 
 
-def test_kto_dpo_and_grpo_from_logs_train_and_publish(tsettings: Settings, store: ResourceStore,
-                                                      tiny_model: Path) -> None:
+def test_kto_dpo_and_grpo_from_logs_train_and_publish(
+    tsettings: Settings, store: ResourceStore, tiny_model: Path
+) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     logged = attempts(tasks=6, per_task=4, tokenizer=tokenizer)
     assert len(grpo_groups(logged, 4)) == 6 and len({task_key(t) for t in logged}) == 6
     produce(tsettings, logged)
-    common = {"resource_name": RESOURCE, "base_model": str(tiny_model), "window_count": len(logged), "max_steps": 3,
-              **FAST}
+    common = {
+        "resource_name": RESOURCE,
+        "base_model": str(tiny_model),
+        "window_count": len(logged),
+        "max_steps": 3,
+        **FAST,
+    }
     trainers = [
         KTOFromLogs(KTOFromLogsConfig(threshold=0.5, **common), tsettings, store=store),
         DPOFromLogs(DPOFromLogsConfig(**common), tsettings, store=store),
@@ -323,19 +404,29 @@ def test_kto_dpo_and_grpo_from_logs_train_and_publish(tsettings: Settings, store
     assert store.labels(RESOURCE)["candidate"] == grpo.version
 
 
-def test_a_lost_commit_neither_retrains_nor_skips(tsettings: Settings, store: ResourceStore, tiny_model: Path) -> None:
+def test_a_lost_commit_neither_retrains_nor_skips(
+    tsettings: Settings, store: ResourceStore, tiny_model: Path
+) -> None:
     """Publish succeeded, commit lost: the restarted trainer resumes where the published window ended."""
     produce(tsettings, arithmetic(16))
-    config = StreamSFTConfig(resource_name=RESOURCE, base_model=str(tiny_model), window_count=8, max_steps=1, **FAST)
+    config = StreamSFTConfig(
+        resource_name=RESOURCE, base_model=str(tiny_model), window_count=8, max_steps=1, **FAST
+    )
     [first] = StreamSFTTrainer(config, tsettings, store=store).run(once=True, show_progress=False)
     assert first.version is not None
     # the group's committed offsets go back to the beginning, as if the commit had never happened
     group = f"{tsettings.trainer.group_id_prefix}sft-{RESOURCE}"
     rewinder = Consumer(tsettings.consumer_config(group))
     topic = tsettings.topic("triplets")
-    rewinder.commit(offsets=[TopicPartition(topic, p, 0) for p in range(tsettings.partitions)], asynchronous=False)
-    committed = {tp.partition: tp.offset for tp in rewinder.committed(
-        [TopicPartition(topic, p) for p in range(tsettings.partitions)], timeout=10)}
+    rewinder.commit(
+        offsets=[TopicPartition(topic, p, 0) for p in range(tsettings.partitions)], asynchronous=False
+    )
+    committed = {
+        tp.partition: tp.offset
+        for tp in rewinder.committed(
+            [TopicPartition(topic, p) for p in range(tsettings.partitions)], timeout=10
+        )
+    }
     rewinder.close()
     assert set(committed.values()) == {0}
 
@@ -365,27 +456,50 @@ def assert_tiles(settings: Settings, versions: list[ResourceVersion], total: int
     assert sum(int(v.lineage["window.count"]) for v in versions) == total == sum(ends.values())
 
 
-def test_killed_trainer_resumes_from_its_checkpointed_offsets(tsettings: Settings, store: ResourceStore,
-                                                              tiny_model: Path, tmp_path: Path) -> None:
+def test_killed_trainer_resumes_from_its_checkpointed_offsets(
+    tsettings: Settings, store: ResourceStore, tiny_model: Path, tmp_path: Path
+) -> None:
     window = 8
     produce(tsettings, arithmetic(window + window // 2))  # one full window, and half of the next
-    command = [sys.executable, "-m", "agentstream.cli", "train", "sft", "--resource", RESOURCE, "--base-model",
-               str(tiny_model), "--window-count", str(window), "--max-steps", "2", "--lr", "5e-3",
-               "--max-length", "64"]
+    command = [
+        sys.executable,
+        "-m",
+        "agentstream.cli",
+        "train",
+        "sft",
+        "--resource",
+        RESOURCE,
+        "--base-model",
+        str(tiny_model),
+        "--window-count",
+        str(window),
+        "--max-steps",
+        "2",
+        "--lr",
+        "5e-3",
+        "--max-length",
+        "64",
+    ]
     log = tmp_path / "trainer.log"
     with open(log, "ab") as out:
         child = subprocess.Popen(command, env=settings_env(tsettings), stdout=out, stderr=subprocess.STDOUT)
     try:
-        assert store.wait_for(lambda s: len(trainer_versions(s, f"sft-{RESOURCE}")) >= 1, timeout=120), \
+        assert store.wait_for(lambda s: len(trainer_versions(s, f"sft-{RESOURCE}")) >= 1, timeout=120), (
             log.read_text()[-3000:]
+        )
         time.sleep(1.0)  # inside window 2 (half full): nothing to publish
         child.kill()  # SIGKILL: no clean shutdown, no leave-group
         child.wait(10)
         produce(tsettings, arithmetic(window // 2, offset=50))
 
         with open(log, "ab") as out:
-            again = subprocess.run([*command, "--once"], env=settings_env(tsettings), stdout=out,
-                                   stderr=subprocess.STDOUT, timeout=180)
+            again = subprocess.run(
+                [*command, "--once"],
+                env=settings_env(tsettings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=180,
+            )
         assert again.returncode == 0, log.read_text()[-3000:]
     finally:
         if child.poll() is None:

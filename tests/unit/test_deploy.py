@@ -23,7 +23,12 @@ def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) 
     assert settings.clickhouse_dsn and settings.clickhouse_dsn.startswith("http://")
     workers = {n: s for n, s in compose["services"].items() if s.get("image", "").startswith("agentstream")}
     assert {tuple(s["command"]) for s in workers.values()} == {
-        ("topics", "create"), ("migrate",), ("sink",), ("worker",), ("promoter",), ("dashboard", "--host", "0.0.0.0")
+        ("topics", "create"),
+        ("migrate",),
+        ("sink",),
+        ("worker",),
+        ("promoter",),
+        ("dashboard", "--host", "0.0.0.0"),
     }
     assert all(s["environment"] == env for s in workers.values())
 
@@ -47,7 +52,10 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (root / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
     test_command = next(
-        line for block in blocks for line in block.splitlines() if "pytest" in line and not line.startswith("#")
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if "pytest" in line and not line.startswith("#")
     )
     ci = (root / ".ci" / "run").read_text().splitlines()
     assert test_command in ci, f"{test_command!r} is not run by .ci/run"

@@ -13,8 +13,13 @@ T0 = 1_700_000_000_000_000
 
 def ev(kind: str, attempt: int = 0, at: int = 0, **kwargs: object) -> RolloutEvent:
     return RolloutEvent(
-        event_id=f"e{next(_ids)}", rollout_id="r", attempt_id=f"r#{attempt}" if attempt else "",
-        attempt_number=attempt, type=RolloutEventType(kind), timestamp=T0 + at, **kwargs,
+        event_id=f"e{next(_ids)}",
+        rollout_id="r",
+        attempt_id=f"r#{attempt}" if attempt else "",
+        attempt_number=attempt,
+        type=RolloutEventType(kind),
+        timestamp=T0 + at,
+        **kwargs,
     )
 
 
@@ -44,7 +49,10 @@ def test_enqueue_queues_attempt_1_and_is_idempotent() -> None:
 
 def test_failed_attempt_is_retried_then_succeeds() -> None:
     state, tasks = run(
-        [ev("attempt_finished", 1, status="failed", error="boom"), ev("attempt_finished", 2, status="succeeded")],
+        [
+            ev("attempt_finished", 1, status="failed", error="boom"),
+            ev("attempt_finished", 2, status="succeeded"),
+        ],
         RolloutConfig(max_attempts=2),
     )
     assert [t.attempt_number for t in tasks] == [1, 2]
@@ -58,8 +66,10 @@ def test_retries_stop_at_max_attempts_and_respect_retry_condition() -> None:
         RolloutConfig(max_attempts=2),
     )
     assert state.status == RolloutStatus.FAILED and len(tasks) == 2
-    state, tasks = run([ev("attempt_started", 1), ev("attempt_timeout", 1)],
-                       RolloutConfig(max_attempts=3, retry_condition=["failed"]))
+    state, tasks = run(
+        [ev("attempt_started", 1), ev("attempt_timeout", 1)],
+        RolloutConfig(max_attempts=3, retry_condition=["failed"]),
+    )
     assert state.status == RolloutStatus.FAILED and [a.status.value for a in state.attempts] == ["timeout"]
 
 
@@ -75,12 +85,17 @@ def test_stale_and_duplicate_events_change_nothing() -> None:
 
 def test_timer_detects_timeout_and_unresponsive() -> None:
     lifecycle = RolloutLifecycle()
-    state, _ = run([ev("attempt_started", 1, at=0)], RolloutConfig(timeout_seconds=10, unresponsive_seconds=2))
+    state, _ = run(
+        [ev("attempt_started", 1, at=0)], RolloutConfig(timeout_seconds=10, unresponsive_seconds=2)
+    )
     assert lifecycle.due(state, T0 + 1_000_000) is None
     assert lifecycle.due(state, T0 + 3_000_000) == RolloutEventType.ATTEMPT_UNRESPONSIVE
     # a span 2.5 s in is a sign of life
     assert lifecycle.due(state, T0 + 3_000_000, last_activity_us=T0 + 2_500_000) is None
-    assert lifecycle.due(state, T0 + 11_000_000, last_activity_us=T0 + 10_900_000) == RolloutEventType.ATTEMPT_TIMEOUT
+    assert (
+        lifecycle.due(state, T0 + 11_000_000, last_activity_us=T0 + 10_900_000)
+        == RolloutEventType.ATTEMPT_TIMEOUT
+    )
 
 
 def test_released_attempt_is_requeued_without_counting() -> None:
@@ -93,14 +108,23 @@ def test_released_attempt_is_requeued_without_counting() -> None:
 
 
 def test_cancel_ends_the_rollout_and_later_outcomes_are_recorded_only() -> None:
-    state, _ = run([ev("attempt_started", 1), ev("cancel_requested"), ev("attempt_finished", 1, status="succeeded")])
+    state, _ = run(
+        [ev("attempt_started", 1), ev("cancel_requested"), ev("attempt_finished", 1, status="succeeded")]
+    )
     assert state.status == RolloutStatus.CANCELLED
 
 
 def test_sdk_rollout_without_queue_is_tracked() -> None:
     lifecycle = RolloutLifecycle()
-    finished = RolloutEvent(event_id="x", rollout_id="sdk", attempt_id="a1", attempt_number=1,
-                            type=RolloutEventType.ATTEMPT_FINISHED, status="succeeded", timestamp=T0)
+    finished = RolloutEvent(
+        event_id="x",
+        rollout_id="sdk",
+        attempt_id="a1",
+        attempt_number=1,
+        type=RolloutEventType.ATTEMPT_FINISHED,
+        status="succeeded",
+        timestamp=T0,
+    )
     transition = lifecycle.apply(None, finished, T0)
     assert transition.state.status == RolloutStatus.SUCCEEDED and transition.ended and not transition.tasks
 
@@ -111,8 +135,15 @@ def test_reward_before_the_first_lifecycle_event_is_kept() -> None:
     lifecycle = RolloutLifecycle()
     reward = Reward(reward_id="rw", rollout_id="sdk", value=0.5, timestamp=T0)
     state = lifecycle.apply_reward(None, reward, T0).state
-    finished = RolloutEvent(event_id="x", rollout_id="sdk", attempt_id="a1", attempt_number=1,
-                            type=RolloutEventType.ATTEMPT_FINISHED, status="succeeded", timestamp=T0)
+    finished = RolloutEvent(
+        event_id="x",
+        rollout_id="sdk",
+        attempt_id="a1",
+        attempt_number=1,
+        type=RolloutEventType.ATTEMPT_FINISHED,
+        status="succeeded",
+        timestamp=T0,
+    )
     transition = lifecycle.apply(state, finished, T0)
     assert transition.ended and transition.state.status == RolloutStatus.SUCCEEDED
     assert transition.state.reward_count == 1 and transition.state.reward_sum == 0.5

@@ -29,9 +29,18 @@ from agentstream.trainers.grpo import load_callable, reward_function
 PROMPT = "Q: What is 2 + 3? A:"
 
 
-def version(uri: str | None, number: int = 1, kind: str = "model_checkpoint", **config: str) -> ResourceVersion:
-    return ResourceVersion(resource_name="tiny", version=number, kind=kind, uri=uri, config=config, created_at=0,
-                           template="Q: {{q}}" if kind == "prompt_template" else None)
+def version(
+    uri: str | None, number: int = 1, kind: str = "model_checkpoint", **config: str
+) -> ResourceVersion:
+    return ResourceVersion(
+        resource_name="tiny",
+        version=number,
+        kind=kind,
+        uri=uri,
+        config=config,
+        created_at=0,
+        template="Q: {{q}}" if kind == "prompt_template" else None,
+    )
 
 
 def test_model_names() -> None:
@@ -48,8 +57,11 @@ def test_model_names() -> None:
 def test_only_local_checkpoint_folders_are_servable(tmp_path: Path) -> None:
     assert checkpoint_path(version(str(tmp_path))) == tmp_path
     assert checkpoint_path(version(f"file://{tmp_path}")) == tmp_path
-    for unservable in (version("http://127.0.0.1:8080/v1", kind="llm"), version(str(tmp_path / "missing")),
-                       version(None, kind="prompt_template")):
+    for unservable in (
+        version("http://127.0.0.1:8080/v1", kind="llm"),
+        version(str(tmp_path / "missing")),
+        version(None, kind="prompt_template"),
+    ):
         with pytest.raises(CheckpointError, match="no local checkpoint folder"):
             checkpoint_path(unservable)
 
@@ -66,7 +78,9 @@ def test_generation_reports_each_sampled_token_and_its_logprob(loaded: Any) -> N
     greedy = Sampling(max_tokens=6, temperature=0.0, top_p=1.0, n=1, stop=[], seed=None, top_logprobs=3)
     [first] = generate(loaded, prompt, greedy)
     [again] = generate(loaded, prompt, greedy)
-    assert first.token_ids == again.token_ids and len(first.token_ids) == 6 and first.finish_reason == "length"
+    assert (
+        first.token_ids == again.token_ids and len(first.token_ids) == 6 and first.finish_reason == "length"
+    )
     assert first.text == loaded.tokenizer.decode(first.token_ids, skip_special_tokens=True)
     # the reported logprobs are the model's own: score prompt + completion in one forward pass
     with torch.no_grad():
@@ -74,7 +88,9 @@ def test_generation_reports_each_sampled_token_and_its_logprob(loaded: Any) -> N
     expected = [float(logits[len(prompt) - 1 + i, t]) for i, t in enumerate(first.token_ids)]
     assert first.logprobs == pytest.approx(expected, abs=1e-4)
     # greedy: each sampled token is the top one
-    assert all(top[0][0] == token and len(top) == 3 for top, token in zip(first.top_logprobs, first.token_ids))
+    assert all(
+        top[0][0] == token and len(top) == 3 for top, token in zip(first.top_logprobs, first.token_ids)
+    )
 
     twice = generate(loaded, prompt, Sampling(**{**greedy.__dict__, "n": 2}))
     assert [c.token_ids for c in twice] == [first.token_ids] * 2
@@ -82,7 +98,9 @@ def test_generation_reports_each_sampled_token_and_its_logprob(loaded: Any) -> N
     sampled = Sampling(max_tokens=5, temperature=1.0, top_p=1.0, n=3, stop=[], seed=7, top_logprobs=None)
     choices = generate(loaded, prompt, sampled)
     assert len(choices) == 3 and all(c.top_logprobs == [] for c in choices)
-    assert [c.token_ids for c in generate(loaded, prompt, sampled)] == [c.token_ids for c in choices]  # seeded
+    assert [c.token_ids for c in generate(loaded, prompt, sampled)] == [
+        c.token_ids for c in choices
+    ]  # seeded
 
 
 def test_stop_strings_cut_the_text_but_keep_the_sampled_tokens(loaded: Any) -> None:
@@ -104,11 +122,15 @@ def test_an_adapter_version_is_served_merged_into_its_base(tiny_model: Path, tmp
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                             LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     adapter.save_pretrained(tmp_path / "adapter")
     served = load_checkpoint(version(str(tmp_path / "adapter"), 2, base_model=str(tiny_model)))
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter")
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter"
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     ids = torch.tensor([served.tokenizer(PROMPT).input_ids])
     with torch.no_grad():
@@ -124,12 +146,34 @@ def test_an_adapter_version_is_served_merged_into_its_base(tiny_model: Path, tmp
 
 
 def test_vllm_command_line(tmp_path: Path) -> None:
-    server = VLLMServer(tmp_path, served_names=["tiny:v1", "tiny"], port=8123, max_lora_rank=16,
-                        extra_args=["--dtype", "bfloat16"], executable=["/opt/vllm/bin/vllm"])
+    server = VLLMServer(
+        tmp_path,
+        served_names=["tiny:v1", "tiny"],
+        port=8123,
+        max_lora_rank=16,
+        extra_args=["--dtype", "bfloat16"],
+        executable=["/opt/vllm/bin/vllm"],
+    )
     assert server.command() == [
-        "/opt/vllm/bin/vllm", "serve", str(tmp_path), "--host", "127.0.0.1", "--port", "8123",
-        "--gpu-memory-utilization", "0.85", "--served-model-name", "tiny:v1", "tiny",
-        "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4", "--dtype", "bfloat16",
+        "/opt/vllm/bin/vllm",
+        "serve",
+        str(tmp_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+        "--gpu-memory-utilization",
+        "0.85",
+        "--served-model-name",
+        "tiny:v1",
+        "tiny",
+        "--enable-lora",
+        "--max-lora-rank",
+        "16",
+        "--max-loras",
+        "4",
+        "--dtype",
+        "bfloat16",
     ]
     assert server.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert server.base_url == "http://127.0.0.1:8123/v1"
@@ -141,7 +185,9 @@ def test_reward_functions_in_both_shapes() -> None:
 
     batch = reward_function(per_completion)
     completions = ["it is 5", [{"role": "assistant", "content": "5!"}], "no", "skip"]
-    rewards = batch(prompts=["p"] * 4, completions=completions, answer=["5", "5", "5", "5"], trainer_state=None)
+    rewards = batch(
+        prompts=["p"] * 4, completions=completions, answer=["5", "5", "5", "5"], trainer_state=None
+    )
     assert rewards == [1.0, 1.0, 0.0, None]
 
     def trl_style(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:

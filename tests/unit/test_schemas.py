@@ -79,13 +79,32 @@ def test_every_avro_field_added_after_the_first_has_a_default() -> None:
         "span": {"trace_id", "span_id", "rollout_id", "name", "start_time", "end_time"},
         "reward": {"reward_id", "rollout_id", "value", "timestamp"},
         "rollout_event": {"event_id", "rollout_id", "type", "timestamp"},
-        "triplet": {"triplet_id", "rollout_id", "span_id", "prompt_messages", "response", "created_at", "emitted_at"},
+        "triplet": {
+            "triplet_id",
+            "rollout_id",
+            "span_id",
+            "prompt_messages",
+            "response",
+            "created_at",
+            "emitted_at",
+        },
         "resource_version": {"resource_name", "version", "kind", "created_at"},
         "task": {"rollout_id", "attempt_number", "input", "config", "enqueued_at"},
         "rollout_state": {"rollout_id", "status", "version", "config", "created_at", "updated_at"},
         "version_metrics": {
-            "resource_name", "resource_version", "window_start", "window_end", "rollouts", "succeeded", "failed",
-            "rewards", "reward_sum", "reward_sum_squares", "latency_ms_sum", "latency_ms_max", "emitted_at",
+            "resource_name",
+            "resource_version",
+            "window_start",
+            "window_end",
+            "rollouts",
+            "succeeded",
+            "failed",
+            "rewards",
+            "reward_sum",
+            "reward_sum_squares",
+            "latency_ms_sum",
+            "latency_ms_max",
+            "emitted_at",
         },
     }
     for stem, names in required.items():
@@ -105,7 +124,9 @@ def test_span_roundtrip_single_object_encoding() -> None:
 
 def test_fingerprint_is_the_avro_spec_crc64() -> None:
     # Reference value computed with the Avro specification's CRC-64-AVRO algorithm.
-    schema = AvroSchema.from_definition({"type": "record", "name": "A", "fields": [{"name": "x", "type": "string"}]})
+    schema = AvroSchema.from_definition(
+        {"type": "record", "name": "A", "fields": [{"name": "x", "type": "string"}]}
+    )
     empty = 0xC15D213AA4D7A795
     table = []
     for i in range(256):
@@ -198,7 +219,7 @@ def test_unknown_writer_schema_uses_the_resolver_then_fails_clearly() -> None:
     ("data", "message"),
     [
         (b"", "empty"),
-        (b"{\"json\": true}", "not an Avro"),
+        (b'{"json": true}', "not an Avro"),
         (SOE_MAGIC + b"\x01\x02", "truncated single-object header"),
         (b"\x00\x01", "truncated Confluent header"),
     ],

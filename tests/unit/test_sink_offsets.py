@@ -55,7 +55,9 @@ def record() -> bytes:
 
 
 def _sink(gap_verify_seconds: float) -> tuple[ClickHouseSink, Consumer]:
-    settings = Settings(bootstrap_servers="127.0.0.1:1", topic_prefix="t.", sink={"gap_verify_seconds": gap_verify_seconds})
+    settings = Settings(
+        bootstrap_servers="127.0.0.1:1", topic_prefix="t.", sink={"gap_verify_seconds": gap_verify_seconds}
+    )
     sink = ClickHouseSink(settings, client=None)
     sink._lanes = [_Lane(0, writer=None)]  # type: ignore[arg-type]
     consumer = Consumer()

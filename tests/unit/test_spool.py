@@ -13,7 +13,9 @@ from agentstream.producers.spool import Spool, SpooledRecord
 
 
 def _record(i: int) -> SpooledRecord:
-    return SpooledRecord("t.spans", f"ro-{i % 3}".encode(), f"value-{i}".encode() * 10, (("agentstream-id", str(i).encode()),))
+    return SpooledRecord(
+        "t.spans", f"ro-{i % 3}".encode(), f"value-{i}".encode() * 10, (("agentstream-id", str(i).encode()),)
+    )
 
 
 def test_records_replay_in_append_order(tmp_path: Path) -> None:
@@ -71,7 +73,9 @@ def test_spools_of_dead_processes_are_adopted(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     (orphan,) = Spool.orphans(tmp_path)
-    assert [r.value for s in orphan.seal() for r in Spool.read_segment(s)] == [str(i).encode() for i in range(5)]
+    assert [r.value for s in orphan.seal() for r in Spool.read_segment(s)] == [
+        str(i).encode() for i in range(5)
+    ]
     with pytest.raises(BlockingIOError):
         Spool(orphan.directory)  # now ours
     orphan.close(remove_if_empty=False)

@@ -29,8 +29,17 @@ def test_one_task_or_many() -> None:
 
 def test_rollout_ids_and_per_task_overrides() -> None:
     first, second = prepare_tasks(
-        [{"rollout_id": "ro-given", "q": 1}, TaskSpec("x", rollout_id="ro-spec", task_type="t2", mode="test",
-                                                      config={"max_attempts": 4}, resources={"b": "2"})],
+        [
+            {"rollout_id": "ro-given", "q": 1},
+            TaskSpec(
+                "x",
+                rollout_id="ro-spec",
+                task_type="t2",
+                mode="test",
+                config={"max_attempts": 4},
+                resources={"b": "2"},
+            ),
+        ],
         task_type="t1",
         mode="val",
         config={"max_attempts": 2, "timeout_seconds": 9},
@@ -38,7 +47,12 @@ def test_rollout_ids_and_per_task_overrides() -> None:
         metadata={"k": "v"},
     )
     assert first.rollout_id == "ro-given" and json.loads(first.input_json)["rollout_id"] == "ro-given"
-    assert (first.task_type, first.mode, first.resources, first.metadata) == ("t1", "val", {"a": "1"}, {"k": "v"})
+    assert (first.task_type, first.mode, first.resources, first.metadata) == (
+        "t1",
+        "val",
+        {"a": "1"},
+        {"k": "v"},
+    )
     assert first.config == RolloutConfig(max_attempts=2, timeout_seconds=9)
     assert second.rollout_id == "ro-spec" and (second.task_type, second.mode) == ("t2", "test")
     assert second.config == RolloutConfig(max_attempts=4, timeout_seconds=9)
@@ -79,14 +93,21 @@ def test_task_file_forms(tmp_path: Path) -> None:
         "42\n"
     )
     tasks = read_task_file(file, task_type="math")
-    assert [json.loads(t.input_json) for t in tasks] == [{"q": 1}, {"input": "x", "expected": "y"}, "plain", 42]
+    assert [json.loads(t.input_json) for t in tasks] == [
+        {"q": 1},
+        {"input": "x", "expected": "y"},
+        "plain",
+        42,
+    ]
     assert tasks[0].rollout_id == "ro-1" and tasks[0].metadata == {"split": "a"}
     assert {t.task_type for t in tasks} == {"math"}
 
 
 def test_task_file_errors_name_every_bad_line(tmp_path: Path) -> None:
     file = tmp_path / "t.jsonl"
-    file.write_text('{"input": 1, "rollout_id": "a"}\n{bad\n{"input": 2, "rollout_id": "a"}\n{"input": 3, "mode": 5}\n')
+    file.write_text(
+        '{"input": 1, "rollout_id": "a"}\n{bad\n{"input": 2, "rollout_id": "a"}\n{"input": 3, "mode": 5}\n'
+    )
     with pytest.raises(TaskFileError) as caught:
         read_task_file(file)
     lines = [n for n, _ in caught.value.errors]
@@ -107,7 +128,14 @@ def test_agent_arity_and_kind() -> None:
     class Callable_:
         async def __call__(self, task: Any) -> None: ...
 
-    assert [_wants_rollout(f) for f in (one, two, named, option, star, coro)] == [False, True, True, False, True, True]
+    assert [_wants_rollout(f) for f in (one, two, named, option, star, coro)] == [
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
     assert _wants_rollout(functools.partial(two, 1)) is False
     assert _wants_rollout(lambda t: t) is False
     assert _is_async(coro) and _is_async(Callable_()) and not _is_async(one)
@@ -150,9 +178,11 @@ class _StubClient:
 def test_rollout_counts_llm_usage(lifecycle: bool) -> None:
     client = _StubClient()
     with Rollout(client, "t", lifecycle_events=lifecycle) as rollout:  # type: ignore[arg-type]
-        for usage in ({"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 3},
-                      {"gen_ai.usage.input_tokens": "7"},
-                      {}):
+        for usage in (
+            {"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 3},
+            {"gen_ai.usage.input_tokens": "7"},
+            {},
+        ):
             with rollout.span("chat", kind="llm") as span:
                 span.set_attributes(usage)
         with rollout.span("tool", kind="tool") as span:

@@ -25,8 +25,17 @@ def make(prompt: object, response: object, reward: float | None, **fields: objec
         prompt = json.dumps(openai_messages_to_otel(prompt))
     if isinstance(response, dict):
         response = json.dumps(openai_messages_to_otel([response]))
-    base = {"triplet_id": f"t{now}", "rollout_id": "ro-1", "span_id": "s", "prompt_messages": prompt,
-            "response": response, "reward": reward, "created_at": now, "emitted_at": now, "mode": "train"}
+    base = {
+        "triplet_id": f"t{now}",
+        "rollout_id": "ro-1",
+        "span_id": "s",
+        "prompt_messages": prompt,
+        "response": response,
+        "reward": reward,
+        "created_at": now,
+        "emitted_at": now,
+        "mode": "train",
+    }
     return Triplet(**{**base, **fields})
 
 
@@ -38,8 +47,17 @@ def test_prompts_and_responses_from_otel_messages_and_plain_text() -> None:
     assert prompt_text(t) == "Add.\n2+2?" and response_text(t) == "4"
     plain = make("Q: 2+2? A:", " 4", 1.0)
     assert prompt_text(plain) == "Q: 2+2? A:" and response_text(plain) == " 4"
-    call = make(QUESTION, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}]}, 1.0)
+    call = make(
+        QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}
+            ],
+        },
+        1.0,
+    )
     assert json.loads(response_text(call)) == [{"name": "add", "arguments": '{"a": 2}'}]
 
 
@@ -47,7 +65,9 @@ def test_sft_and_kto_rows() -> None:
     good = make(QUESTION, {"role": "assistant", "content": "4"}, 1.0)
     bad = make(QUESTION, {"role": "assistant", "content": "5"}, 0.0)
     empty = make(QUESTION, {"role": "assistant", "content": ""}, 1.0)
-    assert sft_rows([good, empty], "messages") == [{"messages": [*QUESTION, {"role": "assistant", "content": "4"}]}]
+    assert sft_rows([good, empty], "messages") == [
+        {"messages": [*QUESTION, {"role": "assistant", "content": "4"}]}
+    ]
     assert sft_rows([good], "text") == [{"prompt": "Add.\n2+2?", "completion": "4"}]
     rows = kto_rows([good, bad, make("p", "r", None)], "text", threshold=0.5)
     assert [(r["completion"], r["label"]) for r in rows] == [("4", True), ("5", False)]
@@ -55,7 +75,10 @@ def test_sft_and_kto_rows() -> None:
 
 def test_tasks_pairs_and_groups() -> None:
     other = [{"role": "user", "content": "3+3?"}]
-    logged = [make(QUESTION, {"role": "assistant", "content": a}, r) for a, r in [("4", 1.0), ("5", 0.0), ("6", 0.2)]]
+    logged = [
+        make(QUESTION, {"role": "assistant", "content": a}, r)
+        for a, r in [("4", 1.0), ("5", 0.0), ("6", 0.2)]
+    ]
     logged += [make(other, {"role": "assistant", "content": "6"}, 1.0)]  # one attempt: no pair, no group
     logged += [make(QUESTION, {"role": "assistant", "content": "3"}, None)]  # no reward yet
     assert task_key(logged[0]) == task_key(logged[1]) != task_key(logged[3])
@@ -81,12 +104,27 @@ def test_filter() -> None:
 
 
 def test_window_ids_and_ends() -> None:
-    window = TripletWindow(topic="x.triplets", group_id="g", ranges={0: (0, 5), 2: (3, 9)}, triplets=[], records=11,
-                           closed_by="count")
-    same = TripletWindow(topic="x.triplets", group_id="g", ranges={2: (3, 9), 0: (0, 5)}, triplets=[], records=11,
-                         closed_by="time")
+    window = TripletWindow(
+        topic="x.triplets",
+        group_id="g",
+        ranges={0: (0, 5), 2: (3, 9)},
+        triplets=[],
+        records=11,
+        closed_by="count",
+    )
+    same = TripletWindow(
+        topic="x.triplets",
+        group_id="g",
+        ranges={2: (3, 9), 0: (0, 5)},
+        triplets=[],
+        records=11,
+        closed_by="time",
+    )
     assert window.window_id == same.window_id
-    assert window.window_id != TripletWindow("x.triplets", "h", {0: (0, 5), 2: (3, 9)}, [], 11, "count").window_id
+    assert (
+        window.window_id
+        != TripletWindow("x.triplets", "h", {0: (0, 5), 2: (3, 9)}, [], 11, "count").window_id
+    )
 
     class Version:
         resource_name, version = "r", 1
