@@ -16,8 +16,12 @@ Or let runners run the agent on enqueued tasks (retries, timeouts, rewards from 
     agentstream.enqueue(dataset, task_type="math", config={"max_attempts": 3})
     agentstream.Runner(agent, concurrency=8).run()      # on each worker machine
 
-Subpackages: ``schemas`` (event contracts), ``producers`` (SDK), ``streams`` (stream processors),
-``sinks`` (ClickHouse), ``trainers`` (optimisers), ``deploy`` (embedded broker, stack, manifests).
+Subpackages, in the direction data flows: ``producers`` (this SDK and runners) -> ``topics``
+(the catalogue and record I/O, on the ``schemas`` event contracts) -> ``streams`` (stream
+processors) -> ``sinks`` (ClickHouse, reached through ``clickhouse``) and ``trainers`` ->
+``resources`` (versioned prompts and checkpoints) -> runners again. Around them: ``settings``,
+``serving`` (model servers), ``analytics`` (dashboard, reports), ``deploy`` (embedded broker,
+local stack), ``process`` (our server processes) and ``cli`` (the ``agentstream`` command).
 """
 
 from agentstream.producers import (

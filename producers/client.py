@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import numbers
 import os
 import random
 import socket
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agentstream.schemas import RewardSource, SpanKind, genai
+from agentstream.schemas import RewardSource, SpanKind, genai, now_us
 from agentstream.schemas.reward import HANDOFF_ATTRIBUTE
 from agentstream.schemas.rollout_event import RolloutConfig, RolloutEventType
 from agentstream.settings import Settings
@@ -23,11 +21,20 @@ from .delivery import DeliveryStats, DeliveryWorker
 from .records import RecordEncoder
 from .spool import SpooledRecord
 from .tasks import prepare_tasks
-from .tracer import ActiveSpan, Rollout, _json, current_rollout, current_span, now_us
-
-logger = logging.getLogger(__name__)
+from .tracer import ActiveSpan, Rollout, current_rollout, current_span, open_span, to_json
 
 SDK_VERSION = "0.1.0"
+
+
+def resolve_settings(settings: Settings | None = None) -> Settings:
+    """The settings an SDK client runs with: ``settings`` (default: from ``AGENTSTREAM_*``
+    variables), with the running stack's bootstrap servers when none are set.
+
+    The one place the SDK resolves settings: :func:`~agentstream.producers.sdk.init`, a
+    :class:`~agentstream.producers.runner.Runner` and the CLI resolve once and pass the result
+    down; resolving resolved settings returns them unchanged.
+    """
+    return (settings if settings is not None else Settings()).resolved()
 
 
 class AgentStream:
@@ -37,12 +44,16 @@ class AgentStream:
     uses it. Emitting never blocks and never raises because Kafka is slow or down: records queue
     in memory, spill to a local spool during outages, and are replayed in order.
 
+    It is the :class:`~agentstream.producers.tracer.Emitter` its rollouts and spans report to.
+
     Args:
-        settings: where Kafka runs and how to buffer; defaults from ``AGENTSTREAM_*`` variables.
+        settings: where Kafka runs and how to buffer, resolved (see :func:`resolve_settings`, which
+            also fills in what is left ``None`` or unresolved here: from ``AGENTSTREAM_*``
+            variables and the running stack).
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        settings = (settings or Settings()).resolved()
+        settings = resolve_settings(settings)
         self.settings = settings
         sdk = settings.sdk
         self.resource_attributes = {
@@ -115,11 +126,7 @@ class AgentStream:
         rollout: Rollout | None = None,
     ) -> ActiveSpan:
         """A span, child of the current one: ``with client.span("search", kind="tool") as s: ...``."""
-        rollout = rollout or current_rollout()
-        parent = current_span()
-        if parent is not None and parent.rollout is not rollout:
-            parent = None  # a span of another rollout is not our parent
-        return ActiveSpan(self, name, str(kind), rollout, parent, attributes)
+        return open_span(self, name, kind=kind, attributes=attributes, rollout=rollout)
 
     def emit_message(self, message: str, *, attributes: Mapping[str, Any] | None = None) -> None:
         """Record a free-text message (a log line of the agent) as a zero-length span."""
@@ -169,8 +176,9 @@ class AgentStream:
             )
         inside = rollout is not None and rollout.rollout_id == target
         parent = current_span() if inside else None
-        datum = {
-            "reward_id": f"rw-{random.getrandbits(64):016x}",
+        reward_id = f"rw-{random.getrandbits(64):016x}"
+        datum: dict[str, Any] = {
+            "reward_id": reward_id,
             "rollout_id": target,
             "attempt_id": attempt_id if attempt_id is not None else (rollout.attempt_id if inside else ""),
             "span_id": span_id,
@@ -184,13 +192,13 @@ class AgentStream:
             "source": source,
             "timestamp": now_us(),
             "attributes": {
-                str(k): v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()
+                str(k): v if isinstance(v, str) else to_json(v) for k, v in (attributes or {}).items()
             },
         }
         if handoff is not None:
             datum["attributes"][HANDOFF_ATTRIBUTE] = str(handoff)
         self._worker.submit(("reward", datum))
-        return datum["reward_id"]
+        return reward_id
 
     def emit_rollout_event(
         self,
@@ -219,8 +227,9 @@ class AgentStream:
         ``on_delivered`` runs on the delivery thread once Kafka acknowledged the event (also when
         it goes out later from the outage spool); it must be quick and must not block.
         """
-        datum = {
-            "event_id": f"ev-{random.getrandbits(64):016x}",
+        event_id = f"ev-{random.getrandbits(64):016x}"
+        datum: dict[str, Any] = {
+            "event_id": event_id,
             "rollout_id": rollout_id,
             "attempt_id": attempt_id,
             "attempt_number": attempt_number,
@@ -229,7 +238,7 @@ class AgentStream:
             "error": error,
             "worker_id": worker_id,
             "timestamp": now_us(),
-            "task": None if task is None else (task if isinstance(task, str) else _json(task)),
+            "task": None if task is None else (task if isinstance(task, str) else to_json(task)),
             "resources": dict(resources or {}),
             "metadata": dict(metadata or {}),
             "task_type": task_type,
@@ -241,9 +250,9 @@ class AgentStream:
             "output_tokens": output_tokens,
         }
         if on_delivered is not None:
-            self._worker.on_delivered(datum["event_id"], on_delivered)
+            self._worker.on_delivered(event_id, on_delivered)
         self._worker.submit(("rollout_event", datum))
-        return datum["event_id"]
+        return event_id
 
     # ---- tasks ----------------------------------------------------------------------------------------
     def enqueue(
@@ -291,19 +300,13 @@ class AgentStream:
             )
         return [task.rollout_id for task in prepared]
 
-    # ---- delivery -------------------------------------------------------------------------------------
-    def _emit_span(self, span: ActiveSpan) -> None:
+    # ---- what the tracer reports (the Emitter protocol) -----------------------------------------------
+    def emit_span(self, span: ActiveSpan) -> None:
+        """Queue an ended span for delivery (:meth:`ActiveSpan.end` calls it)."""
         self._worker.submit(span)
 
-    def _encode(self, item: Any) -> SpooledRecord:
-        if isinstance(item, ActiveSpan):
-            return self._encoder.span(item)
-        kind, datum = item
-        if kind == "reward":
-            return self._encoder.reward(datum)
-        return self._encoder.rollout_event(datum)
-
-    def _rollout_started(self, rollout: Rollout) -> None:
+    def rollout_started(self, rollout: Rollout) -> None:
+        """Emit ``attempt_started`` for a rollout entered with lifecycle events."""
         self.emit_rollout_event(
             rollout.rollout_id,
             RolloutEventType.ATTEMPT_STARTED,
@@ -315,7 +318,8 @@ class AgentStream:
             resources=rollout.resources,
         )
 
-    def _rollout_finished(self, rollout: Rollout) -> None:
+    def rollout_finished(self, rollout: Rollout) -> None:
+        """Emit ``attempt_finished`` (status, error, usage) for a rollout exited with lifecycle events."""
         self.emit_rollout_event(
             rollout.rollout_id,
             RolloutEventType.ATTEMPT_FINISHED,
@@ -330,6 +334,16 @@ class AgentStream:
             input_tokens=rollout.input_tokens,
             output_tokens=rollout.output_tokens,
         )
+
+    # ---- delivery -------------------------------------------------------------------------------------
+    def _encode(self, item: Any) -> SpooledRecord:
+        """A queued item as its Kafka record (on the delivery thread)."""
+        if isinstance(item, ActiveSpan):
+            return self._encoder.span(item)
+        kind, datum = item
+        if kind == "reward":
+            return self._encoder.reward(datum)
+        return self._encoder.rollout_event(datum)
 
     @property
     def stats(self) -> DeliveryStats:
@@ -353,84 +367,3 @@ class AgentStream:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class _Unconfigured:
-    """What SDK calls use before :func:`init`: they record nothing and say so once."""
-
-    _warned = False
-
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"agentstream is not initialised: call agentstream.init() before using {name!r}")
-
-    @staticmethod
-    def _warn_once() -> None:
-        if not _Unconfigured._warned:
-            _Unconfigured._warned = True
-            logger.warning("agentstream.init() was not called: spans and rewards are not recorded")
-
-    def _emit_span(self, span: ActiveSpan) -> None:
-        self._warn_once()
-
-    def span(
-        self, name: str, *, kind: str = "other", attributes: Any = None, rollout: Any = None
-    ) -> ActiveSpan:
-        return AgentStream.span(self, name, kind=kind, attributes=attributes, rollout=rollout)  # type: ignore[arg-type]
-
-    def emit_reward(self, value: float, **kwargs: Any) -> str:
-        self._warn_once()
-        return ""
-
-    def emit_message(self, message: str, **kwargs: Any) -> None:
-        self._warn_once()
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        return True
-
-
-_default: AgentStream | None = None
-_default_lock = threading.Lock()
-_UNCONFIGURED = _Unconfigured()
-
-
-def init(settings: Settings | None = None, *, service_name: str | None = None, **fields: Any) -> AgentStream:
-    """Create the process's SDK client (once; later calls replace and close the previous one).
-
-    >>> import agentstream
-    >>> agentstream.init(service_name="support-bot")           # Kafka of `agentstream up`
-    >>> agentstream.init(bootstrap_servers="kafka:9092")        # or a real cluster
-
-    ``fields`` are :class:`~agentstream.settings.Settings` fields; the rest comes from
-    ``AGENTSTREAM_*`` environment variables.
-    """
-    global _default
-    if settings is None:
-        settings = Settings(**fields)
-    elif fields:
-        settings = settings.model_copy(update=fields)
-    if service_name:
-        settings = settings.model_copy(
-            update={"sdk": settings.sdk.model_copy(update={"service_name": service_name})}
-        )
-    client = AgentStream(settings)
-    with _default_lock:
-        previous, _default = _default, client
-    if previous is not None:
-        previous.close()
-    return client
-
-
-def default_client() -> AgentStream:
-    """The client of the current rollout, else the one :func:`init` created."""
-    rollout = current_rollout()
-    if rollout is not None:
-        return rollout.client
-    return _default if _default is not None else _UNCONFIGURED  # type: ignore[return-value]
-
-
-def shutdown(timeout: float = 10.0) -> bool:
-    """Flush and close the default client."""
-    global _default
-    with _default_lock:
-        client, _default = _default, None
-    return client.close(timeout) if client is not None else True

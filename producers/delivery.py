@@ -8,8 +8,8 @@ dropped.
 
 If the broker comes back having lost its log (a topic re-created with a new topic id, as with the
 embedded memory-only broker), the records delivered during the last ``replay_window_seconds`` are
-sent again. Every record that may be a duplicate carries the ``agentstream-replay`` header, so the
-sink can drop copies it already stored.
+sent again (:mod:`.replay_window`). Every record that may be a duplicate carries the
+``agentstream-replay`` header, so the sink can drop copies it already stored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,13 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
-from agentstream.topics.catalogue import (
-    HEADER_DLQ_REASON,
-    HEADER_DLQ_SOURCE,
-    HEADER_EVENT_ID,
-    HEADER_REPLAY,
-)
+from agentstream.topics.catalogue import HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_EVENT_ID
 
+from .replay_window import ReplayWindow, flagged
 from .spool import Spool, SpooledRecord
 
 logger = logging.getLogger(__name__)
 
-_REPLAY_HEADER = (HEADER_REPLAY, b"1")
 #: delivery errors that retrying cannot fix: the record goes to the dead-letter topic
 _PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG}
 _BATCH = 512
@@ -92,7 +87,7 @@ class DeliveryWorker:
         replay_window_bytes: int,
         dead_letter_topic: str,
         schemas_topic: str | None = None,
-        schemas: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        schemas: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._producer_config = {**producer_config, "error_cb": self._on_error}
         self._admin_config = admin_config
@@ -106,8 +101,6 @@ class DeliveryWorker:
         self._spool_root = spool_root
         self._name = name
         self._maxsize = queue_size
-        self._window_seconds = replay_window_seconds
-        self._window_limit = replay_window_bytes
 
         self._queue: deque[Any] = deque()
         self._wake = threading.Event()
@@ -118,10 +111,7 @@ class DeliveryWorker:
         self._spool: Spool | None = None
         self._spool_lock = threading.Lock()
         self._orphans: list[Spool] = []
-        # Records are tuples of immutable values, which the garbage collector untracks: thousands
-        # of long-lived objects would make the host's full collections more frequent and slower.
-        self._window: deque[tuple[float, SpooledRecord]] = deque()
-        self._window_bytes = 0
+        self._window = ReplayWindow(replay_window_seconds, replay_window_bytes, skip_topic=schemas_topic)
         self._producer: Producer | None = None
         self._connected = False
         self._topic_ids: dict[str, str] = {}
@@ -170,9 +160,7 @@ class DeliveryWorker:
             return self._spool
 
     def _spool_append(self, record: SpooledRecord) -> None:
-        if _REPLAY_HEADER not in record.headers:
-            record = SpooledRecord(record.topic, record.key, record.value, (*record.headers, _REPLAY_HEADER))
-        self._own_spool().append(record)
+        self._own_spool().append(flagged(record))
         self.stats.spooled += 1
 
     def _spool_pending(self) -> bool:
@@ -281,7 +269,7 @@ class DeliveryWorker:
         self._inflight -= 1
         if err is None:
             self.stats.delivered += 1
-            self._remember(record)
+            self._window.remember(record)
             if self._waiters:
                 self._notify(record)
             return
@@ -320,18 +308,6 @@ class DeliveryWorker:
         logger.warning("Kafka unreachable (%s): spooling to %s until it is back", err, self._spool_root)
         self._purge_pending = True  # done by _poll(): this may run inside a callback
 
-    # ---- replay window --------------------------------------------------------------------------------
-    def _remember(self, record: SpooledRecord) -> None:
-        if self._window_limit <= 0 or self._window_seconds <= 0 or record.topic == self._schemas_topic:
-            return
-        now = time.monotonic()
-        self._window.append((now, record))
-        self._window_bytes += len(record.value)
-        cutoff = now - self._window_seconds
-        window = self._window
-        while window and (window[0][0] < cutoff or self._window_bytes > self._window_limit):
-            self._window_bytes -= len(window.popleft()[1].value)
-
     # ---- recovery -----------------------------------------------------------------------------------
     def _recover(self) -> bool:
         """Wait for the broker and our topics, then reconnect. False if asked to stop meanwhile."""
@@ -366,9 +342,7 @@ class DeliveryWorker:
         if first_connect or lost_log:
             self._publish_schemas()
         if lost_log and self._window:
-            window = [record for _, record in self._window]
-            self._window.clear()
-            self._window_bytes = 0
+            window = self._window.take()
             logger.warning(
                 "Kafka lost its log (topics re-created): re-sending the last %d delivered records",
                 len(window),
@@ -378,7 +352,7 @@ class DeliveryWorker:
                 if not self._connected:
                     self._spool_append(record)
                     continue
-                self._produce(_flagged(record))
+                self._produce(flagged(record))
                 if self._inflight % 64 == 0:
                     self._poll(0)
         return True
@@ -515,9 +489,3 @@ class DeliveryWorker:
         self._spool_queue()
         if self._spool is not None:
             self._spool.flush()
-
-
-def _flagged(record: SpooledRecord) -> SpooledRecord:
-    if _REPLAY_HEADER in record.headers:
-        return record
-    return SpooledRecord(record.topic, record.key, record.value, (*record.headers, _REPLAY_HEADER))

@@ -31,12 +31,9 @@ class RecordEncoder:
         self.span_topic = settings.topic(SPANS.name)
         self.reward_topic = settings.topic(REWARDS.name)
         self.rollout_event_topic = settings.topic(ROLLOUT_EVENTS.name)
-        self._span = AvroSerializer(load_schema(SPANS.value_schema), registry)  # type: ignore[arg-type]
-        self._reward = AvroSerializer(load_schema(REWARDS.value_schema), registry)  # type: ignore[arg-type]
-        self._rollout_event = AvroSerializer(
-            load_schema(ROLLOUT_EVENTS.value_schema),
-            registry,  # type: ignore[arg-type]
-        )
+        self._span = AvroSerializer(load_schema(SPANS.value_schema), registry)
+        self._reward = AvroSerializer(load_schema(REWARDS.value_schema), registry)
+        self._rollout_event = AvroSerializer(load_schema(ROLLOUT_EVENTS.value_schema), registry)
         self._span_ctx = SerializationContext(self.span_topic, MessageField.VALUE)
         self._reward_ctx = SerializationContext(self.reward_topic, MessageField.VALUE)
         self._rollout_event_ctx = SerializationContext(self.rollout_event_topic, MessageField.VALUE)
@@ -100,7 +97,10 @@ class RecordEncoder:
             excess = len(value) - self.max_record_bytes
             if excess <= 0:
                 break
-            candidates = [(len(v), ("attributes", k)) for k, v in datum["attributes"].items()]
+            # (size, where): an attribute, an event's attribute, or a token list
+            candidates: list[tuple[int, tuple[Any, ...]]] = [
+                (len(v), ("attributes", k)) for k, v in datum["attributes"].items()
+            ]
             for i, event in enumerate(datum["events"]):
                 candidates += [(len(v), ("event", i, k)) for k, v in event["attributes"].items()]
             candidates += [

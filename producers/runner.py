@@ -20,19 +20,16 @@ acknowledged by Kafka, and only up to the lowest unfinished task of its partitio
 runner's tasks are run again elsewhere. Every attempt has a deterministic id
 (``attempt_id_for(rollout_id, n)``), which lets the lifecycle processor drop duplicate outcomes.
 Released attempts are committed too: the processor requeues them on ``attempt_released``.
+
+Here: the consumer side (group membership, the backlog, commits); :mod:`.attempts` runs and
+reports the attempts, :mod:`.agent_calls` calls the agent, :mod:`.task_offsets` decides what
+may be committed, :mod:`.resource_choice` picks each attempt's resource versions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
-import inspect
 import logging
-import math
-import numbers
 import os
-import queue
 import random
 import signal
 import socket
@@ -40,95 +37,29 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from agentstream.resources.store import ResourceError, ResourceStore, pick_label, traffic_bucket
+from agentstream.resources.store import ResourceStore
 from agentstream.schemas import AvroDeserializer, SchemaStore, Task, attempt_id_for
-from agentstream.schemas.rollout_event import RolloutEventType
 from agentstream.settings import Settings
 from agentstream.topics.catalogue import SCHEMAS, TASKS
 from agentstream.topics.schema_resolver import SchemaTopicResolver
 
-from . import client as _client_module
-from .client import AgentStream
-from .tracer import Rollout, now_us
+from .attempts import Attempts, RunnerStats
+from .client import AgentStream, resolve_settings
+from .resource_choice import Resolution, choose_resources
+from .sdk import initialised_client
+from .task_offsets import Position, TaskOffsets, TopicPartitionKey
 
 logger = logging.getLogger(__name__)
 
-#: How many finished attempts a runner remembers, to skip tasks redelivered after a rebalance.
-_RECENT_ATTEMPTS = 10_000
+__all__ = ["Runner", "RunnerStats", "default_worker_id"]
+
 _POLL_TIMEOUT = 0.05
-_COMMIT_INTERVAL = 0.2
-
-TopicPartitionKey = tuple[str, int]
-Position = tuple[TopicPartitionKey, int]
-
-_RUNNING, _FINISHED, _RELEASED = "running", "finished", "released"
-
-
-@dataclass
-class RunnerStats:
-    """Counters of a runner (read from any thread; approximate while it runs)."""
-
-    received: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    released: int = 0
-    #: undecodable task records, and redelivered tasks of attempts this runner already ran
-    skipped: int = 0
-    in_flight: int = 0
-    assigned_partitions: int = 0
-
-    @property
-    def done(self) -> int:
-        return self.succeeded + self.failed
-
-
-class _Outcome:
-    """What a runner remembers of an attempt it ran: the task records it answers (a redelivered
-    copy adds one) and whether its outcome event was acknowledged by Kafka (then they may be
-    committed). Guarded by ``Runner._lock``."""
-
-    __slots__ = ("positions", "delivered")
-
-    def __init__(self, positions: list[Position]) -> None:
-        self.positions = positions
-        self.delivered = False
-
-
-class _Attempt:
-    """One attempt this runner started. Fields that change are guarded by ``Runner._lock``."""
-
-    __slots__ = (
-        "task",
-        "attempt_id",
-        "rollout",
-        "outcome",
-        "t0",
-        "started_at",
-        "started_sent",
-        "last_beat",
-        "state",
-        "handle",
-    )
-
-    def __init__(self, task: Task, attempt_id: str, rollout: Rollout, positions: list[Position]) -> None:
-        self.task = task
-        self.attempt_id = attempt_id
-        self.rollout = rollout
-        self.outcome = _Outcome(positions)
-        self.t0 = time.monotonic()
-        self.started_at = now_us()
-        self.started_sent = False
-        self.last_beat = self.t0
-        self.state = _RUNNING
-        self.handle: Future[Any] | None = None
 
 
 @dataclass
@@ -137,134 +68,9 @@ class _Queued:
     positions: list[Position]
 
 
-class _PartitionOffsets:
-    """Received task offsets of one partition and whether each is done; the commit position is
-    the lowest one not done (or one past the highest received)."""
-
-    __slots__ = ("pending", "next", "committed")
-
-    def __init__(self) -> None:
-        self.pending: dict[int, bool] = {}
-        self.next = -1
-        self.committed = -1
-
-    def received(self, offset: int) -> None:
-        self.pending.setdefault(offset, False)
-        self.next = max(self.next, offset + 1)
-
-    def done(self, offset: int) -> None:
-        if offset in self.pending:
-            self.pending[offset] = True
-
-    def position(self) -> int:
-        open_offsets = [o for o, done in self.pending.items() if not done]
-        position = min(open_offsets) if open_offsets else self.next
-        for offset in [o for o in self.pending if o < position]:
-            del self.pending[offset]
-        return position
-
-
-class _ThreadPool:
-    """Daemon worker threads: an agent that never returns must not keep the process alive
-    (``concurrent.futures`` joins its threads at exit)."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._jobs.put((fn, args))
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, args = job
-            try:
-                fn(*args)
-            except BaseException:  # a job must never kill a worker thread
-                logger.exception("runner worker job failed")
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-
-
-class _LoopThread:
-    """One asyncio event loop in a daemon thread, for async agents."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, coro: Any) -> Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def close(self, timeout: float = 1.0) -> None:
-        # Cancelled (released) attempts get a moment to unwind; the thread is a daemon anyway.
-        def stop() -> None:
-            for task in asyncio.all_tasks(self.loop):
-                task.cancel()
-            self.loop.call_later(min(timeout, 0.2), self.loop.stop)
-
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(stop)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
 def default_worker_id() -> str:
+    """``<host>-<pid>-<random>``: what a runner reports as its worker id unless given one."""
     return f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(16):04x}"
-
-
-def _is_async(agent: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(agent):
-        return True
-    call = getattr(agent, "__call__", None)  # noqa: B004 - an object with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
-def _wants_rollout(agent: Callable[..., Any]) -> bool:
-    """``agent(task, rollout)`` when it takes a second positional parameter without a default (or
-    named ``rollout``), or ``*args``; else ``agent(task)``."""
-    try:
-        signature = inspect.signature(agent)
-    except (TypeError, ValueError):
-        return False
-    params = list(signature.parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return True
-    positional = [
-        p
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(positional) < 2:
-        return False
-    second = positional[1]
-    return second.default is inspect.Parameter.empty or second.name == "rollout"
-
-
-def _emit_return_reward(result: Any, attempt: _Attempt) -> None:
-    rollout = attempt.rollout
-    if isinstance(result, bool) or not isinstance(result, numbers.Real):
-        return
-    if attempt.state != _RUNNING:
-        return  # released: the return value of an abandoned attempt is not its outcome
-    value = float(result)
-    if not math.isfinite(value):
-        logger.warning(
-            "Agent returned %r for rollout %s: not emitted as a reward", result, rollout.rollout_id
-        )
-        return
-    rollout.emit_reward(value, name="return", source="rule")
 
 
 class Runner:
@@ -306,26 +112,24 @@ class Runner:
     ) -> None:
         if not callable(agent):
             raise TypeError(f"agent must be callable, got {agent!r}")
-        self._owns_client = False
         if client is None and settings is None:
-            client = _client_module._default
-        if client is None:
-            client = AgentStream(settings)
-            self._owns_client = True
-        self.client = client
-        self.settings = (settings or client.settings).resolved()
+            client = initialised_client()
+        # Settings are resolved here, once: the client and the store get them resolved.
+        self.settings = (
+            client.settings if settings is None and client is not None else resolve_settings(settings)
+        )
         self.config = self.settings.runner
         self.concurrency = concurrency if concurrency is not None else self.config.concurrency
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        self._owns_client = client is None
+        self.client = client if client is not None else AgentStream(self.settings)
         # Tasks received ahead of a free slot: measured on the embedded broker with 10 ms tasks,
         # 4 slots ran 78 tasks/s with none waiting, 141/s with 4 (a freed slot need not wait for
         # a fetch). They are tasks of our own partitions, which no other runner could take anyway.
         self._prefetch = self.concurrency
         self.worker_id = worker_id or default_worker_id()
         self.agent = agent
-        self.is_async = _is_async(agent)
-        self._pass_rollout = _wants_rollout(agent)
         self.stats = RunnerStats()
         self.topic = self.settings.topic(TASKS.name)
         self.traffic = dict(traffic if traffic is not None else self.config.traffic)
@@ -334,28 +138,26 @@ class Runner:
             ResourceStore(self.settings, who=self.worker_id) if resources is True else (resources or None)
         )
 
-        self._lock = threading.Lock()
-        self._inflight: dict[str, _Attempt] = {}
-        self._recent: OrderedDict[str, _Outcome] = OrderedDict()
-        self._undelivered = 0
-        self._acks: queue.SimpleQueue[list[Position]] = queue.SimpleQueue()
+        self._offsets = TaskOffsets(self.worker_id)
+        self._attempts = Attempts(
+            agent,
+            self.client,
+            self.worker_id,
+            self.config,
+            self.stats,
+            self._resolve,
+            self._offsets.acknowledged,
+        )
+        self.is_async = self._attempts.is_async
         self._backlog: OrderedDict[str, _Queued] = OrderedDict()
-        self._offsets: dict[TopicPartitionKey, _PartitionOffsets] = {}
         self._paused = False
-        self._last_commit = 0.0
-        self._acked_since_commit = False
 
         self._stop_requested = threading.Event()
         self._force = threading.Event()
         self._finished = threading.Event()
         self._running = False
         self._thread: threading.Thread | None = None
-        self._heartbeat_wake = threading.Event()
-        self._heartbeat_stop = threading.Event()
-        self._slot_freed = threading.Event()
         self._consumer: Consumer | None = None
-        self._pool: _ThreadPool | None = None
-        self._loop: _LoopThread | None = None
 
     # ---- public control -------------------------------------------------------------------------
     def run(self) -> None:
@@ -481,15 +283,7 @@ class Runner:
         )
         if self.resources is not None:
             self.resources.open()
-        if self.is_async:
-            self._loop = _LoopThread(f"agentstream-runner-loop-{self.worker_id}")
-        else:
-            self._pool = _ThreadPool(self.concurrency, f"agentstream-runner-{self.worker_id}")
-        self._heartbeat_stop.clear()
-        self._heartbeat_thread = threading.Thread(
-            target=self._heartbeats, name=f"agentstream-runner-heartbeat-{self.worker_id}", daemon=True
-        )
-        self._heartbeat_thread.start()
+        self._attempts.open(self.concurrency)
         consumer = Consumer(conf)
         consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -508,22 +302,22 @@ class Runner:
                 self._backlog.clear()
                 self._set_paused(True)
                 deadline = time.monotonic() + self.config.shutdown_grace_seconds
-                while self._in_flight() and time.monotonic() < deadline and not self._force.is_set():
+                while self._attempts.count() and time.monotonic() < deadline and not self._force.is_set():
                     self._idle_poll()
-            self._release_all()
+            self._attempts.release_all()
             if consumer is not None:
                 # Commit what finished, once its outcome (or release) is acknowledged by Kafka.
                 deadline = time.monotonic() + self.settings.sdk.delivery_timeout_ms / 1_000 + 2.0
-                while self._undelivered > 0 and time.monotonic() < deadline:
+                while self._attempts.undelivered > 0 and time.monotonic() < deadline:
                     self._idle_poll()
-                if self._undelivered > 0:
+                if self._attempts.undelivered > 0:
                     logger.warning(
                         "Runner %s: %d outcome event(s) not acknowledged by Kafka; their tasks stay uncommitted",
                         self.worker_id,
-                        self._undelivered,
+                        self._attempts.undelivered,
                     )
-                self._drain_acks()
-                self._commit(sync=True)
+                self._offsets.drain_acks()
+                self._offsets.commit(consumer, sync=True)
         finally:
             if consumer is not None:
                 try:
@@ -531,14 +325,7 @@ class Runner:
                 except Exception as e:  # closing must not hide the shutdown's result
                     logger.warning("Runner %s: closing the consumer failed: %s", self.worker_id, e)
                 self._consumer = None
-            self._heartbeat_stop.set()
-            self._heartbeat_wake.set()
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
-            if self._loop is not None:
-                self._loop.close()
-                self._loop = None
+            self._attempts.close()
             if self._owns_store and self.resources is not None:
                 self.resources.close()
             if self._owns_client:
@@ -557,37 +344,33 @@ class Runner:
     # ---- the consumer loop ------------------------------------------------------------------------
     def _step(self) -> None:
         assert self._consumer is not None
-        self._drain_acks()
+        self._offsets.drain_acks()
         self._dispatch()
         # Up to `_prefetch` tasks wait in a local backlog besides those running.
-        room = self.concurrency + self._prefetch - self._in_flight() - len(self._backlog)
+        room = self.concurrency + self._prefetch - self._attempts.count() - len(self._backlog)
         if room <= 0:
             self._set_paused(True)
         elif self._paused and len(self._backlog) <= self._prefetch // 2:
             self._set_paused(False)
-        if self._backlog and self._in_flight() >= self.concurrency:
+        if self._backlog and self._attempts.count() >= self.concurrency:
             # Tasks wait for a slot: wake when an attempt finishes rather than after a poll timeout.
             for message in self._consumer.consume(num_messages=max(room, 1), timeout=0):
                 self._receive(message)
-            self._slot_freed.wait(_POLL_TIMEOUT)
-            self._slot_freed.clear()
+            self._attempts.slot_freed.wait(_POLL_TIMEOUT)
+            self._attempts.slot_freed.clear()
         else:
             for message in self._consumer.consume(num_messages=max(room, 1), timeout=_POLL_TIMEOUT):
                 self._receive(message)
         self._dispatch()
-        self._maybe_commit()
+        self._offsets.maybe_commit(self._consumer)
 
     def _idle_poll(self) -> None:
         """Keep group membership and commits going while not taking tasks (shutdown)."""
         assert self._consumer is not None
         # Anything still fetched is dropped unrecorded: its offset is never committed here.
         self._consumer.consume(num_messages=1, timeout=_POLL_TIMEOUT)
-        self._drain_acks()
-        self._maybe_commit()
-
-    def _in_flight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
+        self._offsets.drain_acks()
+        self._offsets.maybe_commit(self._consumer)
 
     def _set_paused(self, paused: bool) -> None:
         if paused == self._paused or self._consumer is None:
@@ -619,15 +402,17 @@ class Runner:
             if error.code() != KafkaError._PARTITION_EOF:
                 logger.warning("Runner %s: consumer error: %s", self.worker_id, error)
             return
-        key = (message.topic(), message.partition())
-        offset = message.offset()
-        part = self._offsets.get(key)
-        if part is None:
-            part = self._offsets[key] = _PartitionOffsets()
-        part.received(offset)
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            return  # only errors come without them
+        key = (topic, partition)
+        part = self._offsets.received(key, offset)
         self.stats.received += 1
         try:
-            task = Task.from_avro(self._deserializer(message.value()))
+            value = message.value()
+            if value is None:
+                raise ValueError("the task record has no value")
+            task = Task.from_avro(self._deserializer(value))
         except Exception as e:
             logger.error("Data error: skipping undecodable task at %s[%d]@%d: %s", key[0], key[1], offset, e)
             self.stats.skipped += 1
@@ -635,17 +420,13 @@ class Runner:
             return
         attempt_id = attempt_id_for(task.rollout_id, task.attempt_number)
         position = (key, offset)
-        with self._lock:
-            running = self._inflight.get(attempt_id)
-            known = running.outcome if running is not None else self._recent.get(attempt_id)
-            if known is not None:
-                # Redelivered (a rebalance came before the commit): answered by the run we have.
-                self.stats.skipped += 1
-                if known.delivered:
-                    part.done(offset)
-                else:
-                    known.positions.append(position)
-                return
+        answered = self._attempts.match(attempt_id, position)
+        if answered is not None:
+            # Redelivered (a rebalance came before the commit): answered by the run we have.
+            self.stats.skipped += 1
+            if answered:
+                part.done(offset)
+            return
         queued = self._backlog.get(attempt_id)
         if queued is not None:
             queued.positions.append(position)
@@ -653,55 +434,15 @@ class Runner:
             self._backlog[attempt_id] = _Queued(task, [position])
 
     def _dispatch(self) -> None:
-        while self._backlog and not self._stop_requested.is_set() and self._in_flight() < self.concurrency:
+        while (
+            self._backlog and not self._stop_requested.is_set() and self._attempts.count() < self.concurrency
+        ):
             attempt_id, queued = self._backlog.popitem(last=False)
-            self._start(attempt_id, queued)
-
-    def _drain_acks(self) -> None:
-        while True:
-            try:
-                positions = self._acks.get_nowait()
-            except queue.Empty:
-                return
-            for key, offset in positions:
-                part = self._offsets.get(key)
-                if part is not None:  # else: revoked meanwhile; its new owner decides
-                    part.done(offset)
-            self._acked_since_commit = True
-
-    def _maybe_commit(self) -> None:
-        if self._acked_since_commit and time.monotonic() - self._last_commit >= _COMMIT_INTERVAL:
-            self._commit()
-
-    def _commit(self, sync: bool = False, only: set[TopicPartitionKey] | None = None) -> None:
-        if self._consumer is None:
-            return
-        self._acked_since_commit = False
-        self._last_commit = time.monotonic()
-        offsets = []
-        for key, part in self._offsets.items():
-            if only is not None and key not in only:
-                continue
-            position = part.position()
-            if position >= 0 and (position > part.committed or (sync and position == part.committed)):
-                offsets.append(TopicPartition(key[0], key[1], position))
-                part.committed = position
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=not sync)
-        except KafkaException as e:
-            # Not fatal: the tasks are run again by whoever gets the partition (at least once).
-            logger.warning("Runner %s: offset commit failed: %s", self.worker_id, e)
-            for tp in offsets:
-                part = self._offsets.get((tp.topic, tp.partition))
-                if part is not None:
-                    part.committed = -1
+            self._attempts.start(queued.task, attempt_id, queued.positions)
 
     # ---- rebalances (called inside consume(), on the loop thread) ---------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._offsets.setdefault((tp.topic, tp.partition), _PartitionOffsets())
+        self._offsets.assigned([(tp.topic, tp.partition) for tp in partitions])
         # a new assignment starts unpaused; the next step pauses it again if we are full
         self._paused = False
         self.stats.assigned_partitions = len(partitions)  # eager assignor: the whole assignment
@@ -709,8 +450,8 @@ class Runner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
-        self._drain_acks()
-        self._commit(sync=True, only=keys)
+        self._offsets.drain_acks()
+        self._offsets.commit(self._consumer, sync=True, only=keys)
         self._forget(keys)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -719,8 +460,7 @@ class Runner:
     def _forget(self, keys: set[TopicPartitionKey]) -> None:
         # Attempts already running go on and report; if their task comes back to us it is matched
         # to the running attempt, elsewhere it runs again and the processor keeps the first outcome.
-        for key in keys:
-            self._offsets.pop(key, None)
+        self._offsets.forget(keys)
         for attempt_id, queued in list(self._backlog.items()):
             queued.positions = [p for p in queued.positions if p[0] not in keys]
             if not queued.positions:
@@ -729,234 +469,6 @@ class Runner:
         self.stats.assigned_partitions = max(0, self.stats.assigned_partitions - len(keys))
 
     # ---- attempts --------------------------------------------------------------------------------
-    def _start(self, attempt_id: str, queued: _Queued) -> None:
-        task = queued.task
-        stamps, resolved, problem = self._resolve(task)
-        rollout = Rollout(
-            self.client,
-            task.input,
-            rollout_id=task.rollout_id,
-            attempt_id=attempt_id,
-            attempt_number=task.attempt_number,
-            resources=stamps,
-            worker_id=self.worker_id,
-            lifecycle_events=False,  # this runner reports them: lazily, and releases too
-        )
-        rollout.resolved = resolved
-        rollout.mode = task.mode
-        if problem is not None:
-            rollout.fail(problem)
-        attempt = _Attempt(task, attempt_id, rollout, queued.positions)
-        with self._lock:
-            self._inflight[attempt_id] = attempt
-            self.stats.in_flight = len(self._inflight)
-        self._heartbeat_wake.set()
-        if self._loop is not None:
-            attempt.handle = self._loop.submit(self._execute_async(attempt))
-        else:
-            assert self._pool is not None
-            # a fresh context per attempt: nothing of one attempt's context leaks into the next
-            self._pool.submit(contextvars.Context().run, self._execute_sync, attempt)
-
-    def _resolve(self, task: Task) -> tuple[dict[str, str], dict[str, Any], str | None]:
-        """Per resource: the pinned version, else the A/B label's version; prompt templates first
-        (the first resource is what the rollout's spans are stamped with). Returns the stamps
-        (name -> version), the resolved versions, and why the attempt cannot run (or ``None``).
-        A pin on a resource the store does not manage is kept as an opaque stamp."""
-        store = self.resources
-        if store is None:
-            return dict(task.resources), {}, None
-        known = set(store.names())
-        names = self.config.resources if self.config.resources is not None else sorted(known)
-        key = task.metadata.get("task_key") or task.rollout_id
-        resolved: dict[str, Any] = {}
-        opaque = {name: pin for name, pin in task.resources.items() if name not in known}
-        for name in dict.fromkeys([*task.resources, *names]):
-            if name in opaque:
-                continue
-            pin = task.resources.get(name)
-            if pin is not None:
-                version = store.find(name, pin)
-                if version is None:  # published a moment ago elsewhere: give the follower a moment
-                    store.wait_for(lambda s, n=name, p=pin: s.find(n, p) is not None, timeout=5.0)
-                    version = store.find(name, pin)
-                if version is None:
-                    return (
-                        dict(task.resources),
-                        resolved,
-                        f"resource {name} pinned to {pin!r}, which does not exist",
-                    )
-            else:
-                try:
-                    labels = store.labels(name)
-                except ResourceError:
-                    continue
-                label = pick_label(self.traffic, labels, traffic_bucket(key, name))
-                if label is None:
-                    continue  # nothing to offer (e.g. no production label yet)
-                version = store.find(name, labels[label])
-                if version is None:
-                    continue
-            resolved[name] = version
-        ordered = dict(sorted(resolved.items(), key=lambda item: item[1].kind != "prompt_template"))
-        stamps = {name: str(v.version) for name, v in ordered.items()}
-        stamps.update(opaque)
-        return stamps, ordered, None
-
-    def _arguments(self, attempt: _Attempt) -> tuple[Any, ...]:
-        task_input = orjson.loads(attempt.task.input)
-        return (task_input, attempt.rollout) if self._pass_rollout else (task_input,)
-
-    def _execute_sync(self, attempt: _Attempt) -> None:
-        try:
-            with attempt.rollout:
-                if attempt.rollout.status == "failed":
-                    raise _Unrunnable(attempt.rollout.error)
-                result = self.agent(*self._arguments(attempt))
-                if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-                    result = asyncio.run(_awaited(result))
-                _emit_return_reward(result, attempt)
-        except BaseException:  # the rollout recorded it as the attempt's error
-            pass
-        self._finish(attempt)
-
-    async def _execute_async(self, attempt: _Attempt) -> None:
-        try:
-            async with attempt.rollout:
-                if attempt.rollout.status == "failed":
-                    raise _Unrunnable(attempt.rollout.error)
-                result = await self.agent(*self._arguments(attempt))
-                _emit_return_reward(result, attempt)
-        except asyncio.CancelledError:
-            pass  # released at shutdown: nothing is reported
-        except Exception:  # the rollout recorded it as the attempt's error
-            pass
-        self._finish(attempt)
-
-    def _finish(self, attempt: _Attempt) -> None:
-        rollout = attempt.rollout
-        status = rollout.status if rollout.status in ("succeeded", "failed") else "failed"
-        with self._lock:
-            if attempt.state != _RUNNING:
-                return  # released: another runner owns the task now
-            attempt.state = _FINISHED
-            self._retire(attempt)
-            if status == "succeeded":
-                self.stats.succeeded += 1
-            else:
-                self.stats.failed += 1
-            # Submitted under the lock, so no heartbeat of this attempt can follow it.
-            self._report_outcome(
-                attempt,
-                RolloutEventType.ATTEMPT_FINISHED,
-                status=status,
-                error=rollout.error if status == "failed" else None,
-            )
-        self._slot_freed.set()
-
-    def _report_outcome(self, attempt: _Attempt, kind: RolloutEventType, **fields: Any) -> None:
-        """The attempt's final event; its task offset is committed once Kafka has it."""
-        rollout = attempt.rollout
-        self.client.emit_rollout_event(
-            rollout.rollout_id,
-            kind,
-            attempt_id=attempt.attempt_id,
-            attempt_number=rollout.attempt_number,
-            worker_id=self.worker_id,
-            resources=rollout.resources,
-            started_at=attempt.started_at,
-            llm_calls=rollout.llm_calls,
-            input_tokens=rollout.input_tokens,
-            output_tokens=rollout.output_tokens,
-            on_delivered=functools.partial(self._delivered, attempt.outcome),
-            **fields,
-        )
-
-    def _release_all(self) -> None:
-        with self._lock:
-            attempts = list(self._inflight.values())
-            for attempt in attempts:
-                attempt.state = _RELEASED
-                self._retire(attempt)
-                self.stats.released += 1
-                self._report_outcome(
-                    attempt,
-                    RolloutEventType.ATTEMPT_RELEASED,
-                    error=f"runner {self.worker_id} stopped before the attempt finished",
-                )
-        for attempt in attempts:
-            if attempt.handle is not None:
-                attempt.handle.cancel()  # async agents: stop the abandoned coroutine
-        if attempts:
-            logger.warning(
-                "Runner %s: released %d unfinished attempt(s) after the %g s grace period",
-                self.worker_id,
-                len(attempts),
-                self.config.shutdown_grace_seconds,
-            )
-
-    def _retire(self, attempt: _Attempt) -> None:
-        """Move an attempt from in flight to recent (caller holds the lock)."""
-        del self._inflight[attempt.attempt_id]
-        self.stats.in_flight = len(self._inflight)
-        self._undelivered += 1
-        self._recent[attempt.attempt_id] = attempt.outcome
-        while len(self._recent) > _RECENT_ATTEMPTS:
-            self._recent.popitem(last=False)
-
-    def _delivered(self, outcome: _Outcome) -> None:
-        """Kafka acknowledged an attempt's outcome (delivery thread): its tasks may be committed."""
-        with self._lock:
-            outcome.delivered = True
-            positions, outcome.positions = outcome.positions, []
-            self._undelivered -= 1
-        self._acks.put(positions)
-
-    # ---- lazy start and heartbeats: one thread for all attempts ---------------------------------------
-    def _heartbeats(self) -> None:
-        lazy = self.config.lazy_start_seconds
-        every = self.config.heartbeat_seconds
-        while not self._heartbeat_stop.is_set():
-            self._heartbeat_wake.clear()
-            now = time.monotonic()
-            next_due = now + 1.0
-            with self._lock:
-                for attempt in self._inflight.values():
-                    if attempt.state != _RUNNING:
-                        continue
-                    if not attempt.started_sent:
-                        due = attempt.t0 + lazy
-                        if now >= due:
-                            attempt.started_sent = True
-                            attempt.last_beat = now
-                            self._emit_progress(attempt, RolloutEventType.ATTEMPT_STARTED)
-                            due = now + every
-                    else:
-                        due = attempt.last_beat + every
-                        if now >= due:
-                            attempt.last_beat = now
-                            self._emit_progress(attempt, RolloutEventType.HEARTBEAT)
-                            due = now + every
-                    next_due = min(next_due, due)
-            self._heartbeat_wake.wait(max(0.0, next_due - time.monotonic()))
-
-    def _emit_progress(self, attempt: _Attempt, kind: RolloutEventType) -> None:
-        rollout = attempt.rollout
-        self.client.emit_rollout_event(
-            rollout.rollout_id,
-            kind,
-            attempt_id=attempt.attempt_id,
-            attempt_number=rollout.attempt_number,
-            status="running",
-            worker_id=self.worker_id,
-            resources=rollout.resources,
-            started_at=attempt.started_at,
-        )
-
-
-class _Unrunnable(RuntimeError):
-    """An attempt that cannot start (e.g. its pinned resource version does not exist)."""
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
+    def _resolve(self, task: Task) -> Resolution:
+        """The resource versions of an attempt at ``task`` (see :func:`choose_resources`)."""
+        return choose_resources(self.resources, self.config.resources, self.traffic, task)

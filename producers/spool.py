@@ -17,7 +17,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def _unpack(payload: bytes) -> SpooledRecord:
 
     def take(fmt: str) -> int:
         nonlocal pos
+        value: int
         (value,) = struct.unpack_from(fmt, view, pos)
         pos += struct.calcsize(fmt)
         return value
@@ -87,7 +88,7 @@ class Spool:
         self._lock_fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock = threading.RLock()  # a span ended by a finalizer may re-enter append()
-        self._file = None
+        self._file: BinaryIO | None = None
         self._file_bytes = 0
         self._count = 0
         self._next_segment = self._last_segment_number() + 1
@@ -100,7 +101,7 @@ class Spool:
     @staticmethod
     def orphans(root: Path) -> list[Spool]:
         """Spool directories under ``root`` whose owner died, now owned by this process."""
-        adopted = []
+        adopted: list[Spool] = []
         if not root.is_dir():
             return adopted
         for directory in sorted(root.iterdir()):

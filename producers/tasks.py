@@ -12,7 +12,6 @@ on the tasks topic, which :class:`~agentstream.producers.runner.Runner` processe
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from agentstream.schemas import RolloutConfig
+from agentstream.schemas import RolloutConfig, new_rollout_id
 
 Mode = Literal["train", "val", "test", "prod"]
 MODES: tuple[str, ...] = ("train", "val", "test", "prod")
@@ -68,10 +67,6 @@ class TaskFileError(ValueError):
         shown = "\n".join(f"  line {n}: {message}" for n, message in errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         super().__init__(f"{path}: {len(errors)} bad line(s), nothing was enqueued:\n{shown}{more}")
-
-
-def new_rollout_id() -> str:
-    return f"ro-{random.getrandbits(64):016x}"
 
 
 def as_config(

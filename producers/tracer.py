@@ -4,30 +4,26 @@ context that nests them.
 The current rollout and span live in :mod:`contextvars`, so nesting follows asyncio tasks
 automatically; for threads, run work through :func:`bind_context` (or ``asyncio.to_thread``, which
 copies the context itself).
+
+What is recorded goes to an :class:`Emitter`: the tracer knows only that protocol, which
+:class:`~agentstream.producers.client.AgentStream` implements (and test doubles can).
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import itertools
 import math
 import random
 import threading
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol
 
 import orjson
 
-from agentstream.schemas import SpanKind, StatusCode, genai
-
-if TYPE_CHECKING:
-    from .client import AgentStream
-
-F = TypeVar("F", bound=Callable[..., Any])
+from agentstream.schemas import SpanKind, StatusCode, genai, new_rollout_id, now_us
 
 _current_span: contextvars.ContextVar[ActiveSpan | None] = contextvars.ContextVar(
     "agentstream_span", default=None
@@ -45,10 +41,6 @@ def new_trace_id() -> str:
 
 def new_span_id() -> str:
     return f"{random.getrandbits(64):016x}"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1_000
 
 
 def current_span() -> ActiveSpan | None:
@@ -73,6 +65,69 @@ def bind_context(fn: Callable[..., Any]) -> Callable[..., Any]:
         return ctx.copy().run(fn, *args, **kwargs)
 
     return run
+
+
+class Emitter(Protocol):
+    """Where the tracer sends what it records: spans as they end, rewards, and the start and end
+    of a rollout. :class:`~agentstream.producers.client.AgentStream` is the one SDK users get."""
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str = "other",
+        attributes: Mapping[str, Any] | None = None,
+        rollout: Rollout | None = None,
+    ) -> ActiveSpan:
+        """A new span of this emitter (see :func:`open_span`)."""
+        ...
+
+    def emit_span(self, span: ActiveSpan) -> None:
+        """Take an ended span for delivery; never blocks, never raises."""
+        ...
+
+    def emit_reward(
+        self,
+        value: float,
+        *,
+        name: str = "reward",
+        feedback: str | None = None,
+        source: str = "rule",
+        span_id: str | None = None,
+        response_id: str | None = None,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+        rollout: Rollout | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        handoff: str | None = None,
+    ) -> str:
+        """Emit a reward; returns its id."""
+        ...
+
+    def rollout_started(self, rollout: Rollout) -> None:
+        """A rollout's ``with`` block was entered (only for rollouts with lifecycle events)."""
+        ...
+
+    def rollout_finished(self, rollout: Rollout) -> None:
+        """A rollout's ``with`` block exited (only for rollouts with lifecycle events)."""
+        ...
+
+
+def open_span(
+    emitter: Emitter,
+    name: str,
+    *,
+    kind: str = "other",
+    attributes: Mapping[str, Any] | None = None,
+    rollout: Rollout | None = None,
+) -> ActiveSpan:
+    """A span of ``emitter`` in ``rollout`` (default: the current one), child of the current span
+    when that span belongs to the same rollout."""
+    rollout = rollout or current_rollout()
+    parent = current_span()
+    if parent is not None and parent.rollout is not rollout:
+        parent = None  # a span of another rollout is not our parent
+    return ActiveSpan(emitter, name, str(kind), rollout, parent, attributes)
 
 
 class Rollout:
@@ -109,7 +164,7 @@ class Rollout:
 
     def __init__(
         self,
-        client: AgentStream,
+        client: Emitter,
         task: Any = None,
         *,
         rollout_id: str | None = None,
@@ -120,7 +175,7 @@ class Rollout:
         lifecycle_events: bool = True,
     ) -> None:
         self.client = client
-        self.rollout_id = rollout_id or f"ro-{random.getrandbits(64):016x}"
+        self.rollout_id = rollout_id or new_rollout_id()
         self.attempt_id = attempt_id or f"at-{random.getrandbits(64):016x}"
         self.attempt_number = attempt_number
         self.trace_id = new_trace_id()
@@ -187,7 +242,7 @@ class Rollout:
         self._token = _current_rollout.set(self)
         self.started_at = now_us()
         if self.lifecycle_events:
-            self.client._rollout_started(self)
+            self.client.rollout_started(self)
         self._root = ActiveSpan(
             self.client, "rollout", SpanKind.AGENT.value, self, parent=None, attributes=None
         )
@@ -207,7 +262,7 @@ class Rollout:
             self._root.set_status(StatusCode.ERROR.value, self.error)
         self._root.__exit__(exc_type, exc, tb)
         if self.lifecycle_events:
-            self.client._rollout_finished(self)
+            self.client.rollout_finished(self)
         if self._token is not None:
             _current_rollout.reset(self._token)
 
@@ -250,7 +305,7 @@ class ActiveSpan:
 
     def __init__(
         self,
-        client: AgentStream,
+        client: Emitter,
         name: str,
         kind: str,
         rollout: Rollout | None,
@@ -261,13 +316,15 @@ class ActiveSpan:
         self.rollout = rollout
         self.name = name
         self.kind = _KINDS.get(kind) or _kind(kind)
+        self.trace_id: str
+        self.parent_span_id: str | None
         if parent is not None:
             self.trace_id = parent.trace_id
-            self.parent_span_id: str | None = parent.span_id
+            self.parent_span_id = parent.span_id
         else:
             self.trace_id = rollout.trace_id if rollout is not None else new_trace_id()
             self.parent_span_id = None
-        self.span_id = new_span_id()
+        self.span_id: str = new_span_id()
         self.start_time = now_us()
         self.end_time = 0
         self.status = StatusCode.UNSET.value
@@ -296,7 +353,7 @@ class ActiveSpan:
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
             self.attributes[key] = [v if isinstance(v, str) else _scalar_str(v) for v in value]
         else:
-            self.attributes[key] = _json(value)  # snapshot now: the caller may mutate it later
+            self.attributes[key] = to_json(value)  # snapshot now: the caller may mutate it later
         return self
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> ActiveSpan:
@@ -305,7 +362,7 @@ class ActiveSpan:
         return self
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> ActiveSpan:
-        attrs = {k: v if isinstance(v, str) else _json(v) for k, v in (attributes or {}).items()}
+        attrs = {k: v if isinstance(v, str) else to_json(v) for k, v in (attributes or {}).items()}
         if self.events is None:
             self.events = []
         self.events.append({"name": name, "time": now_us(), "attributes": attrs})
@@ -361,7 +418,7 @@ class ActiveSpan:
             self.sequence_id = self.rollout.next_sequence_id()
             if self.kind == "llm":
                 self.rollout._count_llm_call(self.attributes)
-        self.client._emit_span(self)
+        self.client.emit_span(self)
 
     def __enter__(self) -> ActiveSpan:
         self._token = _current_span.set(self)
@@ -408,56 +465,9 @@ def _scalar_str(value: Any) -> str:
     return str(value)
 
 
-def _json(value: Any) -> str:
+def to_json(value: Any) -> str:
+    """``value`` as compact JSON (non-string keys allowed; what JSON cannot hold as its ``repr``)."""
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
         return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def traced(
-    fn: F | None = None, *, name: str | None = None, kind: str = "other", record_args: bool = False
-) -> Any:
-    """Decorate a function (sync or async) so each call runs in a span.
-
-    An exception marks the span failed (with an ``exception`` event) and is re-raised.
-
-    >>> @agentstream.traced(kind="tool")
-    ... def lookup_order(order_id: str) -> dict: ...
-    """
-    from .client import default_client
-
-    def decorate(func: F) -> F:
-        span_name = name or func.__qualname__
-        signature = inspect.signature(func) if record_args else None
-
-        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ActiveSpan:
-            span = default_client().span(span_name, kind=kind)
-            if signature is not None:
-                bound = signature.bind_partial(*args, **kwargs)
-                span.set_attribute("input.value", _json(dict(bound.arguments)))
-            return span
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with start(args, kwargs) as span:
-                    result = await func(*args, **kwargs)
-                    if record_args:
-                        span.set_attribute("output.value", _json(result))
-                    return result
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with start(args, kwargs) as span:
-                result = func(*args, **kwargs)
-                if record_args:
-                    span.set_attribute("output.value", _json(result))
-                return result
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate(fn) if fn is not None else decorate

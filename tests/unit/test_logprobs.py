@@ -7,7 +7,8 @@ import copy
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
-from agentstream.producers.openai import _Choice, _logprob_token_ids, _logprob_values
+from agentstream.producers.openai.responses import logprob_token_ids, logprob_values
+from agentstream.producers.openai.streams import ChoiceAggregate
 from agentstream.schemas import AvroDeserializer, AvroSchema, AvroSerializer, SchemaStore, Span, Triplet
 from agentstream.schemas.serde import _Encoder
 
@@ -104,8 +105,8 @@ def test_logprobs_of_chat_and_text_responses() -> None:
         }
     )
     logprobs = chat.choices[0].logprobs
-    assert _logprob_values(logprobs) == [-0.5, -1.25]
-    assert _logprob_token_ids(logprobs) == [7, 9]  # vLLM's --return-tokens-as-token-ids
+    assert logprob_values(logprobs) == [-0.5, -1.25]
+    assert logprob_token_ids(logprobs) == [7, 9]  # vLLM's --return-tokens-as-token-ids
 
     text = Completion.model_validate(
         {
@@ -128,12 +129,12 @@ def test_logprobs_of_chat_and_text_responses() -> None:
             ],
         }
     )
-    assert _logprob_values(text.choices[0].logprobs) == [-0.5, -1.25]
-    assert _logprob_token_ids(text.choices[0].logprobs) is None  # token strings only
+    assert logprob_values(text.choices[0].logprobs) == [-0.5, -1.25]
+    assert logprob_token_ids(text.choices[0].logprobs) is None  # token strings only
 
     echoed = text.choices[0].logprobs.model_copy(update={"token_logprobs": [None, -1.25]})
-    assert _logprob_values(echoed) is None  # a gap: nothing rather than misaligned values
-    assert _logprob_values(None) is None
+    assert logprob_values(echoed) is None  # a gap: nothing rather than misaligned values
+    assert logprob_values(None) is None
 
 
 def test_streamed_logprobs_add_up_and_a_gap_drops_them() -> None:
@@ -155,12 +156,12 @@ def test_streamed_logprobs_add_up_and_a_gap_drops_them() -> None:
             }
         )
 
-    whole = _Choice()
+    whole = ChoiceAggregate()
     for c in (chunk(-0.5), chunk(-1.25, -0.0078125)):
         whole.add_logprobs(c.choices[0].logprobs)
     assert whole.recorded_logprobs() == LOGPROBS
 
-    gap = _Choice()
+    gap = ChoiceAggregate()
     gap.add_logprobs(chunk(-0.5).choices[0].logprobs)
     missing = (
         chunk(-1.0).choices[0].logprobs.model_copy(update={"token_logprobs": [None]})
@@ -168,4 +169,4 @@ def test_streamed_logprobs_add_up_and_a_gap_drops_them() -> None:
     gap.add_logprobs(missing)
     gap.add_logprobs(chunk(-0.25).choices[0].logprobs)
     assert gap.recorded_logprobs() is None
-    assert _Choice().recorded_logprobs() is None
+    assert ChoiceAggregate().recorded_logprobs() is None

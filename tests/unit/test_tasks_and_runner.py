@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agentstream.producers.runner import _is_async, _PartitionOffsets, _wants_rollout
+from agentstream.producers.agent_calls import is_async_agent, wants_rollout
+from agentstream.producers.task_offsets import PartitionOffsets
 from agentstream.producers.tasks import TaskFileError, TaskSpec, prepare_tasks, read_task_file
-from agentstream.producers.tracer import ActiveSpan, Rollout
+from agentstream.producers.tracer import ActiveSpan, Emitter, Rollout
 from agentstream.schemas import AttemptStatus, CreditAssignment, RolloutConfig
 
 
@@ -128,7 +130,7 @@ def test_agent_arity_and_kind() -> None:
     class Callable_:
         async def __call__(self, task: Any) -> None: ...
 
-    assert [_wants_rollout(f) for f in (one, two, named, option, star, coro)] == [
+    assert [wants_rollout(f) for f in (one, two, named, option, star, coro)] == [
         False,
         True,
         True,
@@ -136,13 +138,13 @@ def test_agent_arity_and_kind() -> None:
         True,
         True,
     ]
-    assert _wants_rollout(functools.partial(two, 1)) is False
-    assert _wants_rollout(lambda t: t) is False
-    assert _is_async(coro) and _is_async(Callable_()) and not _is_async(one)
+    assert wants_rollout(functools.partial(two, 1)) is False
+    assert wants_rollout(lambda t: t) is False
+    assert is_async_agent(coro) and is_async_agent(Callable_()) and not is_async_agent(one)
 
 
 def test_offsets_commit_only_contiguous_done_tasks() -> None:
-    part = _PartitionOffsets()
+    part = PartitionOffsets()
     assert part.position() == -1  # nothing received: nothing to commit
     for offset in (5, 6, 7, 8):
         part.received(offset)
@@ -156,28 +158,41 @@ def test_offsets_commit_only_contiguous_done_tasks() -> None:
     assert part.position() == 9 and part.pending == {}
 
 
-class _StubClient:
+class _StubEmitter:
+    """A test double of the tracer's Emitter protocol: it keeps what it is given."""
+
     def __init__(self) -> None:
         self.spans: list[ActiveSpan] = []
         self.lifecycle: list[str] = []
 
-    def _emit_span(self, span: ActiveSpan) -> None:
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str = "other",
+        attributes: Mapping[str, Any] | None = None,
+        rollout: Rollout | None = None,
+    ) -> ActiveSpan:
+        return ActiveSpan(self, name, kind, rollout, None, attributes)
+
+    def emit_span(self, span: ActiveSpan) -> None:
         self.spans.append(span)
 
-    def _rollout_started(self, rollout: Rollout) -> None:
+    def emit_reward(self, value: float, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+    def rollout_started(self, rollout: Rollout) -> None:
         self.lifecycle.append("started")
 
-    def _rollout_finished(self, rollout: Rollout) -> None:
+    def rollout_finished(self, rollout: Rollout) -> None:
         self.lifecycle.append("finished")
-
-    def span(self, name: str, *, kind: str = "other", rollout: Rollout | None = None, **_: Any) -> ActiveSpan:
-        return ActiveSpan(self, name, kind, rollout, None, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("lifecycle", [True, False])
 def test_rollout_counts_llm_usage(lifecycle: bool) -> None:
-    client = _StubClient()
-    with Rollout(client, "t", lifecycle_events=lifecycle) as rollout:  # type: ignore[arg-type]
+    client = _StubEmitter()
+    emitter: Emitter = client  # the stub is an Emitter
+    with Rollout(emitter, "t", lifecycle_events=lifecycle) as rollout:
         for usage in (
             {"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 3},
             {"gen_ai.usage.input_tokens": "7"},

@@ -1,0 +1,35 @@
+"""Capture failures: the agent's call goes on, and the user learns once why it was not recorded."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+logger = logging.getLogger("agentstream.producers.openai")
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def capture_failed(what: str) -> None:
+    """Log a failure to record an OpenAI call; call it from the ``except`` block that caught it.
+
+    The first failure of each kind (``what``, one per call site) is a WARNING naming the
+    exception; later ones, which would repeat it on every call, go to DEBUG. Never raises.
+    """
+    error = sys.exc_info()[1]
+    reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+    with _warned_lock:
+        first = what not in _warned
+        _warned.add(what)
+    if first:
+        logger.warning(
+            "agentstream: %s (%s); the OpenAI call itself is unaffected. "
+            "Further failures of this kind are logged at DEBUG.",
+            what,
+            reason,
+            exc_info=True,
+        )
+    else:
+        logger.debug("agentstream: %s (%s)", what, reason, exc_info=True)
