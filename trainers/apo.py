@@ -39,39 +39,26 @@ from typing import Any
 
 from agentstream.resources.store import ResourceStore
 from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceVersion, TemplateError, Triplet, check_template
-from agentstream.schemas.genai import otel_messages_to_openai
 from agentstream.schemas.resource_version import content_hash
 from agentstream.settings import Settings
 from agentstream.topics.catalogue import TRIPLETS, TopicSpec
 from agentstream.topics.io import TopicReader
 
+from .apo_templates import (
+    CRITIQUE_PROMPT,
+    EDIT_PROMPT,
+    assemble,
+    message_text,
+    render_demo,
+    response_class,
+    split_template,
+    template_regex,
+)
 from .evaluation import Evaluation, RolloutEvaluator
 
 logger = logging.getLogger(__name__)
 
-_VARIABLE_LINE = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
-
-CRITIQUE_PROMPT = """A prompt for a language model is not working well. Read the prompt's instruction and \
-the mistakes it led to, then say in two or three sentences what the instruction should change.
-
-Instruction:
-{instruction}
-
-Mistakes:
-{mistakes}
-
-Critique:"""
-
-EDIT_PROMPT = """Rewrite an instruction for a language model so that it fixes the critique. Keep it short, \
-keep the task and output format the same, and write only the new instruction.
-
-Instruction:
-{instruction}
-
-Critique:
-{critique}
-
-New instruction:"""
+__all__ = ["APOConfig", "APOResult", "APOTrainer", "Candidate", "Example", "split_template", "template_regex"]
 
 
 @dataclass
@@ -140,34 +127,6 @@ class APOResult:
     winner_score: float | None = None
     triplets: int = 0
     wall_s: float = 0.0
-
-
-def split_template(template: str) -> tuple[str, str]:
-    """(instruction, query): the query starts at the first line that uses a variable."""
-    lines = template.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if _VARIABLE_LINE.search(line):
-            return "".join(lines[:i]).strip(), "".join(lines[i:])
-    raise TemplateError("the template has no variable line")
-
-
-def template_regex(template: str) -> re.Pattern[str]:
-    """A pattern that recovers the variable values of a rendered template."""
-    parts, last, seen = [], 0, set()
-    for match in _VARIABLE_LINE.finditer(template):
-        parts.append(re.escape(template[last : match.start()]))
-        name = match.group(0).strip("{} ")
-        parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
-        seen.add(name)
-        last = match.end()
-    parts.append(re.escape(template[last:]))
-    return re.compile("".join(parts) + r"\Z", re.S)
-
-
-def assemble(instruction: str, demos: Sequence[str], query: str) -> str:
-    head = instruction.strip()
-    body = "".join(demos)
-    return (head + "\n\n" if head else "") + body + query
 
 
 class APOTrainer:
@@ -302,7 +261,7 @@ class APOTrainer:
             if t.resource_version not in patterns:
                 patterns[t.resource_version] = template_regex(version.template)
             pattern = patterns[t.resource_version]
-            prompt, response = _message_text(t.prompt_messages), _message_text(t.response)
+            prompt, response = message_text(t.prompt_messages), message_text(t.response)
             match = pattern.match(prompt) if pattern is not None and prompt is not None else None
             if match is None or response is None:
                 continue
@@ -342,9 +301,10 @@ class APOTrainer:
                 )
                 return None
         else:
-            critique, instruction = self._textual_gradient(parent, examples)
-            if instruction is None:
+            critique, rewritten = self._textual_gradient(parent, examples)
+            if rewritten is None:
                 return None
+            instruction = rewritten
             lineage["apo.critique"] = critique[:500]
         template = assemble(instruction, demos, parent.query)
         if len(template) > self.config.max_prompt_chars:
@@ -380,7 +340,7 @@ class APOTrainer:
         # spread over distinct responses (e.g. one per queue), then fill up at random
         groups: dict[str, list[Example]] = {}
         for e in by_input.values():
-            groups.setdefault(_response_class(e.response), []).append(e)
+            groups.setdefault(response_class(e.response), []).append(e)
         for members in groups.values():
             self.rng.shuffle(members)
         chosen: list[Example] = []
@@ -389,7 +349,7 @@ class APOTrainer:
                 if groups[key] and len(chosen) < self.config.demos:
                     chosen.append(groups[key].pop())
         self.rng.shuffle(chosen)
-        return [_render_demo(parent.query, e) for e in chosen]
+        return [render_demo(parent.query, e.values, e.response) for e in chosen]
 
     def _textual_gradient(self, parent: Candidate, examples: list[Example]) -> tuple[str, str | None]:
         version = str(parent.version.version)
@@ -498,25 +458,3 @@ class APOTrainer:
         )
         self.scored[winner.version] = best.evaluation  # same content, already scored
         return winner
-
-
-def _message_text(messages_json: str) -> str | None:
-    """The text of a triplet's prompt or response (OTel GenAI messages JSON, or plain text)."""
-    try:
-        messages = otel_messages_to_openai(json.loads(messages_json))
-    except (ValueError, TypeError, KeyError):
-        return messages_json or None
-    texts = [m.get("content") for m in messages if isinstance(m.get("content"), str)]
-    return "".join(texts) if texts else None
-
-
-def _response_class(response: str) -> str:
-    """Demonstrations are spread over distinct responses (e.g. different tool arguments)."""
-    return " ".join(response.split())[:60]
-
-
-def _render_demo(query: str, example: Example) -> str:
-    from agentstream.schemas import render_template
-
-    response = example.response.rstrip("\n")
-    return render_template(query, example.values) + response + "\n\n"

@@ -105,9 +105,9 @@ def load_policy(
         from peft import PeftModel
 
         base = init.config.get("base_model") or base_model
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-        model = PeftModel.from_pretrained(model, _local(init), is_trainable=True)
-        return model, _tokenizer(AutoTokenizer, _local(init)), None
+        base_weights = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        adapter = PeftModel.from_pretrained(base_weights, _local(init), is_trainable=True)
+        return adapter, _tokenizer(AutoTokenizer, _local(init)), None
     source = _local(init) if init is not None else base_model
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     tokenizer = _tokenizer(AutoTokenizer, source)

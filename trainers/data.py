@@ -24,8 +24,11 @@ from agentstream.schemas import Triplet
 from agentstream.schemas.genai import otel_messages_to_openai
 
 Format = Literal["messages", "text"]
+#: what a trainer's ``format`` may be: ``auto`` picks messages when the tokenizer has a chat template
+FORMATS = ("auto", "messages", "text")
 
 __all__ = [
+    "FORMATS",
     "Attempt",
     "Format",
     "dpo_pairs",
@@ -84,9 +87,11 @@ def resolve_format(requested: str, tokenizer: Any) -> Format:
     """``auto``: conversational when the tokenizer has a chat template, else text."""
     if requested == "auto":
         return "messages" if getattr(tokenizer, "chat_template", None) else "text"
-    if requested not in ("messages", "text"):
-        raise ValueError(f"unknown format {requested!r}: use auto, messages or text")
-    return requested  # type: ignore[return-value]
+    if requested == "messages":
+        return "messages"
+    if requested == "text":
+        return "text"
+    raise ValueError(f"unknown format {requested!r}: use auto, messages or text")
 
 
 def _prompt(triplet: Triplet, fmt: Format) -> Any:
@@ -99,7 +104,7 @@ def _completion(text: str, fmt: Format) -> Any:
 
 def sft_rows(triplets: Iterable[Triplet], fmt: Format) -> list[dict[str, Any]]:
     """``{"messages": [...]}`` (assistant-only loss) or ``{"prompt", "completion"}`` (completion-only loss)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in triplets:
         response = response_text(t)
         if not response:
@@ -131,12 +136,12 @@ def dpo_pairs(triplets: Iterable[Triplet], fmt: Format, min_margin: float = 0.0)
     """
     rows = []
     for attempts in _by_task(triplets).values():
-        rewarded = [t for t in attempts if t.reward is not None and response_text(t)]
+        rewarded = [(t.reward, t) for t in attempts if t.reward is not None and response_text(t)]
         if len(rewarded) < 2:
             continue
-        best = max(rewarded, key=lambda t: t.reward)  # type: ignore[arg-type, return-value]
-        worst = min(rewarded, key=lambda t: t.reward)  # type: ignore[arg-type, return-value]
-        if best.reward - worst.reward <= min_margin or response_text(best) == response_text(worst):  # type: ignore[operator]
+        best_reward, best = max(rewarded, key=lambda pair: pair[0])
+        worst_reward, worst = min(rewarded, key=lambda pair: pair[0])
+        if best_reward - worst_reward <= min_margin or response_text(best) == response_text(worst):
             continue
         rows.append(
             {

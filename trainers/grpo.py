@@ -32,13 +32,10 @@ version of the resource with its lineage (start version, prompts, reward, metric
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import inspect
 import json
 import logging
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,13 +43,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from agentstream.schemas import CANDIDATE, ResourceVersion, Task
-from agentstream.schemas.genai import otel_messages_to_openai
+from agentstream.schemas import CANDIDATE, ResourceVersion
 from agentstream.settings import Settings
-from agentstream.topics.catalogue import TASKS
 
 from .checkpoint import load_policy, output_root, publish_checkpoint, reserve_checkpoint_dir, save_checkpoint
-from .data import resolve_format
+from .config_fields import API_ONLY, check_choice, check_ranges, named, option
+from .data import FORMATS, resolve_format
+from .grpo_inputs import (
+    Reward,
+    as_format,
+    load_callable,
+    prompts_from_tasks,
+    prompts_from_triplets,
+    reward_function,
+)
+from .trl_setup import device_args, quiet
 
 if TYPE_CHECKING:
     from agentstream.resources.store import ResourceStore
@@ -70,61 +75,94 @@ __all__ = [
     "vllm_available",
 ]
 
-#: a reward: trl's batch function, a per-completion function, or "module:function"
-Reward = Callable[..., Any] | str
-
 
 @dataclass(kw_only=True)
 class OnlineGRPOConfig:
-    """Online GRPO of one LLM resource (trl's ``GRPOTrainer`` with trainer-side generation)."""
+    """Online GRPO of one LLM resource (trl's ``GRPOTrainer`` with trainer-side generation).
 
-    #: the LLM resource the trained version is published to
-    resource_name: str
-    #: the reward: a callable or "module:function" (see the module doc)
-    reward: Reward
+    A field with an :func:`~.config_fields.option` is an option of ``agentstream train grpo-online``.
+    """
+
+    resource_name: str = field(
+        metadata=option("The LLM resource trained versions are published to.", flag="--resource")
+    )
+    #: a callable or "module:function" (see the module doc)
+    reward: Reward = field(metadata=option("Reward function, MODULE:FUNCTION (see trainers/grpo.py)."))
     #: version or label of the resource to start from, or "base" (then ``base_model``)
-    init_from: str = "production"
+    init_from: str = field(default="production", metadata=option("Version or label to start from, or base."))
     #: a Hugging Face model folder; required with ``init_from="base"``, the fallback base of adapters
-    base_model: str | None = None
-    label: str = CANDIDATE
-    #: checkpoints go to ``<output_dir>/<resource_name>/v<N>``; default ``settings.trainer.output_dir``
-    output_dir: Path | None = None
+    base_model: str | None = field(
+        default=None, metadata=option("Model folder for --init-from base (or an adapter's base).")
+    )
+    label: str = field(default=CANDIDATE, metadata=API_ONLY)
     #: ``lineage["trainer"]``; default ``grpo-online-<resource_name>``
-    trainer_name: str | None = None
+    trainer_name: str | None = field(default=None, metadata=API_ONLY)
 
     # -- prompts
-    prompts: Literal["tasks", "triplets"] = "tasks"
+    prompts: Literal["tasks", "triplets"] = field(
+        default="tasks", metadata=option("tasks (the tasks topic) or triplets (recent prompts).")
+    )
     #: task input -> prompt text or chat messages (a callable or "module:function")
-    prompt: Callable[[Any], Any] | str | None = None
-    task_type: str | None = None
-    modes: tuple[str, ...] = ("train",)
-    max_prompts: int = 256
+    prompt: Callable[[Any], Any] | str | None = field(
+        default=None, metadata=option("MODULE:FUNCTION building a prompt from a task input (tasks only).")
+    )
+    task_type: str | None = field(default=None, metadata=option("Only tasks of this type."))
+    modes: tuple[str, ...] = field(
+        default=("train",), metadata=option("Rollout modes (repeat); default train, prod.", flag="--mode")
+    )
+    max_prompts: int = field(default=256, metadata=option("Newest prompts used.", min=1))
     #: "auto" (chat when the tokenizer has a template and the prompt is messages), "messages" or "text"
-    format: str = "auto"
+    format: str = field(default="auto", metadata=API_ONLY)
 
     # -- generation
-    #: ``None``: vLLM when it is installed and CUDA is present
-    use_vllm: bool | None = None
-    vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    num_generations: int = 4
-    max_completion_length: int = 64
-    temperature: float = 1.0
+    num_generations: int = field(default=4, metadata=option("Completions per prompt.", min=2))
+    max_completion_length: int = field(default=64, metadata=option(min=1))
+    temperature: float = field(default=1.0, metadata=option(min=0.0))
 
     # -- optimisation
-    max_steps: int = 100
-    learning_rate: float = 1e-5
+    max_steps: int = field(default=100, metadata=option(min=1))
+    learning_rate: float = field(default=1e-5, metadata=option(flag="--lr"))
     #: KL coefficient against the start policy (0: no reference model, trl's default)
-    beta: float = 0.0
+    beta: float = field(default=0.0, metadata=option("KL coefficient (0: no reference model)."))
     #: prompts per step = per_device_train_batch_size / num_generations
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    lora_r: int = 0
-    lora_alpha: int | None = None
-    lora_target_modules: list[str] | None = None
-    seed: int = 0
+    per_device_train_batch_size: int = field(
+        default=4, metadata=option("Completions per step.", flag="--batch-size", min=1)
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata=API_ONLY)
+    lora_r: int = field(default=0, metadata=option("LoRA rank; 0 trains every weight.", min=0))
+    lora_alpha: int | None = field(default=None, metadata=API_ONLY)
+    lora_target_modules: list[str] | None = field(default=None, metadata=API_ONLY)
+
+    # -- where generation runs
+    #: ``None``: vLLM when it is installed and CUDA is present
+    use_vllm: bool | None = field(
+        default=None,
+        metadata=option("Generate with vLLM (default: when installed and on GPU).", flag="--vllm/--no-vllm"),
+    )
+    vllm_mode: str = field(default="colocate", metadata=API_ONLY)
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata=API_ONLY)
+
+    # -- the result
+    #: checkpoints go to ``<output_dir>/<resource_name>/v<N>``; default ``settings.trainer.output_dir``
+    output_dir: Path | None = field(default=None, metadata=option("Default <data_dir>/checkpoints."))
+    seed: int = field(default=0, metadata=option())
     #: any other ``GRPOConfig`` field (e.g. ``{"loss_type": "dr_grpo"}``)
-    trl_args: dict[str, Any] = field(default_factory=dict)
+    trl_args: dict[str, Any] = field(default_factory=dict, metadata=API_ONLY)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_choice(self, "prompts", ("tasks", "triplets"))
+        check_choice(self, "format", FORMATS)
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"{named(self, 'per_device_train_batch_size')} must be a multiple of "
+                f"{named(self, 'num_generations')}, since each step scores whole groups: "
+                f"{self.per_device_train_batch_size} is not a multiple of {self.num_generations}"
+            )
+        if self.init_from == "base" and not self.base_model:
+            raise ValueError(
+                f"{named(self, 'init_from')} base needs a {named(self, 'base_model')} to start from"
+            )
 
 
 @dataclass
@@ -148,54 +186,6 @@ class OnlineGRPOResult:
         return [float(entry["loss"]) for entry in self.history if "loss" in entry]
 
 
-# ---- the pieces users provide --------------------------------------------------------------------------
-def load_callable(spec: Callable[..., Any] | str) -> Callable[..., Any]:
-    """A callable, or ``"module:function"`` imported (modules of the working directory included)."""
-    if callable(spec):
-        return spec
-    module_name, _, attribute = str(spec).partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"expected MODULE:FUNCTION, got {spec!r}")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load {spec}: {e}") from e
-    if not callable(target):
-        raise ValueError(f"{spec} is not callable")
-    return target
-
-
-def reward_function(reward: Reward) -> Callable[..., list[float | None]]:
-    """The reward in trl's batch signature (see the module doc for the two accepted shapes)."""
-    function = load_callable(reward)
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        parameters = {}  # type: ignore[assignment]
-    if "completions" in parameters:
-        return function
-
-    def per_completion(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
-        rows = [{k: v[i] for k, v in columns.items() if isinstance(v, list)} for i in range(len(completions))]
-        return [
-            None if (value := function(_completion_text(c), **row)) is None else float(value)
-            for c, row in zip(completions, rows)
-        ]
-
-    per_completion.__name__ = getattr(function, "__name__", "reward")
-    return per_completion
-
-
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(str(m.get("content") or "") for m in completion if isinstance(m, dict))
-
-
 def vllm_available() -> bool:
     """Whether vLLM generation can run here: the gpu extra installed and a CUDA device present."""
     if importlib.util.find_spec("vllm") is None:
@@ -203,125 +193,6 @@ def vllm_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-# ---- prompts -------------------------------------------------------------------------------------------
-def _columns(task_input: Any) -> dict[str, Any]:
-    """A task input's fields as dataset columns: scalars as they are, anything else as JSON."""
-    columns: dict[str, Any] = {"task": json.dumps(task_input, ensure_ascii=False)}
-    if isinstance(task_input, dict):
-        for key, value in task_input.items():
-            if key in ("prompt", "completion", "completion_ids", "task"):
-                continue  # trl's own columns (and ours) keep their meaning
-            columns[str(key)] = (
-                value
-                if isinstance(value, (str, int, float, bool)) or value is None
-                else json.dumps(value, ensure_ascii=False)
-            )
-    return columns
-
-
-def _default_prompt(task_input: Any) -> Any:
-    if isinstance(task_input, str):
-        return task_input
-    if isinstance(task_input, dict):
-        if isinstance(task_input.get("prompt"), str):
-            return task_input["prompt"]
-        if isinstance(task_input.get("messages"), list):
-            return task_input["messages"]
-    raise ValueError(
-        "a task input needs a 'prompt' (text) or 'messages' (chat) field, or must be a string; "
-        f"otherwise give OnlineGRPOConfig(prompt=...) to build one: {str(task_input)[:200]}"
-    )
-
-
-def prompts_from_tasks(
-    settings: Settings,
-    *,
-    prompt: Callable[[Any], Any] | str | None = None,
-    task_type: str | None = None,
-    modes: Sequence[str] = ("train",),
-    limit: int = 256,
-    timeout: float = 30.0,
-) -> list[dict[str, Any]]:
-    """Rows ``{"prompt", "task", <input fields>...}`` from the tasks topic: the newest ``limit``
-    rollouts (one row each, whatever their retries) of the given modes and task type."""
-    from agentstream.topics.io import TopicReader
-
-    build = load_callable(prompt) if prompt is not None else _default_prompt
-    latest: dict[str, Task] = {}
-
-    def keep(_spec: Any, _key: bytes | None, task: Task) -> None:
-        if (task_type is None or task.task_type == task_type) and (not modes or task.mode in modes):
-            latest[task.rollout_id] = task
-
-    TopicReader(settings.resolved(), [TASKS], keep, name="grpo-prompts").read_to_end(timeout)
-    tasks = sorted(latest.values(), key=lambda t: t.enqueued_at)[-limit:] if limit > 0 else []
-    rows = []
-    for task in tasks:
-        task_input = json.loads(task.input)
-        try:
-            row_prompt = build(task_input)
-        except ValueError as e:
-            logger.warning("task %s skipped: %s", task.rollout_id, e)
-            continue
-        rows.append({"prompt": row_prompt, **_columns(task_input), "rollout_id": task.rollout_id})
-    return rows
-
-
-def prompts_from_triplets(
-    client: Any,
-    *,
-    resource_name: str | None = None,
-    task_type: str | None = None,
-    modes: Sequence[str] = ("train",),
-    limit: int = 256,
-) -> list[dict[str, Any]]:
-    """Rows from the newest distinct prompts of the triplets table (``client``: clickhouse-connect,
-    e.g. :func:`agentstream.clickhouse.connect.connect`), with the input of the rollout they came from."""
-    where = ["1"]
-    parameters: dict[str, Any] = {"limit": limit, "modes": list(modes)}
-    if resource_name is not None:
-        where.append("t.resource_name = {resource:String}")
-        parameters["resource"] = resource_name
-    if task_type is not None:
-        where.append("t.task_type = {task_type:String}")
-        parameters["task_type"] = task_type
-    if modes:
-        where.append("t.mode IN {modes:Array(String)}")
-    query = f"""
-        SELECT t.prompt_messages, argMax(t.rollout_id, t.created_at), argMax(s.input, t.created_at)
-        FROM (SELECT * FROM triplets FINAL) AS t
-        LEFT JOIN (SELECT rollout_id, argMax(input, version) AS input FROM rollout_states GROUP BY rollout_id) AS s
-            ON s.rollout_id = t.rollout_id
-        WHERE {" AND ".join(where)}
-        GROUP BY t.prompt_messages
-        ORDER BY max(t.created_at) DESC
-        LIMIT {{limit:UInt32}}
-    """
-    rows = []
-    for prompt_messages, rollout_id, task_input in client.query(query, parameters=parameters).result_rows:
-        try:
-            messages = otel_messages_to_openai(json.loads(prompt_messages))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            messages = [{"role": "user", "content": prompt_messages}]
-        try:
-            decoded = json.loads(task_input) if task_input else None
-        except ValueError:
-            decoded = task_input
-        rows.append({"prompt": messages, **_columns(decoded), "rollout_id": rollout_id})
-    return rows
-
-
-def _as_format(prompt: Any, fmt: str) -> Any:
-    """Chat messages or text, as the model is trained (text: message contents joined by newlines)."""
-    if fmt == "messages":
-        return (
-            [{"role": "user", "content": prompt}]
-            if isinstance(prompt, str)
-            else [{"role": m.get("role", "user"), "content": _completion_text([m])} for m in prompt]
-        )
-    return prompt if isinstance(prompt, str) else "\n".join(_completion_text([m]) for m in prompt)
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------
@@ -345,13 +216,6 @@ class OnlineGRPOTrainer:
         prompts: Sequence[dict[str, Any]] | None = None,
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        if config.per_device_train_batch_size % config.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of "
-                f"num_generations ({config.num_generations}): each step scores whole groups"
-            )
-        if config.init_from == "base" and not config.base_model:
-            raise ValueError("init_from='base' needs a base_model")
         self.config = config
         self.settings = settings.resolved()
         self.name = config.trainer_name or f"grpo-online-{config.resource_name}"
@@ -419,7 +283,7 @@ class OnlineGRPOTrainer:
         fmt = resolve_format(c.format, tokenizer)
         if fmt == "messages" and c.format == "auto" and all(isinstance(r["prompt"], str) for r in rows):
             fmt = "text"  # completion-style prompts stay completions for a model that also chats
-        return [{**row, "prompt": _as_format(row["prompt"], fmt)} for row in rows]
+        return [{**row, "prompt": as_format(row["prompt"], fmt)} for row in rows]
 
     def train(self, stop: threading.Event | None = None) -> OnlineGRPOResult:
         """Load the start policy, run GRPO for ``max_steps``, save and publish (labelled ``label``)."""
@@ -431,7 +295,7 @@ class OnlineGRPOTrainer:
         source_rows = self._source_rows()  # before loading anything: no prompts, no training
         init = None if c.init_from == "base" else self.store.get(c.resource_name, c.init_from)
         continues_adapter = init is not None and init.config.get("adapter") == "true"
-        if continues_adapter:
+        if init is not None and continues_adapter:
             base_model = init.config.get("base_model") or c.base_model or ""
         elif init is not None:  # a full checkpoint: a new adapter sits on it
             base_model = (init.uri or "").removeprefix("file://")
@@ -472,7 +336,7 @@ class OnlineGRPOTrainer:
                 "report_to": "none",
                 "disable_tqdm": True,
                 "dataloader_num_workers": 0,
-                **_device_args(),
+                **device_args(),
                 **c.trl_args,
             }
         )
@@ -501,7 +365,7 @@ class OnlineGRPOTrainer:
             peft_config=peft_config,
             callbacks=[Observe()],
         )
-        _quiet(trainer)
+        quiet(trainer)
         started = time.monotonic()
         trainer.train()
         seconds = time.monotonic() - started
@@ -571,18 +435,3 @@ class OnlineGRPOTrainer:
 
 def _qualified(function: Callable[..., Any]) -> str:
     return f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', repr(function))}"
-
-
-def _device_args() -> dict[str, Any]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"bf16": False, "fp16": False, "dataloader_pin_memory": False}
-    return {"bf16": torch.cuda.is_bf16_supported()}
-
-
-def _quiet(trainer: Any) -> None:
-    """transformers prints every log dict when tqdm is off; ``on_log`` and the lineage carry them."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)

@@ -21,9 +21,10 @@ off-policy correction for attempts sampled from an older model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .config_fields import API_ONLY, option
 from .data import (
     Attempt,
     dpo_pairs,
@@ -53,10 +54,12 @@ class KTOFromLogsConfig(WeightsConfig):
     """KTO on thresholded rewards."""
 
     #: reward at which an attempt counts as desirable; default ``settings.trainer.min_reward``
-    threshold: float | None = None
-    beta: float = 0.1
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
+    threshold: float | None = field(
+        default=None, metadata=option("Reward of a desirable attempt (default trainer.min_reward).")
+    )
+    beta: float = field(default=0.1, metadata=option())
+    desirable_weight: float = field(default=1.0, metadata=API_ONLY)
+    undesirable_weight: float = field(default=1.0, metadata=API_ONLY)
 
 
 class KTOFromLogs(WeightTrainer):
@@ -107,10 +110,10 @@ class KTOFromLogs(WeightTrainer):
 class DPOFromLogsConfig(WeightsConfig):
     """DPO on best/worst pairs of attempts at the same task."""
 
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata=option())
     #: a pair needs its rewards to differ by more than this
-    min_margin: float = 0.0
-    loss_type: str = "sigmoid"
+    min_margin: float = field(default=0.0, metadata=option("Reward gap a best/worst pair needs."))
+    loss_type: str = field(default="sigmoid", metadata=API_ONLY)
 
 
 class DPOFromLogs(WeightTrainer):
@@ -147,14 +150,14 @@ class GRPOFromLogsConfig(WeightsConfig):
     """GRPO over groups of logged attempts at the same task."""
 
     #: attempts per group (trl's ``num_generations``); tasks with more are split, fewer are repeated
-    num_generations: int = 4
+    num_generations: int = field(default=4, metadata=option("Attempts per group.", min=2))
     #: distinct attempts a task needs to form a group
-    min_attempts: int = 2
+    min_attempts: int = field(default=2, metadata=API_ONLY)
     #: KL coefficient against the starting policy (0: no reference model)
-    beta: float = 0.0
-    max_completion_length: int = 256
+    beta: float = field(default=0.0, metadata=option("KL coefficient (0: no reference model)."))
+    max_completion_length: int = field(default=256, metadata=API_ONLY)
     #: replay the server's token ids when they match the logged text under this tokenizer
-    use_logged_tokens: bool = True
+    use_logged_tokens: bool = field(default=True, metadata=API_ONLY)
 
 
 class GRPOFromLogs(WeightTrainer):
@@ -215,7 +218,7 @@ class GRPOFromLogs(WeightTrainer):
                 out["logged_reward"].append(attempt.reward)
                 replayed["attempts"] += 1
                 replayed["logged_tokens"] += attempt_logprobs is not False
-                if attempt_logprobs and logprobs is not None:
+                if isinstance(attempt_logprobs, list) and attempt_logprobs and logprobs is not None:
                     logprobs.append(attempt_logprobs)
                     replayed["logged_logprobs"] += 1
                 else:
@@ -224,7 +227,7 @@ class GRPOFromLogs(WeightTrainer):
 
         def logged_reward(
             prompts: list[str], completions: list[Any], logged_reward: list[float], **_: Any
-        ) -> list[float]:
+        ) -> list[float | None]:
             return list(logged_reward)
 
         return GRPOTrainer(
@@ -282,4 +285,4 @@ def _decodes_to(tokenizer: Any, triplet: Any) -> bool:
     if any(not 0 <= i < size for i in (*triplet.prompt_token_ids, *triplet.response_token_ids)):
         return False
     decoded = tokenizer.decode(triplet.response_token_ids, skip_special_tokens=True)
-    return decoded.strip() == response_text(triplet).strip()
+    return bool(decoded.strip() == response_text(triplet).strip())

@@ -12,9 +12,10 @@ prompt and completion texts, with ``completion_only_loss``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .config_fields import API_ONLY, option
 from .data import resolve_format, sft_rows, to_dataset
 from .runtime import TripletFilter
 from .weights import WeightsConfig, WeightTrainer
@@ -27,8 +28,10 @@ class StreamSFTConfig(WeightsConfig):
     """SFT on reward-filtered triplets (fields of :class:`~.weights.WeightsConfig`, plus these)."""
 
     #: triplets rewarded below this are not learned; default ``settings.trainer.min_reward``
-    min_reward: float | None = None
-    packing: bool = False
+    min_reward: float | None = field(
+        default=None, metadata=option("Learn triplets rewarded at least this (default trainer.min_reward).")
+    )
+    packing: bool = field(default=False, metadata=API_ONLY)
 
 
 class StreamSFTTrainer(WeightTrainer):

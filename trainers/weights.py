@@ -22,7 +22,10 @@ from agentstream.schemas import CANDIDATE, ResourceVersion
 from agentstream.settings import Settings
 
 from .checkpoint import load_policy, output_root, publish_checkpoint, reserve_checkpoint_dir, save_checkpoint
+from .config_fields import API_ONLY, check_choice, check_ranges, option
+from .data import FORMATS
 from .runtime import TripletFilter, TripletWindow, WindowOutcome, WindowTrainer, run_trainer
+from .trl_setup import control_callback, device_args, quiet
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -36,45 +39,74 @@ __all__ = ["WeightTrainer", "WeightsConfig"]
 
 @dataclass(kw_only=True)
 class WeightsConfig:
-    """Fields every weight trainer has; ``None`` means "from ``settings.trainer``" or "trl's default"."""
+    """Fields every weight trainer has; ``None`` means "from ``settings.trainer``" or "trl's default".
 
-    #: the LLM resource the trained versions are published to
-    resource_name: str
+    A field with an :func:`~.config_fields.option` is an option of every ``agentstream train``
+    command (the algorithm's own fields come first there).
+    """
+
+    resource_name: str = field(
+        metadata=option("The LLM resource trained versions are published to.", flag="--resource")
+    )
     #: a Hugging Face model folder (or hub id available offline) training starts from
-    base_model: str
+    base_model: str = field(metadata=option("Model folder (or offline hub id) to start from."))
     #: consumer group suffix and ``lineage["trainer"]``; default ``<algorithm>-<resource_name>``
-    trainer_name: str | None = None
-    #: checkpoints go to ``<output_dir>/<resource_name>/v<N>``; default ``settings.trainer.output_dir``
-    output_dir: Path | None = None
-    #: "base" (the base model every window), or a version/label of the resource to continue from
-    init_from: str = "base"
-    label: str = CANDIDATE
+    trainer_name: str | None = field(
+        default=None,
+        metadata=option(
+            "Trainer name: its consumer group and lineage (default ALGORITHM-RESOURCE).", flag="--name"
+        ),
+    )
+
+    # -- which triplets (see TripletFilter), in windows of how many
+    window_count: int | None = field(default=None, metadata=option("Triplets per window.", min=1))
+    window_seconds: float | None = field(
+        default=None, metadata=option("Close a window this long after its first triplet.")
+    )
+    task_types: tuple[str, ...] = field(
+        default=(), metadata=option("Only these task types (repeat).", flag="--task-type")
+    )
+    modes: tuple[str, ...] | None = field(
+        default=None, metadata=option("Rollout modes (repeat); default train, prod.", flag="--mode")
+    )
+    from_resource: str | None = field(
+        default=None, metadata=option("Only triplets of LLM calls stamped with this resource.")
+    )
+
+    # -- the policy
+    #: "base" (the base model every window), "latest", or a version/label of the resource to continue from
+    init_from: str = field(
+        default="base", metadata=option("base, latest, or a version/label to continue from.")
+    )
     #: "auto" (chat template when the tokenizer has one), "messages" or "text"
-    format: str = "auto"
-
-    # -- which triplets (see TripletFilter)
-    from_resource: str | None = None
-    task_types: tuple[str, ...] = ()
-    modes: tuple[str, ...] | None = None
-    window_count: int | None = None
-    window_seconds: float | None = None
-
-    # -- LoRA through peft when lora_r > 0, else a full fine-tune
-    lora_r: int = 0
-    lora_alpha: int | None = None
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
+    format: str = field(default="auto", metadata=option("auto, messages (chat template) or text."))
+    #: LoRA through peft when lora_r > 0, else a full fine-tune
+    lora_r: int = field(default=0, metadata=option("LoRA rank; 0 trains every weight.", min=0))
+    lora_alpha: int | None = field(default=None, metadata=API_ONLY)
+    lora_dropout: float = field(default=0.0, metadata=API_ONLY)
+    lora_target_modules: list[str] | None = field(default=None, metadata=API_ONLY)
 
     # -- optimisation (passed to the trl config)
-    learning_rate: float | None = None
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int | None = 1024
-    seed: int = 0
+    max_steps: int = field(default=-1, metadata=option("Steps per window; -1: --epochs over it."))
+    num_train_epochs: float = field(default=1.0, metadata=option("Epochs over each window.", flag="--epochs"))
+    learning_rate: float | None = field(
+        default=None, metadata=option("Learning rate (default: trl's).", flag="--lr")
+    )
+    per_device_train_batch_size: int = field(default=8, metadata=option(flag="--batch-size", min=1))
+    gradient_accumulation_steps: int = field(default=1, metadata=API_ONLY)
+    max_length: int | None = field(default=1024, metadata=option("Tokens per example.", min=8))
+
+    # -- the result
+    #: checkpoints go to ``<output_dir>/<resource_name>/v<N>``; default ``settings.trainer.output_dir``
+    output_dir: Path | None = field(default=None, metadata=option("Default <data_dir>/checkpoints."))
+    label: str = field(default=CANDIDATE, metadata=API_ONLY)
+    seed: int = field(default=0, metadata=option())
     #: any other field of the algorithm's trl config (e.g. ``{"warmup_ratio": 0.1}``)
-    trl_args: dict[str, Any] = field(default_factory=dict)
+    trl_args: dict[str, Any] = field(default_factory=dict, metadata=API_ONLY)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_choice(self, "format", FORMATS)
 
 
 class WeightTrainer(WindowTrainer):
@@ -150,8 +182,8 @@ class WeightTrainer(WindowTrainer):
         scratch = root / self.resource_name / f".trl-{self.name}-{window.window_id}"
         args = self._trl_args(scratch)
         trainer = self.trl_trainer(model, tokenizer, rows, peft_config, args)
-        _quiet(trainer)
-        trainer.add_callback(_control_callback(stop, progress, f"{self.name}: training"))
+        quiet(trainer)
+        trainer.add_callback(control_callback(stop, progress, f"{self.name}: training"))
         started = time.monotonic()
         trainer.train()
         seconds = time.monotonic() - started
@@ -235,8 +267,6 @@ class WeightTrainer(WindowTrainer):
         return self.store.get(self.resource_name, ref)
 
     def _trl_args(self, scratch: Path) -> dict[str, Any]:
-        import torch
-
         c = self.config
         args: dict[str, Any] = {
             "output_dir": str(scratch),
@@ -250,12 +280,10 @@ class WeightTrainer(WindowTrainer):
             "report_to": "none",
             "disable_tqdm": True,  # our own progress bar instead
             "dataloader_num_workers": 0,
-            "dataloader_pin_memory": torch.cuda.is_available(),
+            **device_args(),
         }
         if c.learning_rate is not None:
             args["learning_rate"] = c.learning_rate
-        # trl turns bf16 on by default, which CPUs (and older GPUs) refuse
-        args["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         args.update(c.trl_args)
         return args
 
@@ -275,34 +303,3 @@ def _tokens_seen(trainer: Any) -> int:
     """Tokens trained on (non-padding): trl logs them as ``num_tokens``; transformers may count them too."""
     logged = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
     return int(max(logged, default=0) or getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-
-
-def _quiet(trainer: Any) -> None:
-    """transformers prints every log dict when tqdm is off; the progress bar and lineage carry them."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-
-
-def _control_callback(stop: threading.Event | None, progress: Progress | None, description: str) -> Any:
-    """A trl callback: a progress bar over training steps, and a stop request honoured between steps."""
-    from transformers import TrainerCallback
-
-    class Control(TrainerCallback):
-        task: Any = None
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if progress is not None:
-                self.task = progress.add_task(description, total=state.max_steps or None)
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if progress is not None and self.task is not None:
-                progress.update(self.task, completed=state.global_step)
-            if stop is not None and stop.is_set():
-                control.should_training_stop = True
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if progress is not None and self.task is not None:
-                progress.remove_task(self.task)
-
-    return Control()

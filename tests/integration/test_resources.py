@@ -215,8 +215,8 @@ def test_runner_hot_swaps_versions_honours_pins_and_splits_traffic(
 
 
 def test_cli_resources(rsettings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    from agentstream import cli as cli_module
     from agentstream.cli import app
+    from agentstream.cli import context as cli_module
 
     monkeypatch.setattr(cli_module.console, "width", 200)
     for key, value in rsettings.to_env().items():

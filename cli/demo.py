@@ -1,0 +1,36 @@
+"""`agentstream demo`: the improvement loop, end to end, on the embedded default stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentstream.cli.context import console, err_console, state
+
+__all__ = ["demo"]
+
+
+def demo(
+    seed: Annotated[int, typer.Option(help="Random seed (tickets order, sampling, APO).")] = 7,
+    rounds: Annotated[int, typer.Option(help="APO rounds (each: candidates, validation, A/B).")] = 2,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON here.")] = None,
+    plot: Annotated[Path, typer.Option(help="Where the PNG plot of success rate per version goes.")] = Path(
+        "agentstream-demo.png"
+    ),
+    val_items: Annotated[
+        int | None, typer.Option(help="Validation tickets per score (default: all 60).")
+    ] = None,
+    test_items: Annotated[
+        int | None, typer.Option(help="Test tickets in the final report (default: all 100).")
+    ] = None,
+) -> None:
+    """The improvement loop on the embedded default: a support agent on a local Gemma model gets better by
+    itself (APO from its triplets, A/B promotion), with every version recorded."""
+    from agentstream.examples.improvement_loop import DemoConfig, run_demo
+
+    config = DemoConfig(seed=seed, rounds=rounds, val_items=val_items, test_items=test_items)
+    report = run_demo(state.settings, config, console, plot, json_path)
+    if report.test_final_success <= report.test_seed_success:
+        err_console.print("[yellow]The final prompt did not beat the seed on the test split.[/]")
