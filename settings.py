@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agentstream.process.lifecycle import pid_alive
-
-STACK_FILE = "stack.json"
+from agentstream.process.status import StackState
 
 
 class _LibrdkafkaLog:
@@ -239,7 +236,7 @@ class TrainerSettings(BaseModel):
 
 class ModelServerSettings(BaseModel):
     """The local model server (``agentstream serve-model``): an LLM resource's checkpoints behind an
-    OpenAI-compatible API, on CPU (vLLM serves them on GPU, see ``deploy/vllm.py``)."""
+    OpenAI-compatible API, on CPU (vLLM serves them on GPU, see ``serving/vllm.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -398,34 +395,5 @@ class Settings(BaseSettings):
         return self._base_kafka()
 
 
-class StackState(BaseModel):
-    """What a running `agentstream up` advertises in <data_dir>/stack.json."""
-
-    pid: int
-    bootstrap_servers: str | None = None
-    started_at: float = 0.0
-
-    @classmethod
-    def load(cls, data_dir: Path) -> StackState | None:
-        path = data_dir / STACK_FILE
-        try:
-            state = cls.model_validate(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            return None
-        return state if pid_alive(state.pid) else None
-
-    def save(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = data_dir / f".{STACK_FILE}.{os.getpid()}"
-        tmp.write_text(self.model_dump_json())
-        tmp.replace(data_dir / STACK_FILE)
-
-    @staticmethod
-    def clear(data_dir: Path) -> None:
-        (data_dir / STACK_FILE).unlink(missing_ok=True)
-
-
 def _env_value(value: object) -> str:
     return json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)
-
-    return True

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from agentstream.process.lifecycle import terminate
+from agentstream.process.status import StackState
 from agentstream.process.status import read_status as worker_status
-from agentstream.settings import Settings, StackState
+from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
 from agentstream.topics.catalogue import CATALOGUE, changelog_topics
 
@@ -130,6 +131,7 @@ class Stack:
         self._want_dashboard = dashboard
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._state: StackState | None = None
         self.started_at = 0.0
 
     @property
@@ -157,9 +159,10 @@ class Stack:
         else:
             self.broker_status.state, self.broker_status.detail = "external", self.settings.bootstrap_servers
         self._create_topics()
-        StackState(
+        self._state = StackState(
             pid=os.getpid(), bootstrap_servers=self.bootstrap_servers, started_at=self.started_at
-        ).save(self.data_dir)
+        )
+        self._state.save(self.data_dir)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
         env = {**inherited, **self.resolved_settings().to_env()}
         if self._want_sink:
@@ -267,9 +270,9 @@ class Stack:
         if self.broker is not None:
             self.broker.stop()
             self.broker_status.state = "stopped"
-        state = StackState.load(self.data_dir)
-        if state is not None and state.pid == os.getpid():
-            StackState.clear(self.data_dir)
+        if self._state is not None:
+            self._state.withdraw(self.data_dir)
+            self._state = None
 
     def __enter__(self) -> Stack:
         return self.start()

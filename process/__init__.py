@@ -1,1 +1,2 @@
-"""Our own server processes: listening sockets and ports, liveness and stopping, status files."""
+"""Our own server processes: listening sockets and ports, serving HTTP, liveness and stopping,
+status files."""

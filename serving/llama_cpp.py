@@ -43,7 +43,8 @@ def models_answer(base_url: str, timeout: float) -> bool:
     """Whether the OpenAI-compatible server at ``base_url`` answers ``GET /models`` (is ready)."""
     try:
         with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as response:
-            return response.status == 200
+            status: int = response.status
+            return status == 200
     except (urllib.error.URLError, OSError):
         return False
 

@@ -29,37 +29,49 @@ default. ``stream: true`` is answered as server-sent events carrying the whole g
 chunk per choice. Not supported (a clear 400): ``echo``, ``suffix``, ``best_of > n``.
 
 Generation runs one request at a time: the server is meant for a CPU and small models (tests, demos,
-a first trained checkpoint); on GPU, serve the same versions with vLLM (``deploy/vllm.py``).
+a first trained checkpoint); on GPU, serve the same versions with vLLM (``serving/vllm.py``).
+
+This module holds the HTTP app and the server; naming and loading versions is in ``checkpoints``,
+generation in ``generation``, the OpenAI request and response shapes in ``openai_protocol`` and
+resolving, preloading and answering requests in ``model_service``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import socket
-import threading
-import time
-import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
-import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentstream.process.http import BackgroundServer, http_url
 from agentstream.process.ports import listening_socket
 from agentstream.resources.store import ResourceStore
-from agentstream.schemas import ResourceKind, ResourceLabel, ResourceVersion
-from agentstream.settings import ModelServerSettings, Settings
+from agentstream.serving.checkpoints import (
+    CheckpointError,
+    LoadedModel,
+    ModelRef,
+    checkpoint_path,
+    load_checkpoint,
+    parse_model,
+    served_name,
+)
+from agentstream.serving.generation import Sampling, generate
+from agentstream.serving.model_service import ModelService
+from agentstream.serving.openai_protocol import (
+    ChatRequest,
+    CompletionRequest,
+    OpenAIRequest,
+    RequestError,
+    event_stream,
+    stream_chunks,
+)
+from agentstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -68,651 +80,15 @@ __all__ = [
     "LoadedModel",
     "ModelRef",
     "ModelServer",
+    "ModelService",
+    "Sampling",
     "checkpoint_path",
     "create_app",
+    "generate",
     "load_checkpoint",
     "parse_model",
     "served_name",
 ]
-
-_MODEL = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+?)(?::v?(?P<version>\d+)|@(?P<label>[A-Za-z0-9_.\-]+))?$")
-_MAX_LOGPROBS = 20
-
-
-class CheckpointError(ValueError):
-    """A version that cannot be served: no local checkpoint folder, or one that does not load."""
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the OpenAI error shape's fields."""
-
-    def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
-
-    def response(self) -> JSONResponse:
-        error = {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}
-        return JSONResponse({"error": error}, status_code=self.status)
-
-
-# ---- naming ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelRef:
-    """What a request's ``model`` asks for: a resource and a version number or a label."""
-
-    resource: str
-    ref: int | str
-
-
-def parse_model(model: str, default_label: str = "production") -> ModelRef:
-    """``NAME`` (the default label), ``NAME:vN`` / ``NAME:N`` (a version) or ``NAME@label``."""
-    match = _MODEL.match(model.strip())
-    if match is None:
-        raise ValueError(f"model {model!r} is not NAME, NAME:vN or NAME@label")
-    if match["version"] is not None:
-        return ModelRef(match["name"], int(match["version"]))
-    return ModelRef(match["name"], match["label"] or default_label)
-
-
-def served_name(version: ResourceVersion) -> str:
-    """The name a version is served under, and what responses report: ``NAME:vN``."""
-    return f"{version.resource_name}:v{version.version}"
-
-
-def checkpoint_path(version: ResourceVersion) -> Path:
-    """The local folder of a version's checkpoint (its ``uri``: a path or ``file://`` URL)."""
-    uri = version.uri or ""
-    path = Path(uri.removeprefix("file://")) if uri and "://" not in uri.removeprefix("file://") else None
-    if version.kind is ResourceKind.PROMPT_TEMPLATE or path is None or not path.is_dir():
-        raise CheckpointError(
-            f"{served_name(version)} has no local checkpoint folder to serve (kind {version.kind}, uri {uri!r})"
-        )
-    return path
-
-
-def is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file()
-
-
-def adapter_base(version: ResourceVersion, path: Path) -> str:
-    """The base model of a LoRA adapter version: its ``config["base_model"]``, else the adapter's own."""
-    base = version.config.get("base_model")
-    if not base:
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise CheckpointError(
-            f"{served_name(version)} is a LoRA adapter without a base model (config base_model)"
-        )
-    return str(base)
-
-
-# ---- loading -----------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """One version in memory: the model, its tokenizer, and what it is served as."""
-
-    name: str
-    version: ResourceVersion
-    model: Any
-    tokenizer: Any
-    device: str
-
-    @property
-    def eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-
-
-def load_checkpoint(version: ResourceVersion, device: str = "cpu") -> LoadedModel:
-    """Load a version's checkpoint folder (full model, or LoRA adapter merged into its base)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = checkpoint_path(version)
-    try:
-        if is_adapter(path):
-            from peft import PeftModel
-
-            base = adapter_base(version, path)
-            model = PeftModel.from_pretrained(
-                AutoModelForCausalLM.from_pretrained(base), path
-            ).merge_and_unload()
-            tokenizer_source = path if (path / "tokenizer_config.json").is_file() else base
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path)
-            tokenizer_source = path
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    except CheckpointError:
-        raise
-    except Exception as e:  # transformers and peft raise many kinds for a broken folder
-        raise CheckpointError(f"{served_name(version)}: cannot load {path}: {type(e).__name__}: {e}") from e
-    model.to(device)
-    model.eval()
-    return LoadedModel(served_name(version), version, model, tokenizer, device)
-
-
-class CheckpointCache:
-    """Versions in memory, least recently used evicted; each version is loaded once even when
-    several requests ask for it at the same moment."""
-
-    def __init__(self, size: int, loader: Callable[[ResourceVersion], LoadedModel]) -> None:
-        self.size = size
-        self._loader = loader
-        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
-        self._loading: dict[tuple[str, int], threading.Lock] = {}
-        self._lock = threading.Lock()
-        self.loads = 0
-
-    def get(self, version: ResourceVersion) -> LoadedModel:
-        key = (version.resource_name, version.version)
-        with self._lock:
-            loaded = self._models.get(key)
-            if loaded is not None:
-                self._models.move_to_end(key)
-                return loaded
-            gate = self._loading.setdefault(key, threading.Lock())
-        with gate:
-            with self._lock:
-                loaded = self._models.get(key)
-            if loaded is None:
-                loaded = self._loader(version)
-                with self._lock:
-                    self.loads += 1
-                    self._models[key] = loaded
-                    while len(self._models) > self.size:
-                        evicted, _ = self._models.popitem(last=False)
-                        logger.info("unloaded %s:v%d (cache of %d)", evicted[0], evicted[1], self.size)
-            with self._lock:
-                self._loading.pop(key, None)
-                self._models.move_to_end(key)
-        return loaded
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return [f"{name}:v{number}" for name, number in self._models]
-
-
-# ---- generation --------------------------------------------------------------------------------------
-@dataclass
-class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    n: int
-    stop: list[str]
-    seed: int | None
-    top_logprobs: int | None  # None: no logprobs asked for
-
-
-@dataclass
-class Generated:
-    """One choice: the sampled tokens with their logprobs, and the text they decode to."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    top_logprobs: list[list[tuple[int, float]]]
-    text: str
-    finish_reason: str
-
-
-def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> list[Generated]:
-    """``sampling.n`` continuations of one prompt, with each sampled token's raw logprob."""
-    import torch
-    from transformers import GenerationConfig
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    eos_ids = loaded.eos_ids
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
-    sample = sampling.temperature > 0
-    if not sample and sampling.n > 1:  # greedy answers are all the same (and generate refuses n > 1)
-        [only] = generate(loaded, prompt_ids, Sampling(**{**sampling.__dict__, "n": 1}))
-        return [only] + [
-            Generated(
-                list(only.token_ids),
-                list(only.logprobs),
-                list(only.top_logprobs),
-                only.text,
-                only.finish_reason,
-            )
-            for _ in range(sampling.n - 1)
-        ]
-    options: dict[str, Any] = dict(
-        max_new_tokens=sampling.max_tokens,
-        do_sample=sample,
-        num_return_sequences=sampling.n,
-        return_dict_in_generate=True,
-        output_logits=True,
-        eos_token_id=sorted(eos_ids) or None,
-        pad_token_id=pad,
-    )
-    if sample:
-        # OpenAI semantics: temperature and nucleus only (generate's top_k=50 default is switched off)
-        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    if sampling.stop:
-        options["stop_strings"] = sampling.stop
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=loaded.device)
-    with torch.no_grad():
-        output = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            generation_config=GenerationConfig(**options),
-            tokenizer=tokenizer if sampling.stop else None,
-        )
-        logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # (n, steps, vocab)
-    choices = []
-    for row in range(output.sequences.shape[0]):
-        ids = output.sequences[row, len(prompt_ids) :].tolist()
-        finish = "length"
-        for i, token in enumerate(ids):
-            if token in eos_ids:
-                ids, finish = ids[: i + 1], "stop"  # the EOS is part of what was sampled (as vLLM reports it)
-                break
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if sampling.stop:
-            ids, text, stopped = _cut_at_stop(tokenizer, ids, text, sampling.stop)
-            finish = "stop" if stopped else finish
-        token_logprobs = [float(logprobs[row, i, token]) for i, token in enumerate(ids)]
-        top: list[list[tuple[int, float]]] = []
-        if sampling.top_logprobs:
-            values, indices = logprobs[row, : len(ids)].topk(sampling.top_logprobs, dim=-1)
-            top = [list(zip(indices[i].tolist(), values[i].tolist())) for i in range(len(ids))]
-        choices.append(Generated(ids, token_logprobs, top, text, finish))
-    return choices
-
-
-def _cut_at_stop(tokenizer: Any, ids: list[int], text: str, stop: list[str]) -> tuple[list[int], str, bool]:
-    """Text up to the first stop string (excluded, as OpenAI does); tokens up to the one that
-    completed it (included: they were sampled)."""
-    hits = [(text.find(s), s) for s in stop if s and s in text]
-    if not hits:
-        return ids, text, False
-    at, _ = min(hits)
-    for count in range(1, len(ids) + 1):
-        prefix = tokenizer.decode(ids[:count], skip_special_tokens=True)
-        if any(s in prefix for s in stop if s):
-            return ids[:count], text[:at], True
-    return ids, text[:at], True
-
-
-# ---- requests ----------------------------------------------------------------------------------------
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the OpenAI clients send more than we use
-
-    model: str
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    return_token_ids: bool = False
-
-
-class CompletionRequest(_Request):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=_MAX_LOGPROBS)
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
-
-
-class ChatRequest(_Request):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=_MAX_LOGPROBS)
-    tools: list[dict[str, Any]] | None = None
-
-
-def _stop_list(stop: str | list[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else [s for s in stop if s]
-
-
-def _text_content(content: Any) -> str:
-    """A message's content as text: a string, or the text parts of a list."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise RequestError(400, f"unsupported message content {type(content).__name__}", param="messages")
-
-
-# ---- the server --------------------------------------------------------------------------------------
-class ModelService:
-    """Resolves a request's ``model`` through the resource store and runs generations (one at a time)."""
-
-    def __init__(self, store: ResourceStore, resources: Sequence[str], config: ModelServerSettings) -> None:
-        self.store = store
-        self.resources = list(dict.fromkeys(resources))
-        self.config = config
-        self.cache = CheckpointCache(config.cache_size, lambda v: load_checkpoint(v, config.device))
-        self._generate = threading.Lock()  # one generation at a time: the CPU is the bottleneck
-        self._preloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-preload")
-        self._closed = False
-        self.requests = 0
-
-    # -- versions -----------------------------------------------------------------------------------------
-    def resolve(self, model: str) -> ResourceVersion:
-        try:
-            ref = parse_model(model, self.config.default_label)
-        except ValueError as e:
-            raise RequestError(404, str(e), "not_found_error", "model") from None
-        if ref.resource not in self.resources:
-            raise RequestError(
-                404,
-                f"model {model!r}: resource {ref.resource!r} is not served here; serving {self.resources}",
-                "not_found_error",
-                "model",
-            )
-        version = self.store.find(ref.resource, ref.ref)
-        if version is None:
-            labels = self.store.labels(ref.resource) if ref.resource in self.store.names() else {}
-            raise RequestError(
-                404,
-                f"model {model!r}: {ref.resource} has no version or label {ref.ref!r} (labels: {labels})",
-                "not_found_error",
-                "model",
-            )
-        return version
-
-    def load(self, version: ResourceVersion) -> LoadedModel:
-        try:
-            return self.cache.get(version)
-        except CheckpointError as e:
-            raise RequestError(400, str(e), param="model") from None
-
-    def models(self) -> list[dict[str, Any]]:
-        """Every servable version, then the label aliases that point at one."""
-        cards = []
-        for name in self.resources:
-            if name not in self.store.names():
-                continue
-            state = self.store.state(name)
-            servable = {}
-            for number, version in sorted(state.versions.items()):
-                try:
-                    servable[number] = str(checkpoint_path(version))
-                except CheckpointError:
-                    continue
-                cards.append(_card(served_name(version), version, servable[number]))
-            for label, event in sorted(state.labels.items()):
-                if event.version in servable:
-                    version = state.versions[event.version]
-                    alias = name if label == self.config.default_label else f"{name}@{label}"
-                    cards.append(_card(alias, version, servable[event.version], parent=served_name(version)))
-        return cards
-
-    def watch(self) -> None:
-        """Load the default label's version as soon as it moves (and now)."""
-        if not self.config.preload:
-            return
-        self.store.on_change(self._changed)
-        for name in self.resources:
-            version = self.store.find(name, self.config.default_label)
-            if version is not None:
-                self._preload(version)
-
-    def _changed(self, record: Any) -> None:
-        if (
-            isinstance(record, ResourceLabel)
-            and record.resource_name in self.resources
-            and record.label == self.config.default_label
-            and record.version is not None
-        ):
-            version = self.store.find(record.resource_name, record.version)
-            if version is not None:
-                self._preload(version)
-
-    def _preload(self, version: ResourceVersion) -> None:
-        if self._closed:  # the store outlives the server (a shared one keeps calling listeners)
-            return
-
-        def load() -> None:
-            try:
-                self.cache.get(version)
-                logger.info("preloaded %s", served_name(version))
-            except CheckpointError as e:
-                logger.warning("cannot preload %s: %s", served_name(version), e)
-
-        self._preloader.submit(load)
-
-    def close(self) -> None:
-        self._closed = True
-        self._preloader.shutdown(wait=False, cancel_futures=True)
-
-    # -- generation ---------------------------------------------------------------------------------------
-    def sampling(
-        self, request: CompletionRequest | ChatRequest, max_tokens: int | None, top: int | None
-    ) -> Sampling:
-        return Sampling(
-            max_tokens=min(max_tokens or self.config.max_tokens, self.config.max_tokens),
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            n=request.n,
-            stop=_stop_list(request.stop),
-            seed=request.seed,
-            top_logprobs=top,
-        )
-
-    def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        if request.echo or request.suffix is not None or (request.best_of or 1) > request.n:
-            raise RequestError(400, "echo, suffix and best_of > n are not supported by this server")
-        version = self.resolve(request.model)
-        loaded = self.load(version)
-        prompts = _prompt_ids(loaded.tokenizer, request.prompt)
-        sampling = self.sampling(request, request.max_tokens, request.logprobs)
-        choices, usage = [], _Usage()
-        with self._generate:
-            for p, prompt_ids in enumerate(prompts):
-                usage.prompt += len(prompt_ids)
-                for j, generated in enumerate(generate(loaded, prompt_ids, sampling)):
-                    usage.completion += len(generated.token_ids)
-                    choice: dict[str, Any] = {
-                        "index": p * request.n + j,
-                        "text": generated.text,
-                        "logprobs": _completion_logprobs(loaded.tokenizer, generated)
-                        if request.logprobs is not None
-                        else None,
-                        "finish_reason": generated.finish_reason,
-                        "stop_reason": None,
-                    }
-                    if request.return_token_ids:
-                        choice["prompt_token_ids"] = prompt_ids
-                        choice["token_ids"] = generated.token_ids
-                    choices.append(choice)
-        self.requests += 1
-        return _envelope("cmpl", "text_completion", loaded.name, choices, usage)
-
-    def chat(self, request: ChatRequest) -> dict[str, Any]:
-        version = self.resolve(request.model)
-        loaded = self.load(version)
-        tokenizer = loaded.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise RequestError(400, f"{loaded.name} has no chat template: use /v1/completions", param="model")
-        messages = [{**m, "content": _text_content(m.get("content"))} for m in request.messages]
-        try:
-            text = tokenizer.apply_chat_template(
-                messages, tools=request.tools, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as e:  # jinja errors of a template that refuses these messages
-            raise RequestError(
-                400, f"the chat template refused the messages: {e}", param="messages"
-            ) from None
-        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
-        top = (request.top_logprobs or 0) if request.logprobs else None
-        sampling = self.sampling(request, request.max_completion_tokens or request.max_tokens, top)
-        with self._generate:
-            generations = generate(loaded, prompt_ids, sampling)
-        choices = []
-        for i, generated in enumerate(generations):
-            choice: dict[str, Any] = {
-                "index": i,
-                "message": {"role": "assistant", "content": generated.text},
-                "logprobs": {"content": _chat_logprobs(tokenizer, generated)} if request.logprobs else None,
-                "finish_reason": generated.finish_reason,
-                "stop_reason": None,
-            }
-            if request.return_token_ids:
-                choice["token_ids"] = generated.token_ids
-            choices.append(choice)
-        usage = _Usage(len(prompt_ids), sum(len(g.token_ids) for g in generations))
-        self.requests += 1
-        response = _envelope("chatcmpl", "chat.completion", loaded.name, choices, usage)
-        if request.return_token_ids:
-            response["prompt_token_ids"] = prompt_ids
-        return response
-
-
-@dataclass
-class _Usage:
-    prompt: int = 0
-    completion: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion,
-            "total_tokens": self.prompt + self.completion,
-        }
-
-
-def _envelope(
-    prefix: str, kind: str, model: str, choices: list[dict[str, Any]], usage: _Usage
-) -> dict[str, Any]:
-    return {
-        "id": f"{prefix}-{uuid.uuid4().hex}",
-        "object": kind,
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage.as_dict(),
-    }
-
-
-def _card(model_id: str, version: ResourceVersion, root: str, parent: str | None = None) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": version.created_at // 1_000_000,
-        "owned_by": "agentstream",
-        "root": root,
-        "parent": parent,
-    }
-
-
-def _prompt_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
-    """A completions prompt (text, texts, token ids, lists of token ids) as token id lists."""
-    if isinstance(prompt, str):
-        return [tokenizer(prompt).input_ids]
-    if not prompt:
-        raise RequestError(400, "the prompt is empty", param="prompt")
-    if isinstance(prompt[0], str):
-        return [tokenizer(p).input_ids for p in prompt]
-    if isinstance(prompt[0], int):
-        return [list(prompt)]
-    return [list(p) for p in prompt]
-
-
-def _piece(tokenizer: Any, token: int) -> str:
-    return tokenizer.decode([token])
-
-
-def _completion_logprobs(tokenizer: Any, generated: Generated) -> dict[str, Any]:
-    pieces = [_piece(tokenizer, t) for t in generated.token_ids]
-    offsets, at = [], 0
-    for piece in pieces:
-        offsets.append(at)
-        at += len(piece)
-    top = (
-        [
-            {
-                _piece(tokenizer, t): lp
-                for t, lp in [(token, generated.logprobs[i]), *generated.top_logprobs[i]]
-            }
-            for i, token in enumerate(generated.token_ids)
-        ]
-        if generated.top_logprobs
-        else [{} for _ in pieces]
-    )
-    return {
-        "tokens": pieces,
-        "token_logprobs": generated.logprobs,
-        "top_logprobs": top,
-        "text_offset": offsets,
-    }
-
-
-def _chat_logprobs(tokenizer: Any, generated: Generated) -> list[dict[str, Any]]:
-    def entry(token: int, logprob: float) -> dict[str, Any]:
-        piece = _piece(tokenizer, token)
-        return {"token": piece, "logprob": logprob, "bytes": list(piece.encode())}
-
-    return [
-        {
-            **entry(token, generated.logprobs[i]),
-            "top_logprobs": [entry(t, lp) for t, lp in generated.top_logprobs[i]]
-            if generated.top_logprobs
-            else [],
-        }
-        for i, token in enumerate(generated.token_ids)
-    ]
-
-
-def _sse(events: list[dict[str, Any]]) -> AsyncIterator[bytes]:
-    async def stream() -> AsyncIterator[bytes]:
-        for event in events:
-            yield b"data: " + json.dumps(event).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return stream()
-
-
-def _as_stream(response: dict[str, Any], chat: bool, include_usage: bool) -> list[dict[str, Any]]:
-    """A whole response as stream chunks: one per choice with all of its text, then one that ends
-    it (and the usage, when asked for)."""
-    kind = "chat.completion.chunk" if chat else "text_completion"
-    head = {k: response[k] for k in ("id", "created", "model")} | {"object": kind}
-    chunks = []
-    for choice in response["choices"]:
-        body: dict[str, Any] = {
-            "index": choice["index"],
-            "logprobs": choice["logprobs"],
-            "finish_reason": None,
-        }
-        if chat:
-            body["delta"] = {"role": "assistant", "content": choice["message"]["content"]}
-        else:
-            body["text"] = choice["text"]
-        for extra in ("token_ids", "prompt_token_ids"):
-            if extra in choice:
-                body[extra] = choice[extra]
-        chunk = {**head, "choices": [body]}
-        if chat and "prompt_token_ids" in response and not chunks:
-            chunk["prompt_token_ids"] = response["prompt_token_ids"]
-        chunks.append(chunk)
-    for choice in response["choices"]:
-        end: dict[str, Any] = {
-            "index": choice["index"],
-            "logprobs": None,
-            "finish_reason": choice["finish_reason"],
-        }
-        end.update({"delta": {}} if chat else {"text": ""})
-        chunks.append({**head, "choices": [end]})
-    if include_usage:
-        chunks.append({**head, "choices": [], "usage": response["usage"]})
-    return chunks
 
 
 def create_app(service: ModelService) -> Starlette:
@@ -725,7 +101,7 @@ def create_app(service: ModelService) -> Starlette:
         return JSONResponse({"status": "ok", "loaded": service.cache.loaded(), "requests": service.requests})
 
     def endpoint(
-        model: type[_Request], run: Callable[[Any], dict[str, Any]], chat: bool
+        model: type[OpenAIRequest], run: Callable[[Any], dict[str, Any]], chat: bool
     ) -> Callable[..., Any]:
         async def handle(request: Request) -> Response:
             try:
@@ -747,7 +123,7 @@ def create_app(service: ModelService) -> Starlette:
             if parsed.stream:
                 include_usage = bool((parsed.stream_options or {}).get("include_usage"))
                 return StreamingResponse(
-                    _sse(_as_stream(response, chat, include_usage)), media_type="text/event-stream"
+                    event_stream(stream_chunks(response, chat, include_usage)), media_type="text/event-stream"
                 )
             return JSONResponse(response)
 
@@ -795,19 +171,16 @@ class ModelServer:
         self.store = store if store is not None else ResourceStore(settings, who="model-server")
         self.service = ModelService(self.store, resources, self.config)
         self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._http: BackgroundServer | None = None
 
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT/v1``: what OpenAI clients take as ``base_url``."""
         if self.port is None:
             raise RuntimeError("the model server is not started")
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"http://[{host}]:{self.port}/v1" if ":" in host else f"http://{host}:{self.port}/v1"
+        return f"{http_url(self.host, self.port)}/v1"
 
-    def _prepare(self) -> uvicorn.Server:
+    def _prepare(self) -> BackgroundServer:
         # The ML stack is imported here, on the caller's thread: imported for the first time on a
         # loader thread while the caller imports (say) httpx, a module could be seen half-initialised.
         import peft  # noqa: F401
@@ -817,54 +190,40 @@ class ModelServer:
         self.store.open()
         self.service.watch()
         sock = listening_socket(self.host, self._requested_port)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self.service), log_level="warning", access_log=False, lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        return self._server
+        self._http = BackgroundServer(create_app(self.service), sock, name="model server", lifespan="off")
+        self.port = self._http.port
+        return self._http
 
     def start(self, timeout: float = 30.0) -> Self:
         """Serve on a background thread; returns once connections are accepted."""
-        server = self._prepare()
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [self._socket]}, name="model-server", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the model server failed to start")
-            time.sleep(0.01)
+        try:
+            self._prepare().start(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
         logger.info("model server on %s serves %s", self.base_url, self.service.resources)
         return self
 
     def run(self, on_ready: Callable[[str], None] | None = None) -> None:
         """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles them); ``on_ready(base_url)``
         is called once the port is bound."""
-        server = self._prepare()
+        http = self._prepare()
         if on_ready is not None:
             on_ready(self.base_url)
         try:
-            server.run(sockets=[self._socket])
+            http.run()
         finally:
             self._close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._server = self._thread = None
+        """Finish in-flight requests, stop serving and following the resources."""
+        if self._http is not None:
+            self._http.stop(timeout)
+            self._http = None
         self._close()
 
     def _close(self) -> None:
         self.service.close()
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
         if self._owns_store:
             self.store.close()
 

@@ -5,7 +5,7 @@
 
 Runners call the server with ``model=f"{name}:v{version}"`` (the version the rollout resolved), or
 with ``NAME`` / ``NAME@label`` for whatever a label points at, exactly as with the CPU model server
-(``deploy/model_server.py``). :class:`VLLMAdapterSync` keeps vLLM's served names in step with the
+(``serving/model_server.py``). :class:`VLLMAdapterSync` keeps vLLM's served names in step with the
 resource:
 
 * **LoRA adapter versions** (a checkpoint folder with ``adapter_config.json``) are loaded into the
@@ -48,8 +48,8 @@ from agentstream.process.ports import free_port
 from agentstream.resources.store import ResourceStore
 from agentstream.schemas import PRODUCTION, ResourceVersion
 
+from .checkpoints import CheckpointError, adapter_base, checkpoint_path, is_adapter, served_name
 from .llama_cpp import models_answer
-from .model_server import CheckpointError, adapter_base, checkpoint_path, is_adapter, served_name
 
 logger = logging.getLogger(__name__)
 
@@ -304,23 +304,23 @@ class VLLMAdapterSync:
                 else:
                     foreign.add(number)
         labelled = {label: state.label_version(label) for label in self.labels}
-        for label, number in labelled.items():
-            if number in foreign:
+        for label, target in labelled.items():
+            if target in foreign:
                 logger.warning(
                     "%s@%s is v%d, an adapter of another base model than vLLM serves: not loaded",
                     self.resource,
                     label,
-                    number,
+                    target,
                 )
         wanted: dict[str, _Served] = {}
         kept = sorted(adapters, reverse=True)[: self.keep]
         for number in sorted(set(kept) | {v for v in labelled.values() if v in adapters}):
             wanted[f"{self.resource}:v{number}"] = _Served(adapters[number], number)
-        for label, number in labelled.items():
-            if number in adapters:
-                wanted[f"{self.resource}@{label}"] = _Served(adapters[number], number)
+        for label, target in labelled.items():
+            if target is not None and target in adapters:
+                wanted[f"{self.resource}@{label}"] = _Served(adapters[target], target)
                 if label == self.default_label:
-                    wanted[self.resource] = _Served(adapters[number], number)
+                    wanted[self.resource] = _Served(adapters[target], target)
         default = labelled.get(self.default_label)
         full = (
             state.versions.get(default)

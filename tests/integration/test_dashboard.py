@@ -23,7 +23,8 @@ from starlette.testclient import TestClient
 
 from agentstream.analytics.dashboard import COOKIE, DashboardState, create_app
 from agentstream.deploy.stack import Stack
-from agentstream.settings import DashboardSettings, Settings, StackState
+from agentstream.process.status import StackState
+from agentstream.settings import DashboardSettings, Settings
 from tests.analytics_scenario import MODEL, RESOURCE, V1_CAUSES, expected_version
 from tests.helpers import settings_env, wait_for
 from tests.integration.conftest import AnalyticsData

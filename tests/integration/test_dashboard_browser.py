@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from agentstream.analytics.dashboard import bind, create_app, url_of
+from agentstream.process.http import BackgroundServer
 from agentstream.settings import DashboardSettings
 from tests.analytics_scenario import RESOURCE
 from tests.integration.conftest import AnalyticsData
@@ -62,19 +60,12 @@ def dashboard_url(analytics_data: AnalyticsData) -> Iterator[str]:
     """A real uvicorn server (in a thread) serving the dashboard over the scenario, refreshing every second."""
     settings = analytics_data.settings.model_copy(update={"dashboard": DashboardSettings(refresh_seconds=1)})
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the dashboard server did not start"
-        time.sleep(0.05)
+    url = url_of(sock)
+    server = BackgroundServer(create_app(settings), sock, name="dashboard").start(timeout=30)
     try:
-        yield url_of(sock)
+        yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        server.stop(10)
 
 
 @pytest.fixture

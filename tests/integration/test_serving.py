@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -26,6 +24,8 @@ from starlette.routing import Route
 
 import agentstream
 from agentstream.clickhouse.connect import connect
+from agentstream.process.http import BackgroundServer
+from agentstream.process.ports import listening_socket
 from agentstream.producers.client import AgentStream
 from agentstream.producers.runner import Runner
 from agentstream.producers.tracer import Rollout
@@ -533,19 +533,11 @@ def _error(message: str, code: int) -> Response:
 
 @pytest.fixture
 def fake_vllm() -> Iterator[tuple[FakeVLLM, str]]:
-    import socket
-
     fake = FakeVLLM()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(fake.app(), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert wait_for(lambda: server.started, 10)
-    yield fake, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    sock = listening_socket("127.0.0.1", 0)
+    server = BackgroundServer(fake.app(), sock, name="fake vLLM", lifespan="off").start(timeout=10)
+    yield fake, f"http://127.0.0.1:{server.port}/v1"
+    server.stop(5)
 
 
 def test_vllm_adapter_sync_contract(

@@ -11,8 +11,9 @@ from confluent_kafka.admin import AdminClient
 
 from agentstream.clickhouse.connect import connect
 from agentstream.deploy.stack import Stack
+from agentstream.process.status import StackState
 from agentstream.producers.client import AgentStream
-from agentstream.settings import Settings, StackState
+from agentstream.settings import Settings
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,8 @@ def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
     )
     with Stack(settings, workers=1) as stack:
         stack.wait_ready()
-        assert StackState.load(settings.data_dir).bootstrap_servers == stack.bootstrap_servers  # type: ignore[union-attr]
+        advertised = StackState.load(settings.data_dir)
+        assert advertised is not None and advertised.bootstrap_servers == stack.bootstrap_servers
         resolved = Settings(data_dir=settings.data_dir, topic_prefix="stack.").resolved()
         assert resolved.bootstrap_servers == stack.bootstrap_servers  # agents find the running stack
         client = AgentStream(resolved)
