@@ -12,7 +12,7 @@ import difflib
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,7 +23,7 @@ from .waterfall import Waterfall, build_waterfall
 FailureCause = Literal[
     "timeout", "tool_error", "parse_error", "llm_error", "prompt_drift", "task_failed", "cancelled"
 ]
-FAILURE_CAUSES: tuple[str, ...] = FailureCause.__args__  # type: ignore[attr-defined]
+FAILURE_CAUSES: tuple[str, ...] = get_args(FailureCause)
 RolloutSort = Literal["created_at", "ended_at", "latency", "reward", "cost"]
 
 # sort key -> the column of the grouped rollout rows it orders by
@@ -461,8 +461,9 @@ class DashboardQueries:
 
 
 def _content(version: dict[str, Any]) -> str:
-    if version["template"] is not None:
-        return version["template"]
+    template: str | None = version["template"]
+    if template is not None:
+        return template
     described = {"uri": version["uri"], "config": version["config"], "variables": version["variables"]}
     return json.dumps(described, indent=2, sort_keys=True, default=str)
 

@@ -142,6 +142,8 @@ class EvaluationReport:
         self.until = until
         self.by = by
         self.resource = resource
+        self.resource_name: str | None
+        self.resource_version: str | None
         self.resource_name, self.resource_version = parse_resource(resource) if resource else (None, None)
         self.created_at = datetime.now(UTC)
 
@@ -362,13 +364,15 @@ class EvaluationReport:
         return out
 
     def _colors(self) -> dict[str, Any]:
-        from matplotlib import colormaps
+        from matplotlib import color_sequences
 
-        palette = colormaps["tab10"].colors
+        palette = color_sequences["tab10"]
         return {g.group: palette[i % len(palette)] for i, g in enumerate(self.groups)}
 
     def _line_plot(self, series: list[tuple[str, str]], ylabel: str, rate: bool) -> str:
-        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+        # Dates go in as Matplotlib's day numbers, as its date converter would make them: its stubs
+        # type plot() and set_xlim() for numbers only.
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
         from matplotlib.figure import Figure
 
         figure = Figure(figsize=(8, 3.2), layout="constrained")
@@ -381,13 +385,19 @@ class EvaluationReport:
                 ys = [getattr(b, field) for b in points if getattr(b, field) is not None]
                 if xs:
                     axes.plot(
-                        xs, ys, style, marker="o", color=colors[group], label=group if style == "-" else None
+                        date2num(xs),
+                        ys,
+                        style,
+                        marker="o",
+                        color=colors[group],
+                        label=group if style == "-" else None,
                     )
         if self.timeline:
             # a single bucket would otherwise stretch the axis over years
             half = timedelta(seconds=self.bucket_seconds / 2)
             axes.set_xlim(
-                min(b.bucket for b in self.timeline) - half, max(b.bucket for b in self.timeline) + half
+                date2num(min(b.bucket for b in self.timeline) - half),
+                date2num(max(b.bucket for b in self.timeline) + half),
             )
         locator = AutoDateLocator()
         axes.xaxis.set_major_locator(locator)

@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from agentstream.settings import Settings
 from agentstream.trainers.apo import APOConfig, APOTrainer
 from agentstream.trainers.evaluation import Evaluation, RolloutEvaluator
 
+from .demo_results import per_version, plot_success, promotion_decisions
 from .support_agent import DEMO_MIN_REWARD, PROMPT_RESOURCE, SEED_PROMPT, BusinessEvents, SupportAgent
 from .tickets import Ticket, load_tickets
 
@@ -304,7 +306,12 @@ class ImprovementLoop:
             time.sleep(0.5)
         return None
 
-    def _run(self, evaluator: RolloutEvaluator, title: str, call: Any) -> Evaluation:
+    def _run(
+        self,
+        evaluator: RolloutEvaluator,
+        title: str,
+        call: Callable[[Callable[[int, int], None]], Evaluation],
+    ) -> Evaluation:
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -371,9 +378,9 @@ class ImprovementLoop:
         report, console = self.report, self.console
         state = store.state(PROMPT_RESOURCE)
         report.versions = len(state.versions)
-        history = self._decisions(stack)
+        history = promotion_decisions(stack)
         report.decisions = history
-        rows = self._per_version(stack)
+        rows = per_version(stack)
         table = Table(
             "version",
             "labels",
@@ -409,86 +416,12 @@ class ImprovementLoop:
                 f"decision: {decision['action']} v{decision['candidate_version']} vs "
                 f"v{decision['production_version']}: {decision['reason']}"
             )
-        report.plot = str(self._plot(stack, plot_path))
+        report.plot = str(plot_success(stack, plot_path))
         console.print(
             f"Test split: seed {report.test_seed_success:.0%} -> final v{report.final_version} "
             f"{report.test_final_success:.0%} ({(report.test_final_success - report.test_seed_success) * 100:+.0f} "
             f"points); {report.rollouts} rollouts in {report.wall_s:.0f}s. Plot: {report.plot}"
         )
-
-    def _query(self, stack: Stack, sql: str, wait_for_rows: bool = False) -> list[tuple[Any, ...]]:
-        from agentstream.clickhouse.connect import connect
-
-        client = connect(stack.resolved_settings())
-        deadline = time.monotonic() + 20
-        while True:
-            rows = client.query(sql).result_rows
-            if rows or not wait_for_rows or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.5)
-
-    def _per_version(self, stack: Stack) -> dict[str, dict[str, Any]]:
-        rows = self._query(
-            stack,
-            f"""
-            SELECT resource_version, sum(rollouts), sum(succeeded)
-            FROM version_metrics_by_window WHERE resource_name = '{PROMPT_RESOURCE}'
-            GROUP BY resource_version""",
-            wait_for_rows=True,
-        )
-        return {v: {"rollouts": n, "success": (s / n if n else None)} for v, n, s in rows}
-
-    def _decisions(self, stack: Stack) -> list[dict[str, Any]]:
-        rows = self._query(
-            stack,
-            """
-            SELECT action, candidate_version, production_version, candidate_n, candidate_successes,
-                   production_n, production_successes, p_value, reason
-            FROM promotion_decisions WHERE action != 'hold' ORDER BY decided_at""",
-        )
-        keys = (
-            "action",
-            "candidate_version",
-            "production_version",
-            "candidate_n",
-            "candidate_successes",
-            "production_n",
-            "production_successes",
-            "p_value",
-            "reason",
-        )
-        return [dict(zip(keys, row)) for row in rows]
-
-    def _plot(self, stack: Stack, path: Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rows = self._query(
-            stack,
-            f"""
-            SELECT resource_version, window_start, rollouts, succeeded
-            FROM version_metrics_by_window WHERE resource_name = '{PROMPT_RESOURCE}' AND rollouts > 0
-            ORDER BY window_start""",
-        )
-        series: dict[str, list[tuple[Any, float, int]]] = {}
-        for version, start, n, s in rows:
-            series.setdefault(version, []).append((start, s / n, n))
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        for version in sorted(series, key=lambda v: int(v) if v.isdigit() else 0):
-            points = series[version]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"v{version}")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("success rate (per 10 s window)")
-        ax.set_title(f"{PROMPT_RESOURCE}: success rate per version over time")
-        ax.legend(loc="upper left", fontsize="small", ncol=2)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
 
 
 def run_demo(

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from agentstream.schemas import (
@@ -283,7 +284,7 @@ class ResourceStore:
                 created_by=self.who,
             )
             self._writer.write(RESOURCES, f"{name}/{number}", record, timeout)
-            stored = self._await(lambda n=number: self._stored_version(name, n), deadline)
+            stored = self._await(partial(self._stored_version, name, number), deadline)
             if stored is None:
                 raise TimeoutError(f"{name} v{number} did not come back from the resources topic")
             if stored.created_at == record.created_at and stored.content_hash == digest:

@@ -4,6 +4,7 @@ serializers, and the ids and clock they share. This package imports nothing else
 from .avro import SCHEMA_FILES, AvroSchema, all_schemas, load_schema
 from .ids import new_rollout_id, now_us
 from .promotion_decision import PromotionAction, PromotionDecision
+from .record import AvroRecord
 from .resource_label import CANDIDATE, PRODUCTION, ResourceLabel
 from .resource_version import (
     ResourceKind,
@@ -42,7 +43,7 @@ from .triplet import Triplet
 from .version_metrics import LATENCY_BUCKETS_MS, VersionMetrics
 
 #: Model class per schema stem.
-MODELS = {
+MODELS: dict[str, type[AvroRecord]] = {
     "span": Span,
     "reward": Reward,
     "rollout_event": RolloutEvent,

@@ -152,9 +152,8 @@ def otel_message_to_openai(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def otel_messages_to_openai(messages: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
-    if isinstance(messages, str):
-        messages = json.loads(messages)
-    return [otel_message_to_openai(m) for m in messages]
+    parsed: list[dict[str, Any]] = json.loads(messages) if isinstance(messages, str) else messages
+    return [otel_message_to_openai(m) for m in parsed]
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
@@ -162,5 +161,6 @@ def _as_dict(message: Any) -> dict[str, Any]:
         return message
     dump = getattr(message, "model_dump", None)  # openai's pydantic message objects
     if dump is not None:
-        return dump(exclude_none=True)
+        dumped: dict[str, Any] = dump(exclude_none=True)
+        return dumped
     return dict(message)

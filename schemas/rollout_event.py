@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +123,7 @@ class RolloutEvent(AvroRecord):
     @classmethod
     def from_avro(cls, record: dict[str, object]) -> RolloutEvent:
         data = dict(record)
-        if data.get("config") is not None:
-            data["config"] = RolloutConfig.from_avro(data["config"])  # type: ignore[arg-type]
+        config = data.get("config")
+        if config is not None:
+            data["config"] = RolloutConfig.from_avro(cast(dict[str, object], config))  # a decoded record
         return cls.model_validate(data)

@@ -17,7 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -234,20 +234,20 @@ class AvroSerializer:
         self._soe_header = SOE_MAGIC + schema.fingerprint
         self._encode = _Encoder(schema)
 
-    def _schema_id(self, topic: str | None) -> int:
+    def _schema_id(self, registry: Any, topic: str | None) -> int:
         subject = self._subject or (f"{topic}-value" if topic else self.schema.name)
         schema_id = self._ids.get(subject)
         if schema_id is None:
             from confluent_kafka.schema_registry import Schema
 
-            schema_id = self._registry.register_schema(subject, Schema(self.schema.json, "AVRO"))
+            schema_id = registry.register_schema(subject, Schema(self.schema.json, "AVRO"))
             self._ids[subject] = schema_id
         return schema_id
 
     def header(self, topic: str | None = None) -> bytes:
         if self._registry is None:
             return self._soe_header
-        return bytes([CONFLUENT_MAGIC]) + struct.pack(">I", self._schema_id(topic))
+        return bytes([CONFLUENT_MAGIC]) + struct.pack(">I", self._schema_id(self._registry, topic))
 
     def __call__(self, record: dict[str, Any], ctx: Any = None) -> bytes:
         topic = getattr(ctx, "topic", None)
@@ -306,10 +306,11 @@ def decode_body(
     buf = io.BytesIO(data)
     buf.seek(offset)
     try:
-        resolve = reader is not None and reader.fingerprint != writer.fingerprint
-        record = schemaless_reader(buf, writer.parsed, reader.parsed if resolve else None)
+        # resolve only against a reader schema other than the writer's
+        resolve_to = reader if reader is not None and reader.fingerprint != writer.fingerprint else None
+        record = schemaless_reader(buf, writer.parsed, resolve_to.parsed if resolve_to is not None else None)
     except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError) as e:
         raise MalformedRecordError(f"undecodable {writer.name} body: {type(e).__name__}: {e}") from e
     if buf.tell() != len(data):
         raise MalformedRecordError(f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
-    return record  # type: ignore[return-value]
+    return cast(dict[str, Any], record)  # an AvroSchema is a record schema: it decodes to a dict

@@ -14,13 +14,15 @@ from agentstream.topics.catalogue import CATALOGUE, TopicSpec
 
 logger = logging.getLogger(__name__)
 
+Outcome = Literal["created", "exists", "mismatch"]
+
 
 @dataclass(frozen=True)
 class TopicStatus:
     name: str
     partitions: int
     cleanup_policy: str
-    outcome: Literal["created", "exists", "mismatch"]
+    outcome: Outcome
     detail: str = ""
 
 
@@ -55,6 +57,7 @@ def ensure_topics(
                     raise
         existing = admin.list_topics(timeout=timeout).topics
     statuses = []
+    outcome: Outcome
     for name, spec in wanted.items():
         want = spec.partition_count(settings.partitions)
         have = len(existing[name].partitions) if name in existing else 0
@@ -65,5 +68,5 @@ def ensure_topics(
         else:
             outcome, detail = "mismatch", f"has {have} partitions, catalogue says {want}"
             logger.warning("Topic %s %s; keys may map to other partitions than expected", name, detail)
-        statuses.append(TopicStatus(name, have, spec.cleanup_policy, outcome, detail))  # type: ignore[arg-type]
+        statuses.append(TopicStatus(name, have, spec.cleanup_policy, outcome, detail))
     return statuses

@@ -27,7 +27,7 @@ class TopicSpec:
     partitions: int | None = None
 
     def config(self) -> dict[str, str]:
-        config = {"cleanup.policy": self.cleanup_policy}
+        config: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
         return config

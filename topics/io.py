@@ -85,7 +85,7 @@ class TopicReader:
         )
         consumer = Consumer(config)
         metadata = consumer.list_topics(timeout=timeout)
-        partitions = []
+        partitions: list[TopicPartition] = []
         for topic in self.specs:
             info = metadata.topics.get(topic)
             if info is None or info.error is not None or not info.partitions:
@@ -139,7 +139,9 @@ class TopicReader:
                     if error.code() != KafkaError._PARTITION_EOF:
                         logger.warning("%s: consumer error: %s", self.name, error)
                     continue
-                spec = self.specs[message.topic()]
+                topic = message.topic()
+                assert topic is not None  # only error events lack a topic, and those were skipped
+                spec = self.specs[topic]
                 try:
                     record = self._decode(spec, message.value())
                 except (MalformedRecordError, ValueError) as e:

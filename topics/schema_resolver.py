@@ -60,10 +60,11 @@ class SchemaTopicResolver:
             while time.monotonic() < deadline:
                 messages = consumer.consume(500, timeout=0.2)
                 for message in messages:
-                    if message.error() or not message.value():
+                    value = message.value()
+                    if message.error() or not value:
                         continue
                     try:
-                        schema = AvroSchema.from_definition(message.value().decode())
+                        schema = AvroSchema.from_definition(value.decode())
                     except Exception as e:
                         logger.warning("Data error: unreadable schema on %s: %s", self._topic, e)
                         continue
