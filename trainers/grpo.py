@@ -108,7 +108,8 @@ class OnlineGRPOConfig:
     )
     task_type: str | None = field(default=None, metadata=option("Only tasks of this type."))
     modes: tuple[str, ...] = field(
-        default=("train",), metadata=option("Rollout modes (repeat); default train, prod.", flag="--mode")
+        default=("train",),
+        metadata=option("Rollout modes (repeat); default train.", flag="--mode"),
     )
     max_prompts: int = field(default=256, metadata=option("Newest prompts used.", min=1))
     #: "auto" (chat when the tokenizer has a template and the prompt is messages), "messages" or "text"
