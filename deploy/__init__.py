@@ -1,2 +1,2 @@
-"""How agentstream runs: the embedded broker, topic setup, the supervised local stack, and
+"""How agentstream runs: the embedded broker, the supervised local stack (``agentstream up``), and
 manifests for real deployments (``compose.yaml``, ``helm/``)."""

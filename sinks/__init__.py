@@ -1,2 +1,2 @@
-"""ClickHouse sink: event topics into ClickHouse tables, exactly once; migrations; the query
-gateway that serves everyone else while the sink owns an embedded chDB directory."""
+"""ClickHouse sink: event topics into ClickHouse tables, exactly once, and the migrations that make
+those tables. (The query gateway it serves while it owns a chDB directory is :mod:`agentstream.clickhouse`.)"""
