@@ -8,10 +8,10 @@ What the kill tests showed, and what this package does about it:
   ("persisted offset greater than highwater"). :meth:`TansuSafeConsumerThread._highwaters` takes
   the end offset from a Fetch response instead, which is correct on every broker.
 * **Outputs and state lost around a rebalance.** An ``await`` inside an agent lets a rebalance run
-  while an event is half processed; the worker module never awaits mid-event (see
-  ``streams/worker.py``). A worker may also die after saving state and before its outputs are
-  acknowledged: redelivered events re-send the outputs the state says were emitted.
-* **Outputs vs. offsets.** Output records go through librdkafka (:class:`OutputProducer`), flushed
+  while an event is half processed; no hop awaits mid-event (each handles an event in a plain
+  method, see ``streams/joiner_agent.py``). A worker may also die after saving state and before its
+  outputs are acknowledged: redelivered events re-send the outputs the state says were emitted.
+* **Outputs vs. offsets.** Output records go through librdkafka (:class:`~.outputs.OutputProducer`), flushed
   together with Faust's changelog producer before any source offset is committed.
 
 Defences kept because the failure is possible even though the kill tests did not catch it:
@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 from confluent_kafka import Consumer as KafkaConsumer
@@ -47,6 +47,8 @@ from faust.types import TP
 
 from agentstream.settings import Settings
 from agentstream.topics.io import high_watermarks
+
+from .outputs import OutputProducer, OutputSink
 
 logger = logging.getLogger(__name__)
 
@@ -138,71 +140,16 @@ def fetch_end_offsets(
     return {tp: ends[(tp.topic, tp.partition)] for tp in tps}
 
 
-# ---- outputs -------------------------------------------------------------------------------------
-class OutputProducer:
-    """The workers' output records (tasks, triplets, metrics, dead letters) go through librdkafka:
-    an order of magnitude less CPU per record than Faust's aiokafka path. Table changelogs stay on
-    Faust's producer. Both are flushed before any source offset is committed (at-least-once)."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        from confluent_kafka import Producer
-
-        self._producer = Producer({**config, "error_cb": self._on_error})
-        self._failed: str | None = None
-        self.produced = 0
-
-    def warm(self, topics: Iterable[str], timeout: float = 10.0) -> None:
-        """Fetch the topics' metadata now, so the first records are not delayed by the lookup."""
-        for topic in topics:
-            self._producer.list_topics(topic, timeout=timeout)
-
-    def _on_error(self, error: Any) -> None:
-        logger.warning("output producer: %s", error)
-
-    def _on_delivery(self, error: Any, message: Any) -> None:
-        if error is not None:
-            self._failed = f"{message.topic()}: {error}"
-
-    def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> None:
-        extra = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value, key, headers=headers, on_delivery=self._on_delivery, **extra
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self.produced += 1
-        if self.produced % 1000 == 0:
-            self._producer.poll(0)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every record is acknowledged; raise if one could not be delivered (the
-        worker then restarts and re-processes from the last committed offsets)."""
-        remaining = self._producer.flush(timeout)
-        failed, self._failed = self._failed, None
-        if remaining or failed:
-            raise RuntimeError(f"output records not delivered ({remaining} pending; {failed})")
-
-
 # ---- Faust driver classes --------------------------------------------------------------------------
 class TansuSafeConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka passes this to its Fetcher when the consumer starts.
-        consumer._fetch_max_wait_ms = self.app.agentstream.streams.fetch_wait_ms  # type: ignore[attr-defined]
+        consumer._fetch_max_wait_ms = cast(StreamApp, self.app).agentstream.streams.fetch_wait_ms
         return consumer
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
-        config = self.app.agentstream.consumer_config("unused")  # type: ignore[attr-defined]
+        config = cast(StreamApp, self.app).agentstream.consumer_config("unused")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, fetch_end_offsets, config, list(partitions))
 
@@ -213,7 +160,7 @@ class TansuSafeConsumer(faust_aiokafka.Consumer):
 
     @property
     def gap_guard(self) -> GapGuard:
-        return self.app.gap_guard  # type: ignore[attr-defined, no-any-return]
+        return cast(StreamApp, self.app).gap_guard
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         records = await super()._getmany(active_partitions, timeout)
@@ -257,7 +204,7 @@ class TansuSafeConsumer(faust_aiokafka.Consumer):
         return super()._new_offset(tp)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        outputs: OutputProducer | None = getattr(self.app, "outputs", None)
+        outputs: OutputSink | None = getattr(self.app, "outputs", None)
         if outputs is not None:
             await asyncio.get_running_loop().run_in_executor(None, outputs.flush)
         return await super()._commit(offsets)
@@ -294,9 +241,9 @@ class ChangelogTable(faust.Table):
             else serializers.dumps_value(self.value_type, value, serializer=value_serializer)
         )
         partition = self.partition_for_key(key)
-        self.app.outputs.send(
+        cast(StreamApp, self.app).outputs.send(
             self.changelog_topic.get_topic_name(), key_bytes, value_bytes, partition=partition
-        )  # type: ignore[attr-defined]
+        )
 
 
 class StreamApp(faust.App):
@@ -304,16 +251,22 @@ class StreamApp(faust.App):
 
     agentstream: Settings
     gap_guard: GapGuard
-    outputs: OutputProducer
+    outputs: OutputSink
 
     def _new_transport(self) -> Any:
         return TansuSafeTransport(self.conf.broker_consumer, self)
 
 
-def create_app(settings: Settings, *, guarded_topics: Iterable[str] = ()) -> StreamApp:
-    """A Faust app for ``settings`` (resolved: bootstrap servers set).
+def create_app(
+    settings: Settings, *, guarded_topics: Iterable[str] = (), outputs: OutputSink | None = None
+) -> StreamApp:
+    """The one factory of the stream workers' Faust app, for ``settings`` (resolved: bootstrap
+    servers set); every hop declares its topics, tables and agents on the app it returns.
 
-    ``guarded_topics`` are the source topics whose offsets must stay contiguous (see :class:`GapGuard`).
+    Args:
+        guarded_topics: source topics whose offsets must stay contiguous (see :class:`GapGuard`).
+        outputs: where output records and table changelogs go; default a librdkafka
+            :class:`~.outputs.OutputProducer` (a test passes a sink that records them).
     """
     streams = settings.streams
     datadir = settings.data_dir / "streams"
@@ -346,5 +299,9 @@ def create_app(settings: Settings, *, guarded_topics: Iterable[str] = ()) -> Str
     )
     app.agentstream = settings
     app.gap_guard = GapGuard(streams.gap_verify_seconds, set(guarded_topics))
-    app.outputs = OutputProducer(settings.producer_config(**{"linger.ms": streams.producer_linger_ms}))
+    app.outputs = (
+        outputs
+        if outputs is not None
+        else OutputProducer(settings.producer_config(**{"linger.ms": streams.producer_linger_ms}))
+    )
     return app

@@ -51,7 +51,7 @@ class CallContentStore:
         self,
         consumer_config: Mapping[str, Any],
         topic: str,
-        decode: Callable[[bytes], dict[str, Any]],
+        decode: Callable[[bytes | None], dict[str, Any]],
         capacity: int,
     ) -> None:
         self._config = {
@@ -91,8 +91,8 @@ class CallContentStore:
         if not wanted:
             return {}
         by_partition: dict[int, dict[int, str]] = {}
-        for span_id, (partition, offset) in wanted.items():
-            by_partition.setdefault(partition, {})[offset] = span_id
+        for span_id, (at_partition, at_offset) in wanted.items():
+            by_partition.setdefault(at_partition, {})[at_offset] = span_id
         found: dict[str, dict[str, Any]] = {}
         with self._lock:
             if self._consumer is None:
@@ -109,16 +109,18 @@ class CallContentStore:
                         if message.error() is not None:
                             continue
                         partition, offset = message.partition(), message.offset()
+                        if partition is None or offset is None:
+                            continue
                         offsets = pending.get(partition)
                         if offsets is None:
                             continue
-                        span_id = offsets.pop(offset, None)
-                        if span_id is not None:
+                        wanted_id = offsets.pop(offset, None)
+                        if wanted_id is not None:
                             span = self._decode(message.value())
-                            if span["span_id"] == span_id:
+                            if span["span_id"] == wanted_id:
                                 content = call_content(span)
-                                self.put(span_id, content)
-                                found[span_id] = content
+                                self.put(wanted_id, content)
+                                found[wanted_id] = content
                                 self.rereads += 1
                         if not offsets:
                             pending.pop(partition, None)

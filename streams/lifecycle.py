@@ -1,6 +1,7 @@
 """The rollout lifecycle as a pure state machine: ``RolloutState`` + ``RolloutEvent`` → new state and
-the tasks to (re)queue. The Faust agent in :mod:`agentstream.streams.worker` only feeds it events and
-stores what it returns; everything that decides a status lives here, testable without a broker.
+the tasks to (re)queue. The Faust agent in :mod:`agentstream.streams.lifecycle_agent` only feeds it
+events and stores what it returns; everything that decides a status lives here, testable without a
+broker.
 
 Rules:
 

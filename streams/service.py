@@ -18,7 +18,7 @@ def run_worker(settings: Settings, *, loglevel: str = "WARNING") -> None:
     # The tables' changelogs exist before anything can write to them: a producer's first write
     # would let the broker auto-create them with its default partition count.
     ensure_topics(settings, changelog_topics(settings.streams.app_id))
-    app = build_worker(settings)
+    app = build_worker(settings).app
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     logging.getLogger("faust").setLevel(loglevel)
     worker.execute_from_commandline()

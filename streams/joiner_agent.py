@@ -1,0 +1,273 @@
+"""The triplet joiner hop: LLM-call spans + rewards ──▶ the ``joins`` table ──▶ triplets.
+
+    spans ───┐
+             ├──triplet-joiner agent──▶ joins table (rollout id -> JoinRecord) ──▶ triplets
+    rewards ─┘                     └──▶ the reward counted on the rollout's state (lifecycle hop)
+
+The credit assignment and the versioned, retractable triplet updates are :class:`.join.RolloutJoin`'s;
+this hop feeds it calls and rewards and sends the triplets it returns. The joins table holds where
+each call's span is, not its content (see :mod:`.calls`).
+
+Every source topic has exactly one consuming agent (a message delivered to two agents is acked only
+when both are done, and a rebalance can clear one agent's queue): rewards are read here only, and
+this agent also counts them on the rollout's state (:meth:`.lifecycle_agent.LifecycleHop.record_reward`).
+Both agents own the same partitions, so both tables are local.
+
+Declared by a class that receives the app, like every hop: topic names and partition counts come
+from the worker's settings, resolved when the worker starts, so nothing can be declared at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from faust.types import Message, StreamT
+
+from agentstream.schemas import CreditAssignment, MalformedRecordError, Triplet, genai, now_us
+from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, SPANS, TRIPLETS
+
+from .app import StreamApp
+from .calls import CallContentStore, call_content
+from .credit import LlmCall, RewardEvent
+from .join import RolloutJoin, TripletUpdate
+from .lifecycle_agent import LifecycleHop
+from .outputs import DeadLetters, Headers, WorkerStats
+from .records import JoinRecord, JoinRecordValue, Serdes, raw_topic, rollout_table
+
+logger = logging.getLogger(__name__)
+
+#: where each call's span is: span id -> [partition, offset] in the spans topic
+Locations = dict[str, list[int]]
+
+
+class JoinerHop:
+    """The ``triplet-joiner`` agent and the ``joins`` table.
+
+    Args:
+        app: the worker's app (see :func:`.app.create_app`); its settings name the topics and the
+            credit-assignment defaults.
+        serdes: the worker's decoders and encoders.
+        stats: the worker's counters.
+        dead_letters: where records that cannot be decoded or joined go.
+        lifecycle: the rollouts' states (a rollout's credit strategy, task type and mode), where
+            rewards are also counted.
+    """
+
+    def __init__(
+        self,
+        app: StreamApp,
+        serdes: Serdes,
+        stats: WorkerStats,
+        dead_letters: DeadLetters,
+        lifecycle: LifecycleHop,
+    ) -> None:
+        settings = app.agentstream
+        streams = settings.streams
+        self.spans_and_rewards_topic = raw_topic(
+            app, settings.topic(SPANS.name), settings.topic(REWARDS.name)
+        )
+        #: rollout id -> JoinRecord (held as objects; serialized only for the changelog)
+        self.joins = rollout_table(app, "joins", JoinRecordValue, settings.partitions)
+        self.join_triplets = app.agent(self.spans_and_rewards_topic, name="triplet-joiner")(
+            self._join_triplets
+        )
+
+        #: the content of recent calls; the others are re-read from the spans topic
+        self.calls = CallContentStore(
+            settings.consumer_config("unused"),
+            settings.topic(SPANS.name),
+            serdes.decode_span,
+            streams.call_cache_size,
+        )
+        self._outputs = app.outputs
+        self._spans_topic_name = settings.topic(SPANS.name)
+        self._triplets_topic_name = settings.topic(TRIPLETS.name)
+        self._horizon_us = int(streams.late_reward_horizon_seconds * 1_000_000)
+        self._credit_by_task_type = streams.credit_assignment
+        self._default_credit = streams.default_credit_assignment
+        self._default_discount = streams.discount
+        self._serdes = serdes
+        self._stats = stats
+        self._dead_letters = dead_letters
+        self._lifecycle = lifecycle
+
+    # ---- the agent ---------------------------------------------------------------------------------
+    async def _join_triplets(self, stream: StreamT) -> None:
+        async for event in stream.events():
+            self.on_record(event.message)
+
+    def on_record(self, message: Message) -> None:
+        """Join one span or reward (a source message) into its rollout; send the triplets it changes."""
+        self._stats.events += 1
+        try:
+            if message.topic == self._spans_topic_name:
+                joined = self._add_span(message)
+            else:
+                joined = self._add_reward(message)
+        except (MalformedRecordError, ValueError, KeyError, TypeError) as e:
+            self._dead_letters.send(message, e)
+            return
+        if joined is None:
+            return
+        join, locations, strategy, discount = joined
+        join.set_strategy(strategy, discount)
+        updates = join.changes()
+        self.joins[join.rollout_id] = JoinRecord(join, locations)
+        if updates:
+            self._emit_triplets(join, locations, updates, strategy)
+
+    def _add_span(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
+        """The rollout's join with the span's LLM call added; ``None`` when there is nothing to save."""
+        span = self._serdes.decode_span(message.value)
+        rollout_id = span["rollout_id"]
+        if not rollout_id:
+            return None
+        self._lifecycle.note_activity(rollout_id, span["end_time"])
+        if span["kind"] != "llm":
+            return None
+        strategy, discount = self._strategy_for(rollout_id)
+        join, locations = self._load_join(rollout_id, strategy, discount)
+        attributes = span["attributes"]
+        call = LlmCall(
+            span_id=span["span_id"],
+            attempt_id=span["attempt_id"],
+            sequence_id=span["sequence_id"],
+            start_us=span["start_time"],
+            end_us=span["end_time"],
+            response_id=attributes.get(genai.RESPONSE_ID),
+        )
+        if not join.add_call(call):
+            self._resend(join, locations)  # redelivered: its outputs may be lost
+            return None
+        locations[call.span_id] = [message.partition, message.offset]
+        self.calls.put(call.span_id, call_content(span))
+        return join, locations, strategy, discount
+
+    def _add_reward(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
+        """The rollout's join with the reward added; ``None`` when there is nothing to save."""
+        reward = self._serdes.decode_reward(message.value)
+        rollout_id = reward["rollout_id"]
+        self._lifecycle.record_reward(reward, message.partition)
+        strategy, discount = self._strategy_for(rollout_id)
+        join, locations = self._load_join(rollout_id, strategy, discount)
+        last_call = max((c.end_us for c in join.calls), default=None)
+        if last_call is not None and reward["timestamp"] - last_call > self._horizon_us:
+            self._stats.late_rewards_dropped += 1
+            return None
+        added = join.add_reward(
+            RewardEvent(
+                reward_id=reward["reward_id"],
+                attempt_id=reward["attempt_id"],
+                value=float(reward["value"]),
+                timestamp_us=reward["timestamp"],
+                sequence_id=reward["sequence_id"],
+                span_id=reward["span_id"],
+                response_id=reward["response_id"],
+                feedback=reward["feedback"],
+                name=reward["name"],
+            )
+        )
+        if not added:
+            self._resend(join, locations)
+            return None
+        return join, locations, strategy, discount
+
+    def _strategy_for(self, rollout_id: str) -> tuple[str, float]:
+        """The rollout's credit assignment and discount: its own config's, else the settings' for its
+        task type, else the defaults."""
+        state = self._lifecycle.rollouts.get(rollout_id)
+        config = state.config if state is not None else None
+        if config is not None and config.credit_assignment:
+            strategy = config.credit_assignment.value
+        else:
+            task_type = state.task_type if state is not None else ""
+            strategy = self._credit_by_task_type.get(task_type, self._default_credit)
+        discount = config.discount if config is not None and config.discount else self._default_discount
+        return CreditAssignment(strategy).value, discount
+
+    def _load_join(self, rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, Locations]:
+        record = self.joins.get(rollout_id)
+        if record is None:
+            return RolloutJoin(rollout_id, strategy, discount), {}
+        return record.join, record.locations
+
+    def _resend(self, join: RolloutJoin, locations: Locations) -> None:
+        """A redelivered event changes nothing, but the worker may have died after saving the state
+        and before its outputs were acknowledged: send the current triplets again (same ids and
+        versions: the sink and trainers keep one copy)."""
+        current = join.emitted()
+        if current:
+            self._stats.resent += len(current)
+            self._emit_triplets(join, locations, current, join.strategy.value)
+
+    def _emit_triplets(
+        self, join: RolloutJoin, locations: Locations, updates: list[TripletUpdate], strategy: str
+    ) -> None:
+        state = self._lifecycle.rollouts.get(join.rollout_id)
+        task_type = state.task_type if state is not None else ""
+        mode = state.mode if state is not None else ""
+        emitted_at = now_us()
+        calls = self.calls
+        # held here, not re-read from the cache: fetching may evict what was cached
+        contents = {u.span_id: calls.cached(u.span_id) for u in updates}
+        missing: dict[str, tuple[int, int]] = {
+            k: (locations[k][0], locations[k][1]) for k, v in contents.items() if v is None and k in locations
+        }
+        if missing:
+            # Blocking on purpose. With an await here a rebalance could run while an event was half
+            # processed, and the kill test lost joiner state and outputs (never without the await).
+            contents.update(calls.fetch(missing))
+        for update in updates:
+            content = contents.get(update.span_id)
+            if content is None:
+                logger.error(
+                    "span %s of rollout %s is gone from the spans topic: triplet not emitted",
+                    update.span_id,
+                    join.rollout_id,
+                )
+                continue
+            self._send_triplet(join.rollout_id, update, content, strategy, task_type, mode, emitted_at)
+
+    def _send_triplet(
+        self,
+        rollout_id: str,
+        update: TripletUpdate,
+        content: dict[str, Any],
+        strategy: str,
+        task_type: str,
+        mode: str,
+        emitted_at: int,
+    ) -> None:
+        credit = update.credit
+        triplet = Triplet(
+            triplet_id=update.triplet_id,
+            version=update.version,
+            rollout_id=rollout_id,
+            attempt_id=update.attempt_id,
+            span_id=update.span_id,
+            step=update.step,
+            prompt_messages=content["prompt"],
+            prompt_token_ids=content["prompt_ids"],
+            response=content["response"],
+            response_token_ids=content["response_ids"],
+            response_logprobs=content["response_logprobs"],
+            reward=credit.reward if credit is not None else None,
+            feedback=credit.feedback if credit is not None else None,
+            credit_assignment=strategy,
+            resource_name=content["resource_name"],
+            resource_version=content["resource_version"],
+            mode=mode,
+            task_type=task_type,
+            model=content["model"],
+            created_at=content["created_at"],
+            emitted_at=emitted_at,
+        )
+        headers: Headers = [(HEADER_EVENT_ID, f"{triplet.triplet_id}@{triplet.version}".encode())]
+        self._outputs.send(
+            self._triplets_topic_name,
+            rollout_id.encode(),
+            self._serdes.encode_triplet(triplet.to_avro()),
+            headers,
+        )
+        self._stats.triplets += 1
