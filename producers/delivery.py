@@ -150,7 +150,13 @@ class DeliveryWorker:
         except Exception as e:  # never into agent code
             logger.error("Data error: cannot encode %s for the spool: %s", type(item).__name__, e)
             return
-        self._spool_append(record)
+        try:
+            self._spool_append(record)
+        except OSError as e:  # a full or unwritable disk: never into agent code, never silent
+            self.stats.last_error = f"spool: {e}"
+            logger.error(
+                "Spool: cannot write to %s, a record to %s is lost: %s", self._spool_root, record.topic, e
+            )
 
     # ---- spool ------------------------------------------------------------------------------------
     def _own_spool(self) -> Spool:

@@ -82,11 +82,17 @@ def _unpack(payload: bytes) -> SpooledRecord:
 class Spool:
     """An append-only spool directory owned by this process. Thread-safe."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, _lock_fd: int | None = None) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _lock_fd is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            _lock_fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(_lock_fd)
+                raise
+        self._lock_fd = _lock_fd
         self._lock = threading.RLock()  # a span ended by a finalizer may re-enter append()
         self._file: BinaryIO | None = None
         self._file_bytes = 0
@@ -95,8 +101,23 @@ class Spool:
 
     @classmethod
     def create(cls, root: Path, name: str) -> Spool:
-        """A fresh spool ``<root>/<name>-<pid>-<time>``."""
-        return cls(root / f"{name}-{os.getpid()}-{time.time_ns()}")
+        """A fresh spool ``<root>/<name>-<pid>-<time>``.
+
+        It is locked before it appears under that name: built as a hidden directory (which
+        :meth:`orphans` skips), locked, then renamed. Otherwise another thread's or process's orphan
+        scan could lock the new directory first and take it from its creator.
+        """
+        final = root / f"{name}-{os.getpid()}-{time.time_ns()}-{threading.get_ident()}"
+        building = root / f".{final.name}"
+        building.mkdir(parents=True)
+        lock_fd = os.open(building / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this directory
+            building.rename(final)  # the lock is on the file, not its path: it goes along
+        except OSError:
+            os.close(lock_fd)
+            raise
+        return cls(final, _lock_fd=lock_fd)
 
     @staticmethod
     def orphans(root: Path) -> list[Spool]:
@@ -105,8 +126,8 @@ class Spool:
         if not root.is_dir():
             return adopted
         for directory in sorted(root.iterdir()):
-            if not directory.is_dir():
-                continue
+            if not directory.is_dir() or directory.name.startswith("."):
+                continue  # a hidden directory is a spool still being created (see create())
             try:
                 adopted.append(Spool(directory))
             except BlockingIOError:

@@ -80,3 +80,46 @@ def test_spools_of_dead_processes_are_adopted(tmp_path: Path) -> None:
         Spool(orphan.directory)  # now ours
     orphan.close(remove_if_empty=False)
     assert os.path.isdir(orphan.directory)
+
+
+def test_creating_spools_races_no_orphan_scan(tmp_path: Path) -> None:
+    """Agent threads create spools while the delivery thread adopts orphans: a spool being created
+    is never adopted, and creating one never fails (it used to raise BlockingIOError into the
+    agent's ``with span()`` when the scan locked the new directory first)."""
+    import threading
+
+    creators, per_creator = 6, 40
+    errors: list[BaseException] = []
+    created: list[Spool] = []
+    adopted: list[Path] = []
+    done = threading.Event()
+
+    def create() -> None:
+        try:
+            for _ in range(per_creator):
+                spool = Spool.create(tmp_path, "svc")
+                spool.append(_record(0))  # a live spool with data: nobody else may take it
+                created.append(spool)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    def scan() -> None:
+        while not done.is_set():
+            for spool in Spool.orphans(tmp_path):
+                adopted.append(spool.directory)
+                spool.close(remove_if_empty=False)
+
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    threads = [threading.Thread(target=create) for _ in range(creators)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    scanner.join()
+    assert errors == []
+    assert len(created) == creators * per_creator
+    assert adopted == []  # every spool was owned by a live creator all along
+    for spool in created:
+        spool.close(remove_if_empty=False)
