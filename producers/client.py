@@ -160,7 +160,7 @@ class AgentStream:
             ValueError: ``value`` is not a finite number, ``source`` is unknown, or no rollout is
                 given or current.
         """
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
             raise ValueError(f"emit_reward: value must be a finite number, got {value!r}")
         try:
             source = RewardSource(source).value
@@ -367,3 +367,11 @@ class AgentStream:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is a finite float (an int too large for a float is not: 10**400)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

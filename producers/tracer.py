@@ -21,9 +21,9 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import orjson
-
 from agentstream.schemas import SpanKind, StatusCode, genai, new_rollout_id, now_us
+
+from .attributes import attribute_value, to_json
 
 _current_span: contextvars.ContextVar[ActiveSpan | None] = contextvars.ContextVar(
     "agentstream_span", default=None
@@ -346,14 +346,11 @@ class ActiveSpan:
 
     # -- recording ----------------------------------------------------------------------------------
     def set_attribute(self, key: str, value: Any) -> ActiveSpan:
-        if value is None:
-            return self
-        if isinstance(value, (str, bool, int, float)):
-            self.attributes[key] = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
-            self.attributes[key] = [v if isinstance(v, str) else _scalar_str(v) for v in value]
-        else:
-            self.attributes[key] = to_json(value)  # snapshot now: the caller may mutate it later
+        """Record one attribute. Never raises: a value that cannot be kept as it is is coerced or
+        dropped with a warning (see :func:`.attributes.attribute_value`)."""
+        coerced = attribute_value(key, value)
+        if coerced is not None:
+            self.attributes[key] = coerced
         return self
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> ActiveSpan:
@@ -457,17 +454,3 @@ def _token_count(value: Any) -> int:
         except ValueError:
             return 0
     return 0
-
-
-def _scalar_str(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def to_json(value: Any) -> str:
-    """``value`` as compact JSON (non-string keys allowed; what JSON cannot hold as its ``repr``)."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()

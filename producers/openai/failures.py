@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
+
+from ..warn_once import warn_once
 
 logger = logging.getLogger("agentstream.producers.openai")
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
 
 
 def capture_failed(what: str) -> None:
@@ -20,16 +18,11 @@ def capture_failed(what: str) -> None:
     """
     error = sys.exc_info()[1]
     reason = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
-    with _warned_lock:
-        first = what not in _warned
-        _warned.add(what)
-    if first:
-        logger.warning(
-            "agentstream: %s (%s); the OpenAI call itself is unaffected. "
-            "Further failures of this kind are logged at DEBUG.",
-            what,
-            reason,
-            exc_info=True,
-        )
-    else:
-        logger.debug("agentstream: %s (%s)", what, reason, exc_info=True)
+    warn_once(
+        logger,
+        f"openai capture: {what}",
+        "agentstream: %s (%s); the OpenAI call itself is unaffected.",
+        what,
+        reason,
+        exc_info=True,
+    )

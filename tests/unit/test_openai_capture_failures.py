@@ -11,7 +11,8 @@ import httpx2
 import openai
 import pytest
 
-from agentstream.producers.openai import failures, instrument_openai, uninstrument_openai
+from agentstream.producers import warn_once
+from agentstream.producers.openai import instrument_openai, uninstrument_openai
 from agentstream.producers.openai.failures import capture_failed
 from agentstream.producers.tracer import ActiveSpan, Rollout
 
@@ -54,7 +55,7 @@ class _BrokenEmitter:
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(failures, "_warned", set())
+    monkeypatch.setattr(warn_once, "_seen", set())
     yield
     uninstrument_openai()
 
