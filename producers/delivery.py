@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from agentstream.topics.catalogue import HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_EVENT_ID
 
 from .replay_window import ReplayWindow, flagged
 from .spool import Spool, SpooledRecord
+from .topic_probe import MissingTopics, topic_ids
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +265,12 @@ class DeliveryWorker:
                     self._spool_append(record)
                     return
             except KafkaException as e:
+                error = e.args[0] if e.args else None
+                if self._refused(record, error):
+                    return
                 self._note_error(str(e))
                 self._spool_append(record)
-                self._mark_disconnected(e.args[0] if e.args else None)
+                self._mark_disconnected(error)
                 return
 
     # ---- callbacks (run inside poll/flush on the delivery thread) ---------------------------------
@@ -279,12 +282,19 @@ class DeliveryWorker:
             if self._waiters:
                 self._notify(record)
             return
-        if err.code() in _PERMANENT:
-            self._deferred_dead_letters.append((record, f"{err.name()}: {err.str()}"))
+        if self._refused(record, err):
             return
         self._note_error(f"{err.name()}: {err.str()}")
         self._spool_append(record)
         self._mark_disconnected(err)
+
+    def _refused(self, record: SpooledRecord, error: Any) -> bool:
+        """Whether Kafka refused the record itself (too large, invalid), not for an outage; then it
+        goes to the dead-letter topic (from the delivery loop: this may run inside a callback)."""
+        if not isinstance(error, KafkaError) or error.code() not in _PERMANENT:
+            return False
+        self._deferred_dead_letters.append((record, f"{error.name()}: {error.str()}"))
+        return True
 
     def _notify(self, record: SpooledRecord) -> None:
         for name, value in record.headers:
@@ -365,21 +375,14 @@ class DeliveryWorker:
 
     def _probe_topics(self) -> dict[str, str] | None:
         try:
-            admin = AdminClient({**self._admin_config, "socket.timeout.ms": 500})
-            metadata = admin.list_topics(timeout=0.5)
-            missing = [t for t in self._topics if t not in metadata.topics]
-            if missing:
-                if not self._waiting_logged:
-                    logger.warning(
-                        "Kafka is up but topics %s are missing; run `agentstream topics create`", missing
-                    )
-                    self._waiting_logged = True
-                return None
-            futures = admin.describe_topics(TopicCollection(self._topics), request_timeout=2.0)
-            return {name: str(f.result().topic_id) for name, f in futures.items()}
+            return topic_ids(self._admin_config, self._topics)
+        except MissingTopics as e:
+            if not self._waiting_logged:
+                logger.warning("Kafka is up but %s; run `agentstream topics create`", e)
+                self._waiting_logged = True
         except Exception as e:
             self._note_error(f"probe: {e}")
-            return None
+        return None
 
     def _publish_schemas(self) -> None:
         if not self._schemas_topic or not self._schemas:

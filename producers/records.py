@@ -141,12 +141,46 @@ class RecordEncoder:
     # -- rewards and rollout events ---------------------------------------------------------------------
     def reward(self, datum: dict[str, Any]) -> SpooledRecord:
         value = self._reward(datum, self._reward_ctx)
+        if len(value) > self.max_record_bytes:
+            value = self._truncate_reward(datum)
         return SpooledRecord(
             self.reward_topic,
             datum["rollout_id"].encode(),
             value,
             ((HEADER_EVENT_ID, datum["reward_id"].encode()),),
         )
+
+    def _truncate_reward(self, datum: dict[str, Any]) -> bytes:
+        """Shrink the feedback and the longest attributes until the reward fits, marking what was cut
+        (a record Kafka would refuse must not pass for an outage, nor lose the reward itself)."""
+        datum = dict(datum, attributes=dict(datum["attributes"]))
+        cut: list[str] = []
+        value = self._reward(datum, self._reward_ctx)
+        for _ in range(64):
+            if len(value) <= self.max_record_bytes:
+                break
+            texts = [(len(v), k) for k, v in datum["attributes"].items()]
+            texts.append((len(datum["feedback"] or ""), "feedback"))
+            size, key = max(texts)
+            if size <= 2 * _MIN_KEEP_CHARS:
+                break
+            container = datum if key == "feedback" else datum["attributes"]
+            text: str = container[key]
+            keep = max(_MIN_KEEP_CHARS, len(text) - (len(value) - self.max_record_bytes) - 64)
+            container[key] = f"{text[:keep]}…[truncated {len(text) - keep} chars]"
+            cut.append(key)
+            value = self._reward(datum, self._reward_ctx)
+        if len(value) > self.max_record_bytes:  # thousands of small attributes: keep the judgement
+            datum["attributes"], cut = {}, [*cut, "attributes"]
+        datum["attributes"][genai.TRUNCATED] = "true"
+        datum["attributes"][genai.TRUNCATED_KEYS] = ",".join(sorted(set(cut)))
+        logger.warning(
+            "Data error: reward %s exceeded %d bytes and was truncated (%s)",
+            datum["reward_id"],
+            self.max_record_bytes,
+            ", ".join(sorted(set(cut))),
+        )
+        return self._reward(datum, self._reward_ctx)
 
     def rollout_event(self, datum: dict[str, Any]) -> SpooledRecord:
         value = self._rollout_event(datum, self._rollout_event_ctx)

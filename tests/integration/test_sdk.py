@@ -246,3 +246,30 @@ def test_emit_never_blocks_while_the_queue_overflows(settings: Settings) -> None
     finally:
         client.close()
     assert len(read_topic(settings, settings.topic("spans"), expected=2_001)) == 2_001
+
+
+def test_oversized_records_are_data_errors_not_outages(settings: Settings, client: AgentStream) -> None:
+    """5 MB of reward feedback is truncated to fit, a 5 MB task is dead-lettered with the broker's
+    reason, and neither is taken for an outage: the records after them are delivered, nothing is
+    spooled."""
+    huge = "x" * 5_000_000
+    with agentstream.rollout({"ticket": "big"}) as rollout:
+        reward_id = agentstream.emit_reward(1.0, feedback=huge, attributes={"note": huge})
+    client.enqueue({"blob": huge})  # a task event cannot be cut: it goes to the dead-letter topic
+    with agentstream.rollout({"ticket": "after"}):
+        agentstream.emit_reward(0.5, feedback="fine")
+    assert client.flush(20)
+    stats = client.stats
+    assert stats.outages == 0 and stats.spooled == 0 and stats.dead_lettered == 1
+    rewards = {r["reward_id"]: r for r in read_topic(settings, settings.topic("rewards"), expected=2)}
+    assert len(rewards) == 2
+    big = rewards[reward_id]
+    assert big["rollout_id"] == rollout.rollout_id and big["value"] == 1.0
+    assert big["feedback"].startswith("x" * 256) and "…[truncated " in big["feedback"]
+    assert big["attributes"]["agentstream.truncated"] == "true"
+    assert big["attributes"]["agentstream.truncated_keys"] == "feedback,note"
+    dead = read_topic(settings, settings.topic("dead-letter"), expected=1, decode=False)
+    assert len(dead) == 1
+    headers = dict(dead[0].headers())
+    assert b"MSG_SIZE_TOO_LARGE" in headers["agentstream-dlq-reason"]
+    assert headers["agentstream-dlq-source"] == settings.topic("rollout-events").encode()
