@@ -322,3 +322,19 @@ def test_the_docs_price_statement_sets_prices_and_a_new_price_replaces_the_old(
         parameters={"m": MODEL},
     )
     assert cost("1") == pytest.approx(2 * before)  # the scenario's price was 1.0 / 2.0
+
+
+README = DOCS.parents[1] / "README.md"
+
+
+def test_the_readme_status_query_counts_each_rollout_once(analytics_data: AnalyticsData) -> None:
+    """The README's first query: rollouts per status, each rollout once (its newest state), where
+    `rollout_states FINAL` counted a rollout once per distinct state row."""
+    [sql] = [q for q in re.findall(r'agentstream sql "(.+?)"', README.read_text()) if "status, count()" in q]
+    rows = run(analytics_data.client(), sql, {})
+    counts = {row["status"]: row["count()"] for row in rows}
+    assert sum(counts.values()) == len(analytics_data.facts.rollouts)
+    expected = Counter(
+        "succeeded" if r["succeeded"] else "failed" for r in analytics_data.facts.rollouts.values()
+    )
+    assert counts == dict(expected)
