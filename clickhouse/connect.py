@@ -2,11 +2,12 @@
 
 With the embedded default (a ``chdb://`` DSN) only one process may open the data directory. The
 sink owns it and serves a ClickHouse-compatible HTTP gateway; everyone else connects through that
-gateway. When no sink runs, a reader opens the directory itself.
+gateway. When no sink runs (and no stack that will restart one), a reader opens the directory itself.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -36,17 +37,32 @@ def open_owner(settings: Settings, **kwargs: Any) -> Any:
     return clickhouse_connect.get_client(dsn=dsn, **kwargs)
 
 
-def connect(settings: Settings, **kwargs: Any) -> Any:
+def connect(settings: Settings, *, gateway_wait: float = 30.0, **kwargs: Any) -> Any:
     """A clickhouse-connect client for reading (or writing) from any process.
 
+    With a chDB directory, a running sink's gateway is used. While an `agentstream up` of this data
+    dir runs, its sink owns the directory even between restarts: this waits up to
+    ``gateway_wait`` seconds for the gateway rather than open the directory and lock the sink out.
+
     Raises:
-        RuntimeError: the chDB directory is held by a process that serves no gateway.
+        RuntimeError: the chDB directory is held by a process that serves no gateway, or the
+            running stack's gateway did not come up in time.
     """
     dsn = settings.default_clickhouse_dsn
     path = chdb_path_of(dsn)
     if path is None:
         return clickhouse_connect.get_client(dsn=dsn, **kwargs)
     state = GatewayState.load(path)
+    deadline = time.monotonic() + gateway_wait
+    while state is None and settings.running_stack() is not None:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"the sink of the running `agentstream up` (data dir {settings.data_dir}) serves no "
+                f"query gateway yet (waited {gateway_wait:.0f} s); it may be restarting: try again, "
+                "or see its log"
+            )
+        time.sleep(0.2)
+        state = GatewayState.load(path)
     if state is not None:
         url = urlparse(state.url)
         # no server session: the gateway keeps none, and a session forbids concurrent queries
