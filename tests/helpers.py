@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from agentstream.producers.tracer import ActiveSpan, Rollout
 from agentstream.schemas import AvroDeserializer
 from agentstream.settings import Settings
 
@@ -182,3 +184,33 @@ def latest_by(records: list[dict[str, Any]], key: str, version: str) -> dict[str
         if current is None or record[version] >= current[version]:
             out[record[key]] = record
     return out
+
+
+class RecordingEmitter:
+    """A test double of the tracer's ``Emitter`` protocol: it keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.spans: list[ActiveSpan] = []
+        self.lifecycle: list[str] = []
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str = "other",
+        attributes: Mapping[str, Any] | None = None,
+        rollout: Rollout | None = None,
+    ) -> ActiveSpan:
+        return ActiveSpan(self, name, kind, rollout, None, attributes)
+
+    def emit_span(self, span: ActiveSpan) -> None:
+        self.spans.append(span)
+
+    def emit_reward(self, value: float, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+    def rollout_started(self, rollout: Rollout) -> None:
+        self.lifecycle.append("started")
+
+    def rollout_finished(self, rollout: Rollout) -> None:
+        self.lifecycle.append("finished")

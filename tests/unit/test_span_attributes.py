@@ -4,7 +4,6 @@ warning, and the span still encodes for its topic."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -13,39 +12,15 @@ from agentstream.producers import warn_once
 from agentstream.producers.attributes import attribute_value, to_json
 from agentstream.producers.client import _finite
 from agentstream.producers.records import RecordEncoder
-from agentstream.producers.tracer import ActiveSpan, Rollout
+from agentstream.producers.tracer import ActiveSpan
 from agentstream.schemas import AvroDeserializer, load_schema
 from agentstream.settings import Settings
+from tests.helpers import RecordingEmitter
 
 
 class _Unshowable:
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
-
-
-class _KeepingEmitter:
-    def __init__(self) -> None:
-        self.spans: list[ActiveSpan] = []
-
-    def span(
-        self,
-        name: str,
-        *,
-        kind: str = "other",
-        attributes: Mapping[str, Any] | None = None,
-        rollout: Rollout | None = None,
-    ) -> ActiveSpan:
-        return ActiveSpan(self, name, kind, rollout, None, attributes)
-
-    def emit_span(self, span: ActiveSpan) -> None:
-        self.spans.append(span)
-
-    def emit_reward(self, value: float, *args: Any, **kwargs: Any) -> str:
-        return ""
-
-    def rollout_started(self, rollout: Rollout) -> None: ...
-
-    def rollout_finished(self, rollout: Rollout) -> None: ...
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +49,7 @@ def test_an_int_beyond_64_bits_is_kept_as_its_digits(caplog: pytest.LogCaptureFi
 def test_a_span_with_bad_attributes_still_encodes(caplog: pytest.LogCaptureFixture) -> None:
     circular: list[Any] = []
     circular.append(circular)
-    emitter = _KeepingEmitter()
+    emitter = RecordingEmitter()
     span = ActiveSpan(emitter, "tool", "tool", None, None, None)
     span.set_attribute("huge", 2**70)
     span.set_attribute("circular", {"items": circular})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,9 @@ import pytest
 from agentstream.producers.agent_calls import is_async_agent, wants_rollout
 from agentstream.producers.task_offsets import PartitionOffsets
 from agentstream.producers.tasks import TaskFileError, TaskSpec, prepare_tasks, read_task_file
-from agentstream.producers.tracer import ActiveSpan, Emitter, Rollout
+from agentstream.producers.tracer import Emitter, Rollout
 from agentstream.schemas import AttemptStatus, CreditAssignment, RolloutConfig
+from tests.helpers import RecordingEmitter
 
 
 # ---- enqueue: validation ------------------------------------------------------------------------------
@@ -158,39 +158,9 @@ def test_offsets_commit_only_contiguous_done_tasks() -> None:
     assert part.position() == 9 and part.pending == {}
 
 
-class _StubEmitter:
-    """A test double of the tracer's Emitter protocol: it keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.spans: list[ActiveSpan] = []
-        self.lifecycle: list[str] = []
-
-    def span(
-        self,
-        name: str,
-        *,
-        kind: str = "other",
-        attributes: Mapping[str, Any] | None = None,
-        rollout: Rollout | None = None,
-    ) -> ActiveSpan:
-        return ActiveSpan(self, name, kind, rollout, None, attributes)
-
-    def emit_span(self, span: ActiveSpan) -> None:
-        self.spans.append(span)
-
-    def emit_reward(self, value: float, *args: Any, **kwargs: Any) -> str:
-        return ""
-
-    def rollout_started(self, rollout: Rollout) -> None:
-        self.lifecycle.append("started")
-
-    def rollout_finished(self, rollout: Rollout) -> None:
-        self.lifecycle.append("finished")
-
-
 @pytest.mark.parametrize("lifecycle", [True, False])
 def test_rollout_counts_llm_usage(lifecycle: bool) -> None:
-    client = _StubEmitter()
+    client = RecordingEmitter()
     emitter: Emitter = client  # the stub is an Emitter
     with Rollout(emitter, "t", lifecycle_events=lifecycle) as rollout:
         for usage in (
