@@ -18,6 +18,7 @@ from agentstream.settings import Settings
 
 from .client import AgentStream, resolve_settings
 from .tracer import ActiveSpan, Emitter, Rollout, current_rollout, open_span, to_json
+from .warn_once import warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +32,16 @@ class Unconfigured:
     ``AttributeError`` that says to call :func:`init`.
     """
 
-    _warned = False
-
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"agentstream is not initialised: call agentstream.init() before using {name!r}")
 
     @staticmethod
     def _warn_once() -> None:
-        if not Unconfigured._warned:
-            Unconfigured._warned = True
-            logger.warning("agentstream.init() was not called: spans and rewards are not recorded")
+        warn_once(
+            logger,
+            "not initialised",
+            "agentstream.init() was not called: spans and rewards are not recorded.",
+        )
 
     def span(
         self,
