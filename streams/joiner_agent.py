@@ -28,6 +28,7 @@ from agentstream.schemas import CreditAssignment, MalformedRecordError, Triplet,
 from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, SPANS, TRIPLETS
 
 from .app import StreamApp
+from .archive import CallArchive, query_client
 from .calls import CallContentStore, call_content
 from .credit import LlmCall, RewardEvent
 from .join import RolloutJoin, TripletUpdate
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: where each call's span is: span id -> [partition, offset] in the spans topic
 Locations = dict[str, list[int]]
+#: the location of a call read back from ClickHouse (not in the spans topic any more)
+ARCHIVED = [-1, -1]
 
 
 class JoinerHop:
@@ -87,6 +90,8 @@ class JoinerHop:
         self._credit_by_task_type = streams.credit_assignment
         self._default_credit = streams.default_credit_assignment
         self._default_discount = streams.discount
+        #: calls this worker no longer holds (its table was lost with the broker's log), from ClickHouse
+        self.archive = CallArchive(lambda: query_client(settings))
         self._serdes = serdes
         self._stats = stats
         self._dead_letters = dead_letters
@@ -112,8 +117,14 @@ class JoinerHop:
             return
         join, locations, strategy, discount = joined
         join.set_strategy(strategy, discount)
+        record = JoinRecord(join, locations)
+        try:
+            self._serdes.check_join(record)  # its changelog record would be refused
+        except MalformedRecordError as e:
+            self._dead_letters.send(message, e)
+            return
         updates = join.changes()
-        self.joins[join.rollout_id] = JoinRecord(join, locations)
+        self.joins[join.rollout_id] = record
         if updates:
             self._emit_triplets(join, locations, updates, strategy)
 
@@ -151,6 +162,8 @@ class JoinerHop:
         self._lifecycle.record_reward(reward, message.partition)
         strategy, discount = self._strategy_for(rollout_id)
         join, locations = self._load_join(rollout_id, strategy, discount)
+        if not join.calls:
+            self._read_back_calls(join, locations)
         last_call = max((c.end_us for c in join.calls), default=None)
         if last_call is not None and reward["timestamp"] - last_call > self._horizon_us:
             self._stats.late_rewards_dropped += 1
@@ -172,6 +185,14 @@ class JoinerHop:
             self._resend(join, locations)
             return None
         return join, locations, strategy, discount
+
+    def _read_back_calls(self, join: RolloutJoin, locations: Locations) -> None:
+        """A reward for a rollout without calls: the calls may be gone from this worker (a broker that
+        lost its log) but stored in ClickHouse. Blocking, like the span re-reads: see _emit_triplets."""
+        for call, content in self.archive.calls_of(join.rollout_id) or ():
+            if join.add_call(call):
+                locations[call.span_id] = ARCHIVED
+                self.calls.put(call.span_id, content)
 
     def _strategy_for(self, rollout_id: str) -> tuple[str, float]:
         """The rollout's credit assignment and discount: its own config's, else the settings' for its
@@ -214,6 +235,14 @@ class JoinerHop:
         missing: dict[str, tuple[int, int]] = {
             k: (locations[k][0], locations[k][1]) for k, v in contents.items() if v is None and k in locations
         }
+        if any(at == tuple(ARCHIVED) for at in missing.values()):
+            archived = {
+                call.span_id: content for call, content in self.archive.calls_of(join.rollout_id) or ()
+            }
+            contents.update(
+                {k: archived[k] for k, at in missing.items() if at == tuple(ARCHIVED) and k in archived}
+            )
+            missing = {k: at for k, at in missing.items() if at != tuple(ARCHIVED)}
         if missing:
             # Blocking on purpose. With an await here a rebalance could run while an event was half
             # processed, and the kill test lost joiner state and outputs (never without the await).

@@ -115,7 +115,7 @@ class RolloutLifecycle:
             state.last_reward = reward.value
             state.last_reward_at = reward.timestamp
         state.seen_event_ids = [*state.seen_event_ids[-(SEEN_IDS_KEPT - 1) :], reward.reward_id]
-        state.version += 1
+        advance_version(state, reward.timestamp, now_us)
         state.updated_at = now_us
         return Transition(state, changed=True)
 
@@ -321,10 +321,23 @@ class RolloutLifecycle:
 
     @staticmethod
     def _stamp(state: RolloutState, event: RolloutEvent, now_us: int) -> None:
-        state.version += 1
+        advance_version(state, event.timestamp, now_us)
         state.updated_at = now_us
         state.last_event_id = event.event_id
         state.seen_event_ids = [*state.seen_event_ids[-(SEEN_IDS_KEPT - 1) :], event.event_id]
+
+
+def advance_version(state: RolloutState, event_time_us: int, now_us: int) -> None:
+    """Give ``state`` a version above its last one and at least the event's time (in microseconds).
+
+    Readers keep the highest version of a rollout's state (ClickHouse ``ReplacingMergeTree(version)``,
+    the ``rollouts`` view). A plain counter restarts when a worker loses its table (the embedded
+    broker keeps its log in memory only): the post-outage "succeeded" at version 3 would lose to the
+    pre-outage "running" at version 4 for good. An event-time version cannot go backwards: a state
+    rebuilt from later events outranks every state written before them. The event time is capped at
+    the worker's clock, so one event stamped far in the future cannot pin a rollout's state.
+    """
+    state.version = max(state.version + 1, min(event_time_us, now_us))
 
 
 def attempt_latency_ms(state: RolloutState) -> float:

@@ -19,6 +19,8 @@ from agentstream.schemas import LATENCY_BUCKETS_MS, RolloutState, RolloutStatus,
 from .lifecycle import attempt_latency_ms
 
 SEP = "\x1f"
+#: a partial's key for the ids of the rollouts a recount counted (see :class:`.archive.MetricsRecount`)
+RECOUNTED = "recounted"
 
 
 def window_of(timestamp_us: int, window_seconds: float) -> tuple[int, int]:
@@ -93,7 +95,7 @@ def add_reward(partial: dict[str, Any], value: float) -> None:
 
 def to_record(key: str, partial: dict[str, Any], emitted_at_us: int) -> VersionMetrics:
     name, version, start, partition = parse_key(key)
-    fields = {k: v for k, v in partial.items() if k != "window_end"}
+    fields = {k: v for k, v in partial.items() if k not in ("window_end", RECOUNTED)}
     return VersionMetrics(
         resource_name=name,
         resource_version=version,

@@ -22,6 +22,7 @@ from agentstream.topics.catalogue import METRICS
 
 from . import metrics as version_metrics
 from .app import StreamApp
+from .archive import MetricsRecount, query_client
 from .outputs import WorkerStats
 from .records import JsonValue, Serdes, rollout_table
 
@@ -50,6 +51,8 @@ class MetricsHop:
         self._window_seconds = settings.streams.metrics_window_seconds
         self._encode = serdes.encode_metrics
         self._stats = stats
+        #: partials this worker lost (with the broker's log), recounted from ClickHouse
+        self.recount = MetricsRecount(lambda: query_client(settings), self._window_seconds)
         # In memory only: after a restart every partial is emitted once more (same revision, which
         # readers keep once).
         self._emitted_revisions: dict[str, int] = {}
@@ -57,7 +60,13 @@ class MetricsHop:
     # ---- counting (while an agent processes an event of the rollout's partition) -------------------
     def count_outcome(self, state: RolloutState, partition: int) -> None:
         """Count a rollout that just ended."""
-        self._update(state, partition, lambda partial: version_metrics.add_outcome(partial, state))
+
+        def count(partial: Partial) -> None:
+            # a recount from ClickHouse may have counted this rollout already (a re-delivered end)
+            if state.rollout_id not in partial.get(version_metrics.RECOUNTED, ()):
+                version_metrics.add_outcome(partial, state)
+
+        self._update(state, partition, count)
 
     def count_late_reward(self, state: RolloutState, value: float, partition: int) -> None:
         """Count a reward that arrived after its rollout ended."""
@@ -68,7 +77,10 @@ class MetricsHop:
         start, end = version_metrics.window_of(state.ended_at or now_us(), self._window_seconds)
         for name, version in version_metrics.rollout_versions(state):
             key = version_metrics.partial_key(name, version, start, partition)
-            partial = self.metric_partials.get(key) or version_metrics.empty_partial(end)
+            partial = self.metric_partials.get(key)
+            if partial is None:
+                # Blocking, like every read-back in the hops: see JoinerHop._emit_triplets.
+                partial = self.recount.partial(key) or version_metrics.empty_partial(end)
             update(partial)
             self.metric_partials[key] = partial
 

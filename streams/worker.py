@@ -90,6 +90,8 @@ class StreamWorker:
             "gap_rereads": app.gap_guard.rereads,
             "duplicates_dropped": app.gap_guard.duplicates_dropped,
             "span_rereads": self.joiner.calls.rereads,
+            "calls_read_back": self.joiner.archive.calls_found,
+            "metric_recounts": self.metrics.recount.recounts,
             "uptime_s": round(time.monotonic() - stats.started, 1),
             **{k: v for k, v in vars(stats).items() if k != "started"},
         }

@@ -147,3 +147,34 @@ def test_reward_before_the_first_lifecycle_event_is_kept() -> None:
     transition = lifecycle.apply(state, finished, T0)
     assert transition.ended and transition.state.status == RolloutStatus.SUCCEEDED
     assert transition.state.reward_count == 1 and transition.state.reward_sum == 0.5
+
+
+def test_a_state_rebuilt_after_the_broker_lost_its_log_outranks_the_one_before() -> None:
+    """The memory-only broker restarts empty: the worker rebuilds a rollout from post-outage events
+    only. Its state must outrank the pre-outage one (readers keep the highest version), so the
+    version follows event time rather than a counter that restarts."""
+    lifecycle = RolloutLifecycle()
+    before, _ = run(
+        [ev("attempt_started", 1, at=1_000), *(ev("heartbeat", 1, at=1_000 + i) for i in range(1, 5))]
+    )
+    assert before.status == RolloutStatus.RUNNING
+    # after the outage the worker has no state; it sees only the attempt's end, 2 s later
+    after = lifecycle.apply(
+        None, ev("attempt_finished", 1, at=2_000_000, status="succeeded"), T0 + 3_000_000
+    ).state
+    assert after is not None and after.status == RolloutStatus.SUCCEEDED
+    assert after.version > before.version
+
+
+def test_versions_always_increase_and_ignore_event_times_from_the_future() -> None:
+    lifecycle = RolloutLifecycle()
+    state = lifecycle.apply(None, ev("task_enqueued", task="{}", at=500), T0 + 1_000).state
+    assert state is not None
+    versions = [state.version]
+    # an old (late) event and one stamped a century ahead of the worker's clock
+    for event in (ev("attempt_started", 1, at=10), ev("heartbeat", 1, at=100 * 365 * 86_400 * 10**6)):
+        state = lifecycle.apply(state, event, T0 + 2_000).state
+        assert state is not None
+        versions.append(state.version)
+    assert versions == sorted(set(versions))
+    assert versions[-1] <= T0 + 2_000  # the future time was capped at the worker's clock

@@ -9,10 +9,13 @@ from agentstream.schemas import AvroDeserializer, RolloutStatus, load_schema
 from agentstream.topics.catalogue import HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_EVENT_ID
 from tests.unit.test_streams_worker import PARTITION, SECOND_US, Harness, enqueued, rollout_event, run_worker
 
+ENQUEUED_AT = 1_700_000_000_000_000
+
 
 def test_an_enqueued_rollout_is_saved_and_its_task_sent(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
-        await h.send("rollout-events", enqueued("r1", max_attempts=2), key="r1")
+        event = enqueued("r1", max_attempts=2).model_copy(update={"timestamp": ENQUEUED_AT})
+        await h.send("rollout-events", event, key="r1")
 
         state = h.worker.lifecycle.rollouts["r1"]
         assert state.status == RolloutStatus.QUEUING
@@ -27,7 +30,8 @@ def test_an_enqueued_rollout_is_saved_and_its_task_sent(tmp_path: Path) -> None:
     [changelog] = h.outputs.to("t.rollout-state")
     assert changelog.key == b"r1" and changelog.partition == PARTITION
     saved = AvroDeserializer(load_schema("rollout_state"))(changelog.value)
-    assert saved["status"] == "queuing" and saved["version"] == 1
+    # its version is the event's time (microseconds), so a state rebuilt later outranks it
+    assert saved["status"] == "queuing" and saved["version"] == ENQUEUED_AT
     assert h.worker.stats.events == 1 and h.worker.stats.tasks == 1
 
 
