@@ -31,6 +31,7 @@ from .serde import (
     AvroDeserializer,
     AvroSerializer,
     Framing,
+    IncompatibleSchemaError,
     MalformedRecordError,
     SchemaStore,
     SerializationError,
@@ -40,6 +41,7 @@ from .serde import (
 from .span import AttributeValue, Span, SpanEvent, SpanKind, StatusCode
 from .task import Task
 from .triplet import Triplet
+from .validation import InvalidRecordError, validate
 from .version_metrics import LATENCY_BUCKETS_MS, VersionMetrics
 
 #: Model class per schema stem.
@@ -86,6 +88,8 @@ __all__ = [
     "Framing",
     "MODELS",
     "MalformedRecordError",
+    "IncompatibleSchemaError",
+    "InvalidRecordError",
     "ResourceKind",
     "ResourceVersion",
     "Reward",
@@ -105,4 +109,5 @@ __all__ = [
     "all_schemas",
     "load_schema",
     "read_framing",
+    "validate",
 ]

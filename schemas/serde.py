@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
 
 from .avro import AvroSchema, all_schemas
 
@@ -39,6 +40,11 @@ class MalformedRecordError(SerializationError):
 
 class UnknownSchemaError(MalformedRecordError):
     """The writer schema of a record (fingerprint or registry id) cannot be found."""
+
+
+class IncompatibleSchemaError(MalformedRecordError):
+    """The writer schema of a record cannot be read as the reader schema: another record type, or a
+    field the reader requires (no default) that the writer lacks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +302,10 @@ class AvroDeserializer:
     def __call__(self, data: bytes, ctx: Any = None) -> dict[str, Any]:
         framing = read_framing(data)
         writer = self.writer_schema(framing)
+        if self.reader_schema is not None and writer.name != self.reader_schema.name:
+            raise IncompatibleSchemaError(
+                f"a {writer.name} record where {self.reader_schema.name} was expected"
+            )
         return decode_body(writer, data, framing.header_len, self.reader_schema)
 
 
@@ -309,8 +319,89 @@ def decode_body(
         # resolve only against a reader schema other than the writer's
         resolve_to = reader if reader is not None and reader.fingerprint != writer.fingerprint else None
         record = schemaless_reader(buf, writer.parsed, resolve_to.parsed if resolve_to is not None else None)
+    except SchemaResolutionError as e:  # not a ValueError: it used to escape and stop the consumer
+        raise IncompatibleSchemaError(
+            f"{writer.name} cannot be read as {reader.name if reader else '?'}: {e}"
+        ) from e
     except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError) as e:
         raise MalformedRecordError(f"undecodable {writer.name} body: {type(e).__name__}: {e}") from e
     if buf.tell() != len(data):
         raise MalformedRecordError(f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
     return cast(dict[str, Any], record)  # an AvroSchema is a record schema: it decodes to a dict
+
+
+_PROMOTIONS = {
+    "int": {"int"},
+    "long": {"int", "long"},
+    "float": {"int", "long", "float"},
+    "double": {"int", "long", "float", "double"},
+    "string": {"string", "bytes"},
+    "bytes": {"string", "bytes"},
+}
+
+
+def resolution_problem(writer: AvroSchema, reader: AvroSchema) -> str | None:
+    """Why records of ``writer`` cannot be read as ``reader`` (Avro schema resolution), or ``None``.
+
+    Checked once per writer schema, so a consumer can refuse a whole schema without decoding its
+    records: another record name, a reader field without default that the writer lacks, or a field
+    whose types do not resolve. (Enum symbols and union branches are resolved per record.)
+    """
+    return _type_problem(writer.definition, reader.definition, "")
+
+
+def _type_problem(w: Any, r: Any, path: str) -> str | None:
+    w_name, r_name = _type_name(w), _type_name(r)
+    if _is_reference(w_name) or _is_reference(r_name):
+        return None  # a reference to a named type defined earlier: resolved per record
+    if isinstance(r, list):  # a reader union takes any writer type one of its branches takes
+        branches = w if isinstance(w, list) else [w]
+        for branch in branches:
+            if all(_type_problem(branch, option, path) is not None for option in r):
+                return f"{path or 'record'}: {_type_name(branch)} fits no branch of the reader's union"
+        return None
+    if isinstance(w, list):  # writer union, reader not: each record's branch is checked when read
+        if any(_type_problem(branch, r, path) is None for branch in w):
+            return None
+        return f"{path or 'record'}: no branch of the writer's union reads as {r_name}"
+    if r_name in _PROMOTIONS:
+        return None if w_name in _PROMOTIONS[r_name] else f"{path}: {w_name} cannot be read as {r_name}"
+    if w_name != r_name:
+        return f"{path or 'record'}: {w_name} cannot be read as {r_name}"
+    if r_name == "array":
+        return _type_problem(w["items"], r["items"], f"{path}[]")
+    if r_name == "map":
+        return _type_problem(w["values"], r["values"], f"{path}{{}}")
+    if r_name == "record":
+        if w["name"].split(".")[-1] != r["name"].split(".")[-1]:
+            return f"{path or 'record'}: a {w['name']} where {r['name']} was expected"
+        writer_fields = {f["name"]: f for f in w["fields"]}
+        for field in r["fields"]:
+            names = [field["name"], *field.get("aliases", ())]
+            found = next((writer_fields[n] for n in names if n in writer_fields), None)
+            where = f"{path}.{field['name']}" if path else field["name"]
+            if found is None:
+                if "default" not in field:
+                    return f"the writer lacks {where}, which the reader requires (no default)"
+                continue
+            problem = _type_problem(found["type"], field["type"], where)
+            if problem is not None:
+                return problem
+    return None
+
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+_COMPLEX = {"record", "enum", "array", "map", "fixed", "union"}
+
+
+def _is_reference(name: str) -> bool:
+    return name not in _PRIMITIVES and name not in _COMPLEX
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, list):
+        return "union"
+    if isinstance(t, dict):
+        kind = t["type"]
+        return kind if isinstance(kind, str) else _type_name(kind)
+    return str(t)

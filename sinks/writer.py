@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agentstream.schemas import AvroSchema, MalformedRecordError
-from agentstream.schemas.serde import SOE_HEADER_LEN, SOE_MAGIC, decode_body, encode_body
+from confluent_kafka import KafkaError
+
+from agentstream.schemas import AvroSchema, MalformedRecordError, SerializationError, load_schema
+from agentstream.schemas.serde import SOE_HEADER_LEN, SOE_MAGIC, decode_body, encode_body, resolution_problem
 from agentstream.settings import SinkSettings
+from agentstream.topics import dead_letter
 from agentstream.topics.catalogue import (
     HEADER_DLQ_CONSUMER,
     HEADER_DLQ_ERROR_CLASS,
@@ -57,6 +60,11 @@ class SinkStats:
     last_flush_seconds: float = 0.0
     last_error: str = ""
     assigned: int = 0
+    #: partitions stalled now, and stalls seen in total (see :mod:`.lag`)
+    stalled_partitions: int = 0
+    stalls_detected: int = 0
+    #: "topic/partition" -> records waiting in Kafka, at the last lag check
+    lag: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         with self.lock:
@@ -75,6 +83,9 @@ class SinkStats:
             "last_flush_seconds": round(self.last_flush_seconds, 4),
             "last_error": self.last_error,
             "assigned_partitions": self.assigned,
+            "stalled_partitions": self.stalled_partitions,
+            "stalls_detected": self.stalls_detected,
+            "lag": dict(self.lag),
         }
 
 
@@ -116,6 +127,9 @@ class BatchWriter:
         self.dead_letter_topic = dead_letter_topic
         self.stats = stats
         self.abandon = abandon or threading.Event()
+        #: dead letters above this size are sent as references (see topics/dead_letter.py)
+        self.dead_letter_limit = dead_letter.record_limit({})
+        self._resolutions: dict[tuple[bytes, bytes], str | None] = {}
 
     # ---- one batch -------------------------------------------------------------------------------------
     def write(self, batch: Batch, max_attempts: int | None = None) -> None:
@@ -162,24 +176,41 @@ class BatchWriter:
             self.stats.rows[sink_table.table] += len(entries)
 
     def _unify(self, table_batch: TableBatch) -> tuple[AvroSchema, list[Entry]]:
-        """One writer schema per insert: re-encode records of minority writer schemas (rolling upgrades)."""
+        """One writer schema per insert: re-encode records of minority writer schemas (rolling upgrades).
+
+        The target is the shipped schema of the table's record type when some records have it (no
+        field of theirs is lost), else the most common writer schema when every other one resolves
+        to it, else the shipped schema: every writer resolves to that one (the sink refuses other
+        writer schemas when it first sees them). A record that still cannot be read as the target
+        is dead-lettered.
+        """
         groups = table_batch.groups
         writer = max(groups, key=lambda schema: len(groups[schema]))
         if len(groups) == 1:
             return writer, groups[writer]
-        entries = list(groups[writer])
+        value_schema = table_batch.sink_table.topic.value_schema
+        assert value_schema is not None  # only Avro tables have writer groups
+        shipped = load_schema(value_schema)
+        if shipped in groups or any(
+            self._resolution_problem(other, writer) for other in groups if other is not writer
+        ):
+            writer = shipped
+        entries = list(groups.get(writer, ()))
         for other, other_entries in groups.items():
-            if other is writer:
+            if other == writer:
                 continue
             for entry in other_entries:
                 try:
                     datum = decode_body(other, entry.value, entry.header_len, reader=writer)
-                except MalformedRecordError as e:
+                    value = SOE_MAGIC + writer.fingerprint + encode_body(writer, datum)
+                except SerializationError as e:
                     self._dead_letter_entry(
-                        table_batch.sink_table, entry, f"cannot be read as {writer.name}: {e}"
+                        table_batch.sink_table,
+                        entry,
+                        f"cannot be read as {writer.name}: {e}",
+                        type(e).__name__,
                     )
                     continue
-                value = SOE_MAGIC + writer.fingerprint + encode_body(writer, datum)
                 entries.append(
                     Entry(
                         entry.partition,
@@ -194,6 +225,12 @@ class BatchWriter:
                 )
         entries.sort(key=lambda e: (e.partition, e.offset))
         return writer, entries
+
+    def _resolution_problem(self, writer: AvroSchema, reader: AvroSchema) -> str | None:
+        key = (writer.fingerprint, reader.fingerprint)
+        if key not in self._resolutions:
+            self._resolutions[key] = resolution_problem(writer, reader)
+        return self._resolutions[key]
 
     def _drop_stored_replays(self, sink_table: SinkTable, entries: list[Entry]) -> list[Entry]:
         """Records a producer re-sent after an outage: keep only those not stored already."""
@@ -342,35 +379,49 @@ class BatchWriter:
 
     # ---- dead letters -------------------------------------------------------------------------------
     def _dead_letter_message(self, message: Any, reason: str, error_class: str) -> None:
-        source = f"{message.topic()}/{message.partition()}/{message.offset()}"
-        self._dead_letter(
-            message.value(), message.key(), list(message.headers() or ()), reason, error_class, source
-        )
+        source = dead_letter.Source(message.topic(), message.partition(), message.offset())
+        self._dead_letter(message.value(), message.key(), message.headers(), reason, error_class, source)
 
-    def _dead_letter_entry(self, sink_table: SinkTable, entry: Entry, reason: str) -> None:
+    def _dead_letter_entry(
+        self, sink_table: SinkTable, entry: Entry, reason: str, error_class: str = "ClickHouseRejected"
+    ) -> None:
         headers = [(HEADER_EVENT_ID, entry.event_id)] if entry.event_id else []
-        source = f"{self.topic_of[sink_table.table]}/{entry.partition}/{entry.offset}"
-        self._dead_letter(entry.value, entry.key, headers, reason, "ClickHouseRejected", source)
+        source = dead_letter.Source(self.topic_of[sink_table.table], entry.partition, entry.offset)
+        self._dead_letter(entry.value, entry.key, headers, reason, error_class, source)
 
     def _dead_letter(
         self,
         value: bytes | None,
         key: bytes | None,
-        headers: list[Any],
+        headers: Any,
         reason: str,
         error_class: str,
-        source: str,
+        source: dead_letter.Source,
     ) -> None:
-        headers = headers + [
-            (HEADER_DLQ_REASON, reason.encode()),
-            (HEADER_DLQ_ERROR_CLASS, error_class.encode()),
-            (HEADER_DLQ_SOURCE, source.encode()),
-            (HEADER_DLQ_CONSUMER, self.config.group_id.encode()),
-        ]
-        self.producer.produce(self.dead_letter_topic, value, key, headers=headers)
+        letter = dead_letter.build(
+            source=source,
+            key=key,
+            value=value,
+            headers=headers,
+            reason=reason,
+            error_class=error_class,
+            consumer=self.config.group_id,
+            limit=self.dead_letter_limit,
+        )
+
+        def produce(k: bytes | None, v: bytes | None, h: dead_letter.Headers) -> None:
+            self.producer.produce(self.dead_letter_topic, v, k, headers=h, on_delivery=refused)
+
+        def refused(error: Any, _message: Any) -> None:
+            # The broker's limit may be below the producer's: its refusal arrives here, in flush().
+            if error is not None and not letter.reference and error.code() in _TOO_LARGE:
+                ref = dead_letter.reference(letter, source, reason)
+                self.producer.produce(self.dead_letter_topic, ref.value, ref.key, headers=ref.headers)
+
+        sent = dead_letter.send(letter, source, produce)
         with self.stats.lock:
             self.stats.dead_lettered += 1
-        logger.warning("Data error: %s to the dead-letter topic: %s", source, reason)
+        dead_letter.log(sent, source, reason, "sink")
 
     def _await_dead_letters(self) -> None:
         """Dead letters must be durable before the offsets of their sources are committed."""
@@ -405,6 +456,9 @@ def dead_letter_row(message: Any, topic_id: str) -> tuple[Any, ...]:
         message.partition(),
         message.offset(),
     )
+
+
+_TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE)
 
 
 def _token(table: str, topic_id: str, ranges: dict[int, list[int]], count: int) -> str:

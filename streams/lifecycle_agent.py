@@ -115,6 +115,11 @@ class LifecycleHop:
         if not transition.changed or transition.state is None:
             return
         state = transition.state
+        try:
+            self._serdes.check_state(state)  # invalid or too large for the changelog: keep the old state
+        except MalformedRecordError as e:
+            self._dead_letters.send(message, e)
+            return
         self._send_tasks(transition)
         self.rollouts[rollout_id] = state
         if transition.ended:
@@ -155,6 +160,7 @@ class LifecycleHop:
             raise ValueError(f"reward value must be finite, got {reward['value']!r}")
         transition = self.lifecycle.apply_reward(before, Reward.model_construct(**reward), now_us())
         if transition.changed and transition.state is not None:
+            self._serdes.check_state(transition.state)  # raises: the joiner dead-letters the reward
             self.rollouts[rollout_id] = transition.state
             if was_ended:
                 self._metrics.count_late_reward(transition.state, float(reward["value"]), partition)

@@ -18,12 +18,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message, Producer
 from faust.types import Message as SourceMessage
 
-from agentstream.topics.catalogue import (
-    HEADER_DLQ_CONSUMER,
-    HEADER_DLQ_ERROR_CLASS,
-    HEADER_DLQ_REASON,
-    HEADER_DLQ_SOURCE,
-)
+from agentstream.topics import dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -123,31 +118,34 @@ class WorkerStats:
 @dataclass
 class DeadLetters:
     """Sends a source record that cannot be processed to the dead-letter topic, with the reason in
-    its headers, so that one bad record does not stop its partition."""
+    its headers, so that one bad record does not stop its partition (a record too large to copy is
+    sent as a reference, see :mod:`agentstream.topics.dead_letter`)."""
 
     outputs: OutputSink
     topic: str
     consumer: str  # the worker's app id, named in every dead letter
     stats: WorkerStats
+    #: dead letters above this size are sent as references
+    limit: int = field(default_factory=lambda: dead_letter.record_limit({}))
 
     def send(self, message: SourceMessage, error: BaseException) -> None:
         """Dead-letter ``message`` (a Faust source message) because of ``error``."""
         self.stats.dead_lettered += 1
-        reason = f"{type(error).__name__}: {error}"[:2000]
-        logger.warning(
-            "stream worker: %s/%s/%s to the dead-letter topic: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            reason,
+        reason = f"{type(error).__name__}: {error}"
+        source = dead_letter.Source(message.topic, message.partition, message.offset)
+        letter = dead_letter.build(
+            source=source,
+            key=message.key,
+            value=message.value,
+            headers=message.headers,
+            reason=reason,
+            error_class=type(error).__name__,
+            consumer=self.consumer,
+            limit=self.limit,
         )
-        source_headers = message.headers or ()
-        if isinstance(source_headers, Mapping):
-            source_headers = list(source_headers.items())
-        headers: Headers = [*source_headers] + [
-            (HEADER_DLQ_REASON, reason.encode()),
-            (HEADER_DLQ_ERROR_CLASS, type(error).__name__.encode()),
-            (HEADER_DLQ_SOURCE, f"{message.topic}/{message.partition}/{message.offset}".encode()),
-            (HEADER_DLQ_CONSUMER, self.consumer.encode()),
-        ]
-        self.outputs.send(self.topic, message.key, message.value, headers)
+
+        def send(key: bytes | None, value: bytes | None, headers: dead_letter.Headers) -> None:
+            self.outputs.send(self.topic, key, value, list(headers))
+
+        sent = dead_letter.send(letter, source, send)
+        dead_letter.log(sent, source, reason, "stream worker")

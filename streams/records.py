@@ -7,7 +7,10 @@ tables are declared.
   codec per value type: rollout states in our Avro framing (so the ClickHouse sink reads the
   ``rollout-state`` changelog like any topic), join records and metric partials as JSON.
 * :class:`Serdes` holds the Avro decoders of the source topics and encoders of the output topics,
-  built once per worker.
+  built once per worker. Decoders refuse records of another type and records that break the
+  validation rules (:mod:`agentstream.schemas.validation`, the rules the sink's tables enforce);
+  :meth:`Serdes.check_state` and :meth:`Serdes.check_join` refuse table values the changelog could
+  not take (invalid, or over the producer's record limit).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from faust.serializers import codecs
 from faust.types import AppT, TopicT
 
 from agentstream.schemas import AvroRecord, AvroSchema, AvroSerializer, RolloutState, SchemaStore, load_schema
-from agentstream.schemas.serde import AvroDeserializer, decode_body, read_framing
+from agentstream.schemas.serde import AvroDeserializer, IncompatibleSchemaError, decode_body, read_framing
+from agentstream.schemas.validation import InvalidRecordError, validate
 from agentstream.settings import Settings
 from agentstream.topics.catalogue import SCHEMAS
+from agentstream.topics.dead_letter import record_limit
 from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 from .join import RolloutJoin
@@ -141,16 +146,32 @@ class MicrosDeserializer(AvroDeserializer):
 
     def __init__(self, stem: str, store: SchemaStore, registry: Any = None) -> None:
         super().__init__(_strip_logical(load_schema(stem)), store, registry)
+        self._stem = stem
         self._stripped: dict[bytes, AvroSchema] = {}
 
     def __call__(self, data: bytes | None, ctx: Any = None) -> dict[str, Any]:
+        """The decoded record; raises :class:`MalformedRecordError` (or its subclasses
+        :class:`IncompatibleSchemaError`, :class:`InvalidRecordError`) for one to dead-letter."""
         framing = read_framing(data)  # raises MalformedRecordError on a missing value
-        assert data is not None
+        assert data is not None and self.reader_schema is not None
         writer = self.writer_schema(framing)
         stripped = self._stripped.get(writer.fingerprint)
         if stripped is None:
+            if writer.name != self.reader_schema.name:
+                raise IncompatibleSchemaError(
+                    f"a {writer.name} record where {self.reader_schema.name} was expected"
+                )
             stripped = self._stripped[writer.fingerprint] = _strip_logical(writer)
-        return decode_body(stripped, data, framing.header_len, self.reader_schema)
+        datum = decode_body(stripped, data, framing.header_len, self.reader_schema)
+        validate(self._stem, datum)
+        return datum
+
+
+class StateTooLargeError(InvalidRecordError):
+    """A table value whose changelog record would exceed the producer's record limit."""
+
+    def __init__(self, table: str, size: int, limit: int) -> None:
+        super().__init__(table, "state", f"would be {size} bytes, over the {limit}-byte record limit", size)
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,24 @@ class Serdes:
     encode_event: AvroSerializer
     encode_triplet: AvroSerializer
     encode_metrics: AvroSerializer
+    encode_state: AvroSerializer
+    #: the largest changelog record the worker's producer can send
+    record_limit: int
+
+    def check_state(self, state: RolloutState) -> None:
+        """Raise :class:`InvalidRecordError` unless ``state`` can be stored: valid (the sink's rules
+        for ``rollout_state``) and small enough for its changelog record."""
+        datum = state.to_avro()
+        validate("rollout_state", datum)
+        size = len(self.encode_state(datum))
+        if size > self.record_limit:
+            raise StateTooLargeError("rollouts", size, self.record_limit)
+
+    def check_join(self, record: JoinRecord) -> None:
+        """Raise :class:`StateTooLargeError` when ``record``'s changelog record would be too large."""
+        size = len(_JoinCodec()._dumps(record))
+        if size > self.record_limit:
+            raise StateTooLargeError("joins", size, self.record_limit)
 
     @classmethod
     def create(cls, settings: Settings) -> Serdes:
@@ -187,4 +226,6 @@ class Serdes:
             encode_event=encoder("rollout_event"),
             encode_triplet=encoder("triplet"),
             encode_metrics=encoder("version_metrics"),
+            encode_state=encoder("rollout_state"),
+            record_limit=record_limit(settings.producer_config()),
         )

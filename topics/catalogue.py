@@ -177,3 +177,7 @@ HEADER_DLQ_REASON = "agentstream-dlq-reason"
 HEADER_DLQ_ERROR_CLASS = "agentstream-dlq-error-class"
 HEADER_DLQ_SOURCE = "agentstream-dlq-source"
 HEADER_DLQ_CONSUMER = "agentstream-dlq-consumer"
+#: "1" on a dead letter whose value is a JSON reference to its source record (too big to copy)
+HEADER_DLQ_REFERENCE = "agentstream-dlq-reference"
+#: on a record re-driven from the dead-letter topic: the dead letter (``topic/partition/offset``) it came from
+HEADER_DLQ_REPLAY_OF = "agentstream-dlq-replay-of"
