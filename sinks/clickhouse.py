@@ -30,14 +30,28 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from agentstream.schemas import AvroDeserializer, AvroSchema, MalformedRecordError, SchemaStore, read_framing
-from agentstream.schemas.serde import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, SOE_HEADER_LEN
+from agentstream.schemas import (
+    AvroDeserializer,
+    AvroSchema,
+    MalformedRecordError,
+    SchemaStore,
+    load_schema,
+    read_framing,
+)
+from agentstream.schemas.serde import (
+    CONFLUENT_HEADER_LEN,
+    CONFLUENT_MAGIC,
+    SOE_HEADER_LEN,
+    IncompatibleSchemaError,
+    resolution_problem,
+)
 from agentstream.settings import Settings
 from agentstream.topics.catalogue import DEAD_LETTER, HEADER_EVENT_ID, HEADER_REPLAY, SCHEMAS
 from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 from . import ocf
 from .batch import SINK_TABLES, Batch, Entry, SinkTable
+from .lag import LagWatch, Observation, resume
 from .migrations import migrate
 from .writer import Abandoned, BatchWriter, SinkStats, dead_letter_row
 
@@ -190,6 +204,10 @@ class ClickHouseSink:
             self._drain(lane, abandon=True)
             lane.batch = Batch()  # not inserted, not committed: the next owner reads it again
             lane.paused = False
+        # librdkafka keeps a partition the application paused paused through unassign() and a later
+        # assign() (a rebalance clears only its own pause): resume them while they are assigned, or
+        # those assigned to this sink again are never fetched (issue 13: a lane's partitions stalled).
+        resume(consumer, {(tp.topic, tp.partition) for tp in partitions} | self._partitions.keys())
         for tp in partitions:
             self._partitions.pop((tp.topic, tp.partition), None)
         consumer.unassign()
@@ -211,7 +229,6 @@ class ClickHouseSink:
         clients = (
             [self._connect() for _ in range(self.config.insert_lanes)] if self._connect else [self.client]
         )
-        abandon = threading.Event()
         self._lanes = [
             _Lane(
                 i,
@@ -224,7 +241,7 @@ class ClickHouseSink:
                     topic_ids=lambda: self._topic_ids,
                     dead_letter_topic=self.settings.topic(DEAD_LETTER.name),
                     stats=self.stats,
-                    abandon=abandon,
+                    abandon=threading.Event(),  # per lane: a drain abandons only its own lane's insert
                 ),
             )
             for i, client in enumerate(clients)
@@ -237,6 +254,7 @@ class ClickHouseSink:
             )
         )
         self._consumer = consumer
+        watch = LagWatch(self.settings.admin_config(), self.config.lag_check_seconds, self.stats)
         consumer.subscribe(
             list(self._by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -258,14 +276,15 @@ class ClickHouseSink:
                             # in the group by polling, but fetch nothing more for it.
                             consumer.pause(self._lane_partitions(lane))
                             lane.paused = True
+                watch.poll(time.monotonic(), self._partitions.keys, self._observe, consumer)
             for lane in self._lanes:
                 self._drain(lane, abandon=False, timeout=30)
                 if lane.batch.records:
                     lane.writer.write(lane.batch, max_attempts=5)
                     self._commit(lane.batch)
         finally:
-            abandon.set()
             for lane in self._lanes:
+                lane.writer.abandon.set()
                 lane.executor.shutdown(wait=True)
             for client in clients:
                 if client is not self.client:
@@ -276,6 +295,15 @@ class ClickHouseSink:
 
     def _lane_partitions(self, lane: _Lane) -> list[TopicPartition]:
         return [TopicPartition(t, p) for (t, p), state in self._partitions.items() if state.lane is lane]
+
+    def _observe(self, topic: str, partition: int, high: int) -> Observation | None:
+        """What the lag check needs to know of an assigned partition (None: not assigned)."""
+        state = self._partitions.get((topic, partition))
+        if state is None:
+            return None
+        lane = state.lane
+        idle = lane.inflight is None and not lane.paused and not lane.batch.records
+        return Observation(None if state.seen is None else state.seen + 1, high, idle)
 
     def _due(self, batch: Batch) -> bool:
         if not batch.records:
@@ -375,6 +403,8 @@ class ClickHouseSink:
             table_batch.row_offsets.append((partition, offset))
             return
         if not value:
+            if value is None and sink_table.topic.cleanup_policy == "compact":
+                return  # a tombstone (`agentstream forget`): its rows are deleted, nothing to insert
             batch.dead_letters.append((message, "empty record", MalformedRecordError.__name__))
             return
         batch.bytes += len(value)
@@ -442,5 +472,11 @@ class ClickHouseSink:
         expected = self._record_names[sink_table.table]
         if writer.name != expected:
             raise MalformedRecordError(f"a {writer.name} record on {topic}, which carries {expected}")
+        # A writer schema that lacks a field the table's record type requires cannot be inserted
+        # (ClickHouse would fill the column with its default): refuse its records, once per schema.
+        assert sink_table.topic.value_schema is not None
+        problem = resolution_problem(writer, load_schema(sink_table.topic.value_schema))
+        if problem is not None:
+            raise IncompatibleSchemaError(f"writer schema {writer.fingerprint.hex()} on {topic}: {problem}")
         self._writers[(sink_table.table, header)] = writer
         return writer
