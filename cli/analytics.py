@@ -23,12 +23,17 @@ export_app = typer.Typer(help="Export data for use elsewhere (training, notebook
 def sql(
     query: Annotated[str, typer.Argument(help="A ClickHouse SQL query.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
+    write: Annotated[
+        bool,
+        typer.Option("--write", help="Use the write credential (INSERT, ALTER, DDL); default read-only."),
+    ] = False,
 ) -> None:
-    """Run a query and print the result (through the running sink, or opening chDB directly)."""
+    """Run a query and print the result: through the running sink's query endpoint (read-only unless
+    --write), or opening chDB directly when no sink owns it."""
     from agentstream.clickhouse.connect import connect
 
     try:
-        client = connect(state.settings)
+        client = connect(state.settings, write=write)
         result = client.query(query)
     except Exception as e:
         err_console.print(f"[red]{e}[/]")

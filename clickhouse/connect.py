@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import clickhouse_connect
 
+from agentstream.clickhouse.credentials import read_token
 from agentstream.clickhouse.gateway import GatewayState
 from agentstream.settings import Settings
 
@@ -37,16 +38,19 @@ def open_owner(settings: Settings, **kwargs: Any) -> Any:
     return clickhouse_connect.get_client(dsn=dsn, **kwargs)
 
 
-def connect(settings: Settings, *, gateway_wait: float = 30.0, **kwargs: Any) -> Any:
-    """A clickhouse-connect client for reading (or writing) from any process.
+def connect(settings: Settings, *, write: bool = False, gateway_wait: float = 30.0, **kwargs: Any) -> Any:
+    """A clickhouse-connect client for reading (or, with ``write``, changing data) from any process.
 
-    With a chDB directory, a running sink's gateway is used. While an `agentstream up` of this data
-    dir runs, its sink owns the directory even between restarts: this waits up to
-    ``gateway_wait`` seconds for the gateway rather than open the directory and lock the sink out.
+    With a chDB directory, a running sink's gateway (its query endpoint) is used, with the read
+    credential, or the write credential when ``write`` is set; both are read from their files
+    (:mod:`.credentials`). Through the read credential every statement is read-only. While an
+    `agentstream up` of this data dir runs, its sink owns the directory even between restarts:
+    this waits up to ``gateway_wait`` seconds for the gateway rather than open the directory and
+    lock the sink out. With a ClickHouse server DSN, the DSN's own credentials are used.
 
     Raises:
-        RuntimeError: the chDB directory is held by a process that serves no gateway, or the
-            running stack's gateway did not come up in time.
+        RuntimeError: the chDB directory is held by a process that serves no gateway, the
+            running stack's gateway did not come up in time, or the credential cannot be read.
     """
     dsn = settings.default_clickhouse_dsn
     path = chdb_path_of(dsn)
@@ -65,9 +69,15 @@ def connect(settings: Settings, *, gateway_wait: float = 30.0, **kwargs: Any) ->
         state = GatewayState.load(path)
     if state is not None:
         url = urlparse(state.url)
+        token = read_token(settings, write=write)
         # no server session: the gateway keeps none, and a session forbids concurrent queries
         return clickhouse_connect.get_client(
-            host=url.hostname, port=url.port, autogenerate_session_id=False, **kwargs
+            host=url.hostname,
+            port=url.port,
+            username="default",
+            password=token,
+            autogenerate_session_id=False,
+            **kwargs,
         )
     try:
         return clickhouse_connect.get_client(dsn=dsn, **kwargs)

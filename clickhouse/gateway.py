@@ -7,10 +7,17 @@ same data: queries with server-side (``{x:String}``) or client-side parameters, 
 settings, all as the ClickHouse HTTP protocol defines them (the ``query`` URL parameter and the
 request body form the statement; for ``INSERT ... FORMAT`` the rest of the body is the data).
 
+Every request but ``/ping`` needs a credential (:mod:`.credentials`): the read credential runs
+read-only queries, the write credential may also change data, and a GET request is read-only
+whatever it carries. Statements are judged on the engine's parse of them (:mod:`.guard`): table
+functions that reach files, the network or other servers, settings outside an allow-list and
+several statements in one request are refused for everyone. Queries run on the gateway's own
+threads and connections, never on the owner's, and stop after ``timeout`` seconds.
+
 Differences from a ClickHouse server: there are no sessions (``session_id`` is ignored and ``SET``
 / ``USE`` statements are refused: pass settings and the database per request), no external data,
 responses are buffered and sent uncompressed, and errors always use HTTP status 500 (401 for
-authentication).
+authentication, 403 for what the credential may not do).
 
 This module holds the Starlette app, the server object and its advertisement; the protocol is in
 ``protocol`` (a request becomes a statement), the connection pool in ``engine``, the exceptions in
@@ -19,30 +26,38 @@ This module holds the Starlette app, the server object and its advertisement; th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
-import secrets
 import urllib.request
 import uuid
 from base64 import b64decode
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from agentstream.clickhouse.credentials import QueryCredentials, Role
 from agentstream.clickhouse.engine import Engine, connection_string
-from agentstream.clickhouse.errors import AUTHENTICATION_FAILED, STD_EXCEPTION, GatewayError
+from agentstream.clickhouse.errors import (
+    ACCESS_DENIED,
+    AUTHENTICATION_FAILED,
+    READONLY,
+    STD_EXCEPTION,
+    GatewayError,
+)
 from agentstream.clickhouse.protocol import CONTENT_TYPES, Executor, Result, decompress, form_fields
 from agentstream.process.http import BackgroundServer, http_url
 from agentstream.process.ports import listening_socket
+from agentstream.process.secrets import read_secret
 from agentstream.process.status import PidStatus
 
 logger = logging.getLogger(__name__)
@@ -56,6 +71,7 @@ class GatewayState(PidStatus):
     url: str
     chdb_path: str
     started_at: datetime
+    token_file: str | None = None  # where a reader of the same user finds the read credential
 
     @staticmethod
     def file_for(chdb_path: str | os.PathLike[str]) -> Path:
@@ -76,16 +92,23 @@ class GatewayState(PidStatus):
         self.withdraw_from(self.file_for(self.chdb_path))
 
     def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        """The serving process's counters (``/agentstream/status``); None if it does not answer."""
+        """The serving process's counters (``/agentstream/status``, with the advertised read
+        credential); None if it does not answer or the credential cannot be read."""
         try:
-            with urllib.request.urlopen(f"{self.url}/agentstream/status", timeout=timeout) as response:
+            token = read_secret(Path(self.token_file)) if self.token_file else ""
+            request = urllib.request.Request(
+                f"{self.url}/agentstream/status", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 counters: dict[str, Any] = json.loads(response.read())
                 return counters
         except (OSError, ValueError):
             return None
 
 
-def _authorized(request: Request, token: str) -> bool:
+def _offered(request: Request) -> list[str]:
+    # What ClickHouse HTTP clients send: basic auth (clickhouse-connect's username/password), a
+    # bearer token (its access_token) or X-ClickHouse-Key. Never the URL: URLs end up in logs.
     offered: list[str] = []
     authorization = request.headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
@@ -94,10 +117,10 @@ def _authorized(request: Request, token: str) -> bool:
     elif scheme.lower() == "basic":
         with contextlib.suppress(ValueError):
             offered.append(b64decode(credentials.strip()).decode().partition(":")[2])
-    offered += [
-        v for v in (request.headers.get("x-clickhouse-key"), request.query_params.get("password")) if v
-    ]
-    return any(secrets.compare_digest(candidate.encode(), token.encode()) for candidate in offered)
+    key = request.headers.get("x-clickhouse-key")
+    if key:
+        offered.append(key)
+    return [candidate for candidate in offered if candidate]
 
 
 def _error_response(error: GatewayError, status_code: int = 500) -> Response:
@@ -111,9 +134,10 @@ def _error_response(error: GatewayError, status_code: int = 500) -> Response:
 def create_app(
     client: Any,
     *,
+    credentials: QueryCredentials,
     status: Callable[[], dict[str, Any]] | None = None,
-    token: str | None = None,
     pool_size: int = 4,
+    timeout: float = 60.0,
 ) -> Starlette:
     """The ASGI app of the gateway: the ClickHouse HTTP interface at ``/`` over chDB.
 
@@ -121,10 +145,12 @@ def create_app(
         client: the owner's clickhouse-connect ``ChdbClient`` (or the chDB directory). The gateway
             opens its own connections to the same engine and never changes the client's state;
             requests without a ``database`` parameter use the client's database.
+        credentials: the tokens requests other than ``/ping`` must present (basic-auth password,
+            bearer token or ``X-ClickHouse-Key``); which one decides the role.
         status: called for ``GET /agentstream/status`` (404 when None).
-        token: when set, requests other than ``/ping`` must present it as a bearer token,
-            ``X-ClickHouse-Key``, the basic-auth or ``password`` parameter password.
-        pool_size: chDB connections, i.e. statements that may run at the same time.
+        pool_size: threads and chDB connections of the gateway, i.e. statements that may run at
+            the same time; they are its own, so a long query never holds up the owner's inserts.
+        timeout: seconds a statement may run (``max_execution_time``).
 
     Routes: ``GET|POST /`` (queries, commands and inserts), ``GET /ping`` (``Ok.``) and
     ``GET /agentstream/status``.
@@ -132,38 +158,39 @@ def create_app(
     default_database = (
         getattr(client, "database", None) if not isinstance(client, (str, os.PathLike)) else None
     )
-    engine = Engine(connection_string(client), default_database or "default", max(1, pool_size))
-    executor = Executor(engine)
+    size = max(1, pool_size)
+    engine = Engine(connection_string(client), default_database or "default", size)
+    executor = Executor(engine, timeout=timeout)
+    threads = ThreadPoolExecutor(size, thread_name_prefix="agentstream-query")
     # `system` always exists; the owner's database may not have been created yet.
     timezone_name = (
         engine.execute("SELECT timezone()", "TabSeparated", database="system").bytes().decode().strip()
     )
 
-    def denied(request: Request) -> Response | None:
-        if token is None or _authorized(request, token):
-            return None
-        error = GatewayError.of(
-            AUTHENTICATION_FAILED,
-            "Authentication failed: wrong or missing gateway token",
-            "AUTHENTICATION_FAILED",
-        )
+    def unauthorized() -> Response:
+        # No detail: the reply is the same whether nothing, a wrong or an old credential came.
+        error = GatewayError.of(AUTHENTICATION_FAILED, "Authentication failed", "AUTHENTICATION_FAILED")
         return _error_response(error, 401)
 
     async def ping(request: Request) -> Response:
         return PlainTextResponse("Ok.\n")
 
     async def agentstream_status(request: Request) -> Response:
-        if (refused := denied(request)) is not None:
-            return refused
+        if credentials.role_of(_offered(request)) is None:
+            return unauthorized()
         if status is None:
             return JSONResponse({"error": "no status"}, status_code=404)
         # default=str: counters may carry datetimes or paths.
-        body = json.dumps(await run_in_threadpool(status), default=str)
+        body = json.dumps(await asyncio.get_running_loop().run_in_executor(threads, status), default=str)
         return Response(body, media_type="application/json")
 
     async def handle(request: Request) -> Response:
-        if (refused := denied(request)) is not None:
-            return refused
+        role = credentials.role_of(_offered(request))
+        if role is None:
+            return unauthorized()
+        if request.method == "GET":
+            # A browser page can make GET requests to loopback: they never change anything.
+            role = Role.READ
         params = dict(request.query_params)
         body = await request.body()
         query_id = params.get("query_id") or str(uuid.uuid4())
@@ -176,14 +203,14 @@ def create_app(
             if content_type.startswith("multipart/form-data"):
                 params.update(form_fields(content_type, payload))
                 payload = b""
-            return executor.run(params, payload)
+            return executor.run(params, payload, role)
 
         headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": timezone_name}
         try:
-            result = await run_in_threadpool(execute)
+            result = await asyncio.get_running_loop().run_in_executor(threads, execute)
         except GatewayError as error:
             logger.debug("gateway query failed: %s", error.message)
-            return _error_response(error)
+            return _error_response(error, 403 if error.code in (ACCESS_DENIED, READONLY) else 500)
         except Exception as error:
             logger.exception("gateway request failed")
             return _error_response(GatewayError.of(STD_EXCEPTION, str(error), "STD_EXCEPTION"))
@@ -200,6 +227,7 @@ def create_app(
             yield
         finally:
             engine.close()
+            threads.shutdown(wait=False, cancel_futures=True)
 
     return Starlette(
         routes=[
@@ -224,10 +252,12 @@ class ClickHouseGateway:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        credentials: QueryCredentials,
         chdb_path: str | os.PathLike[str] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
-        token: str | None = None,
         pool_size: int = 4,
+        timeout: float = 60.0,
+        token_file: str | os.PathLike[str] | None = None,
         advertise: bool = True,
     ):
         """
@@ -235,7 +265,9 @@ class ClickHouseGateway:
             client: the owner's ``ChdbClient`` (see :func:`create_app`).
             host, port: where to listen; port 0 picks a free port.
             chdb_path: the chDB directory to advertise for; defaults to the client's path.
-            status, token, pool_size: see :func:`create_app`.
+            credentials, status, pool_size, timeout: see :func:`create_app`.
+            token_file: the file holding the read credential, advertised so that processes of
+                the same user can read the status counters.
             advertise: write the :class:`GatewayState` file while running.
         """
         self._client = client
@@ -244,8 +276,10 @@ class ClickHouseGateway:
         path = chdb_path if chdb_path is not None else getattr(client, "path", client)
         self._chdb_path = None if str(path).startswith(":memory:") else Path(path)
         self._status = status
-        self._token = token
+        self._credentials = credentials
         self._pool_size = pool_size
+        self._timeout = timeout
+        self._token_file = None if token_file is None else str(token_file)
         self._advertise = advertise
         self._port: int | None = None
         self._http: BackgroundServer | None = None
@@ -272,7 +306,13 @@ class ClickHouseGateway:
         """Start serving; returns once the gateway accepts connections and is advertised."""
         if self._http is not None:
             raise RuntimeError("the gateway is already started")
-        app = create_app(self._client, status=self._status, token=self._token, pool_size=self._pool_size)
+        app = create_app(
+            self._client,
+            credentials=self._credentials,
+            status=self._status,
+            pool_size=self._pool_size,
+            timeout=self._timeout,
+        )
         http = BackgroundServer(
             app,
             listening_socket(self._host, self._requested_port),
@@ -288,6 +328,7 @@ class ClickHouseGateway:
                 url=self.url,
                 chdb_path=str(self._chdb_path),
                 started_at=datetime.now(UTC),
+                token_file=self._token_file,
             )
             self._state.save()
         logger.info("ClickHouse gateway on %s serves chDB %s", self.url, self._chdb_path)

@@ -15,14 +15,17 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from agentstream.clickhouse.credentials import Role
 from agentstream.clickhouse.engine import Engine, quote_string
 from agentstream.clickhouse.errors import (
     CANNOT_DECOMPRESS,
     NOT_IMPLEMENTED,
     SYNTAX_ERROR,
+    TIMEOUT_EXCEEDED,
     UNKNOWN_SETTING,
     GatewayError,
 )
+from agentstream.clickhouse.guard import Inspector, check_settings, parse_pairs
 
 # HTTP-interface parameters that are not engine settings; chDB would reject several of them.
 _TRANSPORT_PARAMS = frozenset(
@@ -47,7 +50,8 @@ _INSERT_FORMAT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _NOT_A_TARGET = re.compile(r"\b(?:SELECT|VALUES|WITH)\b", re.IGNORECASE)
-_SESSION_STATEMENT = re.compile(_LEADING + r"(?:SET|USE)\b", re.IGNORECASE | re.DOTALL)
+_VALUES = re.compile(rb"\bVALUES\b", re.IGNORECASE)
+_CANONICAL_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)$")
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _ANY_FORMAT = re.compile(rb"\bFORMAT\b", re.IGNORECASE)
 CONTENT_TYPES = {
@@ -107,6 +111,20 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str]:
     return fields
 
 
+def _inline_settings(text: str | None) -> dict[str, str]:
+    """The settings of ``INSERT INTO t SETTINGS ... FORMAT f`` (to be checked like parameters)."""
+    return parse_pairs(text) if text else {}
+
+
+def _values_data(statement: bytes) -> memoryview:
+    # `INSERT INTO t VALUES (...)`: the data follows the keyword. Only the data is taken from
+    # here (it is read as data, never as SQL), so a wrong cut can only spoil the insert.
+    found = _VALUES.search(statement)
+    if found is None:
+        raise GatewayError.of(SYNTAX_ERROR, "INSERT without data or SELECT", "SYNTAX_ERROR")
+    return memoryview(statement)[found.end() :]
+
+
 class Result:
     """A finished statement: body, output format (None when it produced no result set), stats."""
 
@@ -132,13 +150,21 @@ def _summary(result: Any) -> dict[str, str]:
 
 
 class Executor:
-    """Turns one HTTP request (parameters and the decompressed body) into a chDB call."""
+    """Turns one HTTP request (parameters and the decompressed body) into a chDB call for a role.
 
-    def __init__(self, engine: Engine):
+    Every statement is first parsed by the engine and judged (:mod:`.guard`); what runs is the
+    engine's own formatting of what was judged, and data for an INSERT is always read from a file,
+    so no part of the data can become a statement.
+    """
+
+    def __init__(self, engine: Engine, *, timeout: float = 60.0):
         self.engine = engine
+        self.timeout = timeout
+        self.inspector = Inspector(engine)
 
-    def run(self, params: Mapping[str, str], body: bytes) -> Result:
-        """Run the request's statement; raises GatewayError where a ClickHouse server would fail."""
+    def run(self, params: Mapping[str, str], body: bytes, role: Role = Role.READ) -> Result:
+        """Run the request's statement; raises GatewayError where a ClickHouse server would fail
+        and where the role may not do what it asks."""
         query = params.get("query", "").encode()
         statement = query + b"\n" + body if query and body else query or body
         if not statement.strip():
@@ -156,57 +182,89 @@ class Executor:
         # regex offsets equal to byte offsets.
         head = statement[: 1 << 16].decode("latin-1")
         insert = _INSERT_FORMAT.match(head)
+        data: memoryview | None = None
         if insert and not _NOT_A_TARGET.search(insert.group("target")):
-            return self._insert(insert, memoryview(statement)[insert.end() :], database, settings)
-        if _SESSION_STATEMENT.match(head):
-            raise GatewayError.of(
-                NOT_IMPLEMENTED,
-                "SET and USE need a session, which the chDB gateway does not keep: pass settings and "
-                "the database with each query",
-                "NOT_IMPLEMENTED",
+            settings.update(_inline_settings(insert.group("settings")))
+            text = f"INSERT INTO {insert.group('target')} FORMAT {insert.group('format')}"
+            text = text.encode("latin-1").decode()
+            data = memoryview(statement)[insert.end() :]
+        else:
+            try:
+                text = statement.decode()
+            except UnicodeDecodeError as error:
+                raise GatewayError.of(SYNTAX_ERROR, "The query is not UTF-8", "SYNTAX_ERROR") from error
+        check_settings(settings, role, timeout=self.timeout)
+        enforced = {
+            **settings,
+            "max_execution_time": settings.get("max_execution_time", f"{self.timeout:g}"),
+            "timeout_overflow_mode": "throw",
+        }
+        if role is Role.READ:
+            # the engine's own read-only mode as well; 2 (not 1) so that the allowed output settings
+            # (date_time_output_format, ...) still apply: which settings pass is check_settings' call
+            enforced["readonly"] = "1" if settings.get("readonly", "").strip() == "1" else "2"
+        try:
+            canonical, nodes = self.inspector.inspect(text, role, settings=enforced, params=bound)
+            if nodes[0].kind == "InsertQuery" and not any(
+                n.depth == 1 and n.kind.startswith("Select") for n in nodes
+            ):
+                if data is None:
+                    data = _values_data(statement)
+                return self._insert(canonical, data, database, enforced, bound)
+            return self._query(
+                canonical, params.get("default_format") or "TabSeparated", database, enforced, bound
             )
-        return self._query(
-            statement, params.get("default_format") or "TabSeparated", database, settings, bound
-        )
+        except GatewayError as error:
+            if error.code == TIMEOUT_EXCEEDED:
+                raise GatewayError(
+                    error.code,
+                    f"{error.message} The query endpoint stops every query after "
+                    f"{self.timeout:g} s (sink.query_timeout_seconds); narrow the query.",
+                ) from error
+            raise
 
     def _insert(
-        self, match: re.Match[str], data: memoryview, database: str | None, settings: dict[str, str]
+        self,
+        canonical: str,
+        data: memoryview,
+        database: str | None,
+        settings: dict[str, str],
+        bound: dict[str, str],
     ) -> Result:
         # chDB takes no request body, so the data goes through a file; inline data in the
-        # statement would be cut at the engine's max_query_size and at NUL bytes.
-        target = match.group("target").encode("latin-1").decode()
-        in_query = match.group("settings")
-        in_query_clause = f" SETTINGS {in_query.encode('latin-1').decode()}" if in_query else ""
+        # statement would be cut at the engine's max_query_size and at NUL bytes, and could be
+        # read as further statements.
+        head = _CANONICAL_FORMAT.search(canonical)
+        if head is None:
+            raise GatewayError.of(SYNTAX_ERROR, "INSERT without a data format", "SYNTAX_ERROR")
         with tempfile.NamedTemporaryFile(prefix="chdb-gateway-", suffix=".data", delete=False) as file:
             file.write(data)
         try:
             sql = (
-                f"INSERT INTO {target} FROM INFILE {quote_string(file.name)} COMPRESSION 'none'"
-                f"{in_query_clause} FORMAT {match.group('format')}"
+                f"{canonical[: head.start()]} FROM INFILE {quote_string(file.name)} COMPRESSION 'none'"
+                f" FORMAT {head.group(1)}"
             )
-            result = self.engine.execute(sql, "TabSeparated", database=database, settings=settings)
+            # `VALUES ({m:String})` reads its parameters from the query's (bound, never spliced)
+            result = self.engine.execute(
+                sql, "TabSeparated", database=database, settings=settings, params=bound
+            )
         finally:
             os.unlink(file.name)
         return Result(b"", None, _summary(result))
 
     def _query(
         self,
-        statement: bytes,
+        sql: str,
         default_format: str,
         database: str | None,
         settings: dict[str, str],
         bound: dict[str, str],
     ) -> Result:
-        try:
-            sql: str | bytes = statement.decode()
-        except UnicodeDecodeError:
-            sql = statement
-        text = sql if isinstance(sql, str) else statement.decode("latin-1")
-        embedded = _TRAILING_FORMAT.search(text)
+        embedded = _TRAILING_FORMAT.search(sql)
         if (
             embedded is None
             and default_format in ("TabSeparated", "TSV")
-            and not _ANY_FORMAT.search(statement)
+            and not _ANY_FORMAT.search(sql.encode())
         ):
             # A result set always has a names line, a DDL statement prints nothing: that is how
             # the reply can tell clickhouse-connect's `command` whether there was a result set.

@@ -53,7 +53,7 @@ def analytics_data(
     worker = WorkerProcess(settings).start().wait_ready()
     try:
         facts = run_scenario(settings)
-        client = connect(settings)
+        client = connect(settings, write=True)
         client.command(
             "INSERT INTO model_prices (model, input_per_million, output_per_million) VALUES ({m:String}, {i:Float64}, {o:Float64})",
             parameters={"m": MODEL, "i": PRICE_INPUT_PER_MILLION, "o": PRICE_OUTPUT_PER_MILLION},

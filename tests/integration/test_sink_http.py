@@ -9,6 +9,7 @@ import time
 import clickhouse_connect
 import pytest
 
+from agentstream.clickhouse.credentials import QueryCredentials
 from agentstream.clickhouse.gateway import ClickHouseGateway
 from agentstream.producers.client import AgentStream
 from agentstream.settings import Settings
@@ -19,10 +20,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_sink_inserts_over_http(settings: Settings, clickhouse: object) -> None:
-    with ClickHouseGateway(clickhouse, advertise=False) as gateway:
+    credentials = QueryCredentials("reader-token", "writer-token")
+    with ClickHouseGateway(clickhouse, credentials=credentials, advertise=False) as gateway:
+        authority = gateway.url.replace("http://", "http://default:writer-token@")
         http = settings.model_copy(
             update={
-                "clickhouse_dsn": f"{gateway.url}/{clickhouse.database}",  # type: ignore[attr-defined]
+                "clickhouse_dsn": f"{authority}/{clickhouse.database}",  # type: ignore[attr-defined]
                 "sink": settings.sink.model_copy(update={"session_timeout_ms": 2000}),
             }
         )
