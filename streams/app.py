@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+import faust.auth
 from confluent_kafka import Consumer as KafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -257,6 +259,26 @@ class StreamApp(faust.App):
         return TansuSafeTransport(self.conf.broker_consumer, self)
 
 
+def broker_credentials(kafka: Mapping[str, str]) -> faust.auth.Credentials | None:
+    """Faust's (aiokafka's) credentials from the librdkafka properties in ``settings.kafka``, so the
+    stream workers join a SASL_SSL / SSL cluster (deploy/compose.yaml, the Helm chart) as the other
+    clients do; None for PLAINTEXT."""
+    protocol = kafka.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = (
+        ssl.create_default_context(cafile=kafka.get("ssl.ca.location")) if protocol.endswith("SSL") else None
+    )
+    if not protocol.startswith("SASL"):
+        return faust.auth.SSLCredentials(context)
+    return faust.auth.SASLCredentials(
+        username=kafka.get("sasl.username"),
+        password=kafka.get("sasl.password"),
+        ssl_context=context,
+        mechanism=kafka.get("sasl.mechanisms") or kafka.get("sasl.mechanism") or "PLAIN",
+    )
+
+
 def create_app(
     settings: Settings, *, guarded_topics: Iterable[str] = (), outputs: OutputSink | None = None
 ) -> StreamApp:
@@ -282,6 +304,7 @@ def create_app(
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
         table_standby_replicas=0,
+        broker_credentials=broker_credentials(settings.kafka),
         broker_session_timeout=streams.session_timeout_ms / 1000,
         broker_heartbeat_interval=streams.heartbeat_interval_ms / 1000,
         broker_request_timeout=max(90.0, streams.session_timeout_ms / 1000 + 10),

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from agentstream.analytics.dashboard import COOKIE, DashboardState, create_app
+from agentstream.analytics.dashboard_auth import dashboard_token
 from agentstream.deploy.stack import Stack
 from agentstream.process.status import StackState
 from agentstream.settings import DashboardSettings, Settings
@@ -36,8 +37,13 @@ TOKEN = "s3cret-dashboard-token"
 
 @pytest.fixture(scope="module")
 def api(analytics_data: AnalyticsData) -> Iterator[TestClient]:
-    with TestClient(create_app(analytics_data.settings)) as client:
+    with TestClient(create_app(analytics_data.settings), headers=_bearer(analytics_data.settings)) as client:
         yield client
+
+
+def _bearer(settings: Settings) -> dict[str, str]:
+    """The dashboard always needs its token: the configured one or its token file's."""
+    return {"Authorization": f"Bearer {dashboard_token(settings)}"}
 
 
 def _iso(ts: float) -> str:
@@ -444,7 +450,7 @@ def test_token_auth(analytics_data: AnalyticsData) -> None:
         visit = client.get(f"/rollouts?status=failed&token={TOKEN}")
         assert visit.status_code == 303 and visit.headers["location"] == "/rollouts?status=failed"
         cookie = visit.cookies[COOKIE]
-        assert cookie and TOKEN not in cookie  # the cookie does not carry the token itself
+        assert cookie and TOKEN not in cookie  # the cookie holds a session id, not the token
         page = client.get("/rollouts?status=failed")  # the client keeps the cookie
         assert page.status_code == 200 and "15 rollouts" in page.text
         assert (
@@ -462,8 +468,11 @@ def test_token_auth(analytics_data: AnalyticsData) -> None:
         offsite = client.post("/login", data={"token": TOKEN, "next": "//evil.example/"})
         assert offsite.headers["location"] == "/"  # no open redirect
         assert client.get("/logout").status_code == 303
-    with TestClient(create_app(analytics_data.settings)) as open_client:
-        assert open_client.get("/api/rollouts").status_code == 200  # no token configured: open
+    with TestClient(create_app(analytics_data.settings)) as no_token_set:
+        assert no_token_set.get("/api/rollouts").status_code == 401  # no token configured: the file's
+        token = (analytics_data.settings.data_dir / "secrets" / "dashboard.token").read_text().strip()
+        allowed = no_token_set.get("/api/rollouts", headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200
 
 
 # ---- ClickHouse not (yet) reachable ----------------------------------------------------------------------
@@ -471,7 +480,7 @@ def test_503_until_the_gateway_is_up_then_it_recovers(analytics_data: AnalyticsD
     # a stack runs for this data dir but its sink has not started the gateway: never open chDB directly
     waiting = Settings(data_dir=tmp_path / "data")
     StackState(pid=os.getpid()).save(waiting.data_dir)
-    with TestClient(create_app(waiting)) as client:
+    with TestClient(create_app(waiting), headers=_bearer(waiting)) as client:
         response = client.get("/api/rollouts")
         assert response.status_code == 503 and response.headers["retry-after"] == "2"
         assert "query gateway" in response.json()["detail"]
@@ -489,7 +498,8 @@ def test_503_until_the_gateway_is_up_then_it_recovers(analytics_data: AnalyticsD
             return clickhouse_connect.get_client(host="127.0.0.1", port=_closed_port(), connect_timeout=2)
         return analytics_data.client()
 
-    with TestClient(create_app(analytics_data.settings, client_factory=flaky_factory)) as client:
+    app = create_app(analytics_data.settings, client_factory=flaky_factory)
+    with TestClient(app, headers=_bearer(analytics_data.settings)) as client:
         first = client.get("/api/rollouts")
         assert first.status_code == 503
         assert client.get("/api/rollouts").json()["total"] == 40
@@ -547,7 +557,9 @@ def test_without_a_sink_it_reads_chdb_itself_but_never_holds_it(tmp_path: Path) 
     try:
         state = wait_for(lambda: DashboardState.load(settings.data_dir), 60)
         assert state is not None, process.poll()
-        empty = httpx.get(f"{state.url}/api/rollouts", timeout=30)
+        assert httpx.get(f"{state.url}/api/rollouts", timeout=30).status_code == 401
+        httpx_get = _authorized_get(settings)
+        empty = httpx_get(f"{state.url}/api/rollouts", timeout=30)
         assert empty.status_code == 200 and empty.json()["total"] == 0
         # between requests another process (a sink starting later) can open the directory
         other = subprocess.run(
@@ -557,15 +569,15 @@ def test_without_a_sink_it_reads_chdb_itself_but_never_holds_it(tmp_path: Path) 
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert other.returncode == 0 and "[(7,)]" in other.stdout, other.stderr[-2000:]
-        assert httpx.get(f"{state.url}/api/resources", timeout=30).json() == {"resources": []}
+        assert httpx_get(f"{state.url}/api/resources", timeout=30).json() == {"resources": []}
         for path, shown in (
             ("/", "No rollouts match"),
             ("/ab", "No rollout has run"),
             ("/resources", "No resource"),
         ):
-            page = httpx.get(f"{state.url}{path}", timeout=30)
+            page = httpx_get(f"{state.url}{path}", timeout=30)
             assert page.status_code == 200 and shown in page.text, (path, page.text[-500:])
-        assert httpx.get(f"{state.url}/api/ab", timeout=30).json() == {
+        assert httpx_get(f"{state.url}/api/ab", timeout=30).json() == {
             "resource": None,
             "versions": [],
             "resources": [],
@@ -586,11 +598,23 @@ def test_up_runs_the_dashboard_which_waits_for_the_sink(settings: Settings) -> N
         )
         stack.wait_ready()
 
+        httpx_get = _authorized_get(settings)  # the stack handed its dashboard this token file
+
         def answers() -> bool:  # 503 until the sink serves its gateway, then the (empty) list
-            response = httpx.get(f"{url}/api/rollouts", timeout=10)
+            response = httpx_get(f"{url}/api/rollouts", timeout=10)
             assert response.status_code in (200, 503), response.text
             return response.status_code == 200
 
         assert wait_for(answers, 30)
-        assert httpx.get(f"{url}/api/rollouts", timeout=10).json()["total"] == 0
+        assert httpx_get(f"{url}/api/rollouts", timeout=10).json()["total"] == 0
         assert wait_for(lambda: stack.dashboard_url() in stack.members()[-1].detail, 5)
+
+
+def _authorized_get(settings: Settings) -> Any:
+    """``httpx.get`` with the dashboard's token (from its token file) as a bearer header."""
+    headers = _bearer(settings)
+
+    def get(url: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(url, headers=headers, **kwargs)
+
+    return get

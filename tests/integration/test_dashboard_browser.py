@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agentstream.analytics.dashboard import bind, create_app, url_of
+from agentstream.analytics.dashboard_auth import dashboard_token
 from agentstream.process.http import BackgroundServer
 from agentstream.settings import DashboardSettings
 from tests.analytics_scenario import RESOURCE
@@ -69,8 +70,9 @@ def dashboard_url(analytics_data: AnalyticsData) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+def page(browser: Any, analytics_data: AnalyticsData) -> Iterator[Any]:
+    bearer = {"Authorization": f"Bearer {dashboard_token(analytics_data.settings)}"}  # it always needs one
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, extra_http_headers=bearer)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
+import faust.auth
 import pytest
 import yaml
 
 from agentstream.settings import Settings
+from agentstream.streams.app import broker_credentials
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def _unescape(script: str) -> str:
+    return script.replace("$$", "$")  # compose's escape of a literal $
+
+
+def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    compose = _compose()
     env = compose["x-agentstream-env"]
-    for name, value in env.items():
-        monkeypatch.setenv(name, str(value))
-    settings = Settings()
-    assert settings.bootstrap_servers == "kafka:9092"
-    assert settings.clickhouse_dsn and settings.clickhouse_dsn.startswith("http://")
     workers = {n: s for n, s in compose["services"].items() if s.get("image", "").startswith("agentstream")}
+    workers.pop("secrets")  # the one-shot generator of the secrets below
     assert {tuple(s["command"]) for s in workers.values()} == {
         ("topics", "create"),
         ("migrate",),
@@ -31,10 +41,101 @@ def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) 
         ("dashboard", "--host", "0.0.0.0"),
     }
     assert all(s["environment"] == env for s in workers.values())
+    entrypoint = compose["x-agentstream"]["entrypoint"]
+    assert all(s["entrypoint"] == entrypoint for s in workers.values())
+
+    # the entrypoint, run over a secrets directory, yields settings with the SASL_SSL credentials
+    secrets = tmp_path / "agentstream"
+    secrets.mkdir()
+    (secrets / "kafka.password").write_text("kafka-pw_1\n")
+    (secrets / "clickhouse.password").write_text("ch-pw_2\n")
+    script = _unescape(entrypoint[2]).replace("/secrets/agentstream", str(secrets))
+    script = script.replace('exec agentstream "$@"', "env")
+    out = subprocess.run(
+        [entrypoint[0], "-c", script, "agentstream"], env={"PATH": os.environ["PATH"]},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    produced = dict(line.split("=", 1) for line in out.splitlines() if line.startswith("AGENTSTREAM_"))
+    for name, value in {**env, **produced}.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings()
+    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.clickhouse_dsn == "http://agentstream:ch-pw_2@clickhouse:8123/default"
+    assert settings.kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "PLAIN",
+        "sasl.username": "agentstream",
+        "sasl.password": "kafka-pw_1",
+        "ssl.ca.location": f"{secrets}/ca.crt",
+    }
+    assert settings.dashboard.token is None and settings.dashboard.token_file is not None
+
+    # the stream workers (Faust, aiokafka) join with the same credentials as the librdkafka clients
+    if shutil.which("openssl"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-nodes", "-newkey", "rsa:2048", "-subj", "/CN=ca", "-days", "1",
+             "-keyout", str(tmp_path / "ca.key"), "-out", str(secrets / "ca.crt")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        credentials = broker_credentials(settings.kafka)
+        assert isinstance(credentials, faust.auth.SASLCredentials)
+        assert credentials.username == "agentstream" and credentials.password == "kafka-pw_1"
+        assert credentials.ssl_context is not None and credentials.protocol.name == "SASL_SSL"
+    assert broker_credentials({}) is None
+
+
+def test_compose_publishes_no_plaintext_listener_and_only_on_loopback() -> None:
+    services = _compose()["services"]
+    kafka = services["kafka"]["environment"]
+    protocols = dict(item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = {
+        name: address
+        for name, _, address in (item.partition("://") for item in kafka["KAFKA_LISTENERS"].split(","))
+    }
+    published = {int(port.rsplit(":", 1)[1]) for port in services["kafka"]["ports"]}
+    for name, address in listeners.items():
+        port = int(address.rsplit(":", 1)[1])
+        if protocols[name] != "SASL_SSL":  # only the controller, on the container's loopback
+            assert address.startswith("localhost:") and port not in published, name
+    assert {protocols[n] for n, a in listeners.items() if int(a.rsplit(":", 1)[1]) in published} == {
+        "SASL_SSL"
+    }
+    for advertised in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","):
+        assert protocols[advertised.partition("://")[0]] == "SASL_SSL", advertised
+    assert kafka["KAFKA_INTER_BROKER_LISTENER_NAME"] in {n for n, p in protocols.items() if p == "SASL_SSL"}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_has_no_literal_password() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    compose = _compose()
+    for name, service in compose["services"].items():
+        for key in service.get("environment") or {}:
+            assert not re.search(r"PASSWORD|SECRET|TOKEN$", key), (name, key)  # by file, never inline
+    # no user:password@ in a DSN unless the password is read from a file
+    for match in re.finditer(r"://[\w.-]+:([^@\s/]+)@", text):
+        assert match.group(1).startswith("$$(cat "), match.group(0)
+    generator = compose["services"]["secrets"]["entrypoint"][2]
+    assert "/dev/urandom" in generator and "openssl req -x509" in generator
+    for password in ("keystore.password", "broker.password", "agentstream.password", "clickhouse/password"):
+        assert re.search(rf"password > /secrets/\S*{re.escape(password)}", generator), password
+    for service in ("kafka", "clickhouse"):
+        assert compose["services"][service]["depends_on"]["secrets"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+HELM = DEPLOY / "helm" / "agentstream"
+
+
+def _templates() -> dict[str, str]:
+    return {p.name: p.read_text() for p in (HELM / "templates").iterdir()}
 
 
 def test_helm_chart_sets_only_known_settings() -> None:
-    text = "\n".join(p.read_text() for p in (DEPLOY / "helm" / "agentstream" / "templates").iterdir())
+    text = "\n".join(_templates().values())
     names = set(re.findall(r"AGENTSTREAM_[A-Z_]+", text))
     assert names, "the chart configures the workers through AGENTSTREAM_* variables"
     fields = set(Settings.model_fields)
@@ -43,8 +144,62 @@ def test_helm_chart_sets_only_known_settings() -> None:
         assert field in fields, name
         if sub:
             assert sub in Settings.model_fields[field].annotation.model_fields, name  # type: ignore[union-attr]
-    values = yaml.safe_load((DEPLOY / "helm" / "agentstream" / "values.yaml").read_text())
+    values = yaml.safe_load((HELM / "values.yaml").read_text())
     assert values["topics"]["partitions"] >= 1 and values["sink"]["replicas"] >= 1
+
+
+def test_helm_kafka_is_sasl_ssl_with_generated_secrets() -> None:
+    templates = _templates()
+    kafka = templates["kafka.yaml"]
+    protocol_map = re.search(r"KAFKA_LISTENER_SECURITY_PROTOCOL_MAP, value: \"([^\"]+)\"", kafka)
+    assert protocol_map is not None
+    protocols = dict(item.split(":") for item in protocol_map.group(1).split(","))
+    assert "PLAINTEXT" not in protocols.values() and "SASL_PLAINTEXT" not in protocols.values()
+    assert "PLAINTEXT://" not in kafka and "KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH" in kafka
+    secrets = templates["kafka-secrets.yaml"]
+    for function in ("genCA", "genSignedCert", "randAlphaNum", "lookup"):
+        assert function in secrets, function
+    for name in ("clickhouse-secret.yaml", "dashboard-secret.yaml"):
+        assert "randAlphaNum" in templates[name] and "lookup" in templates[name], name
+    values = yaml.safe_load((HELM / "values.yaml").read_text())
+    assert values["clickhouse"]["password"] == ""  # generated unless given
+    helpers = templates["_helpers.tpl"]
+    assert "key: client.json" in helpers  # the agentstream pods' SASL settings, from the Secret
+    assert "AGENTSTREAM_DASHBOARD__TOKEN" in templates["dashboard.yaml"]  # always a token
+    assert "{{- if .Values.dashboard.tokenSecret }}" not in templates["dashboard.yaml"]
+
+
+def test_helm_agentstream_pods_have_probes_on_the_operations_port() -> None:
+    templates = _templates()
+    probes = re.search(r'define "agentstream.probes".*?end', templates["_helpers.tpl"], flags=re.S)
+    assert probes is not None
+    assert "path: /healthz, port: metrics" in probes.group(0) and "livenessProbe" in probes.group(0)
+    assert "path: /readyz, port: metrics" in probes.group(0) and "readinessProbe" in probes.group(0)
+    assert yaml.safe_load((HELM / "values.yaml").read_text())["metrics"]["port"] == 9464
+    for name in ("sink.yaml", "worker.yaml", "promoter.yaml", "dashboard.yaml"):
+        text = templates[name]
+        assert 'include "agentstream.probes"' in text, name
+        assert "name: metrics, containerPort: {{ .Values.metrics.port }}" in text, name
+    assert "AGENTSTREAM_METRICS__HOST" in templates["_helpers.tpl"]  # reachable by the kubelet
+
+
+@pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not installed")
+def test_helm_template_renders_probes_and_no_plaintext(tmp_path: Path) -> None:
+    rendered = subprocess.run(
+        ["helm", "template", "rel", str(HELM)], capture_output=True, text=True, check=True
+    ).stdout
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    deployments = [d for d in documents if d["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    (kafka,) = [
+        d for d in documents if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-kafka")
+    ]
+    env = {e["name"]: e.get("value") for e in kafka["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "PLAINTEXT" not in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].replace("SASL_", "")
 
 
 def test_ci_runs_the_readme_test_command() -> None:
