@@ -51,6 +51,7 @@ from agentstream.topics.schema_resolver import SchemaTopicResolver
 
 from .attempts import Attempts, RunnerStats
 from .client import AgentStream, resolve_settings
+from .metrics import start_runner_ops
 from .resource_choice import Resolution, choose_resources
 from .sdk import initialised_client
 from .task_offsets import Position, TaskOffsets, TopicPartitionKey
@@ -175,6 +176,7 @@ class Runner:
         self._running = True
         self._finished.clear()
         restore = self._install_signals()
+        ops = start_runner_ops(self)  # /metrics, /healthz, /readyz while it runs
         try:
             try:
                 self._open()
@@ -184,6 +186,8 @@ class Runner:
                 self._shutdown()
         finally:
             restore()
+            if ops is not None:
+                ops.stop()
             self._running = False
             self._finished.set()
 

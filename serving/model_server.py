@@ -42,6 +42,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agentstream.process.http import BackgroundServer, http_url
+from agentstream.process.metrics import OpsServer, start_ops_server
 from agentstream.process.ports import listening_socket
 from agentstream.resources.store import ResourceStore
 from agentstream.serving.checkpoints import (
@@ -172,6 +174,7 @@ class ModelServer:
         self.service = ModelService(self.store, resources, self.config)
         self.port: int | None = None
         self._http: BackgroundServer | None = None
+        self._ops: OpsServer | None = None  # /metrics, /healthz, /readyz
 
     @property
     def base_url(self) -> str:
@@ -192,6 +195,12 @@ class ModelServer:
         sock = listening_socket(self.host, self._requested_port)
         self._http = BackgroundServer(create_app(self.service), sock, name="model server", lifespan="off")
         self.port = self._http.port
+        self._ops = start_ops_server(
+            self.settings.metrics,
+            self.settings.data_dir,
+            component="model-server",
+            registry=CollectorRegistry(),
+        )
         return self._http
 
     def start(self, timeout: float = 30.0) -> Self:
@@ -223,6 +232,9 @@ class ModelServer:
         self._close()
 
     def _close(self) -> None:
+        if self._ops is not None:
+            self._ops.stop()
+            self._ops = None
         self.service.close()
         if self._owns_store:
             self.store.close()

@@ -21,6 +21,7 @@ Run exactly one controller per cluster (``agentstream promoter``; ``agentstream 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ from agentstream.settings import Settings
 from agentstream.topics.catalogue import DECISIONS, METRICS, TopicSpec
 from agentstream.topics.io import RecordWriter, TopicReader
 
+from .metrics_export import start_promoter_ops
 from .promotion_policy import TEST_NAME, ArmStats, MetricsBook, PromotionPolicy
 
 logger = logging.getLogger(__name__)
@@ -218,4 +220,6 @@ class PromotionController:
 
 def run_promoter(settings: Settings, stop: threading.Event) -> None:
     """``agentstream promoter``: the controller until ``stop``."""
-    PromotionController(settings).run(stop)
+    controller = PromotionController(settings)
+    with start_promoter_ops(controller.settings, controller.decisions) or contextlib.nullcontext():
+        controller.run(stop)

@@ -27,6 +27,7 @@ keeps the highest version of each ``triplet_id`` and a trainer process skips ids
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 from agentstream.settings import Settings
 
 from .checkpoint import find_window_version, published_versions
+from .metrics import start_trainer_ops
 from .stream import TripletStream
 from .windows import TripletFilter, TripletWindow, window_ends
 
@@ -132,7 +134,8 @@ def run_trainer(
         disable=not show_progress,
         transient=False,
     )
-    with stream, progress:
+    ops = start_trainer_ops(stream.settings, trainer.name, stream.group_id, stream.topic, outcomes)
+    with stream, progress, ops or contextlib.nullcontext():
         while not stop.is_set() and (limit is None or len(outcomes) < limit):
             filling = progress.add_task(f"window {len(outcomes) + 1}: triplets", total=stream.window_count)
             window = stream.next_window(stop, idle_timeout, partial(_show_filling, progress, filling))
