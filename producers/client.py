@@ -19,6 +19,7 @@ from agentstream.topics.catalogue import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, S
 
 from .delivery import DeliveryStats, DeliveryWorker
 from .records import RecordEncoder
+from .redaction import Redactor, build_redactor
 from .spool import SpooledRecord
 from .tasks import prepare_tasks
 from .tracer import ActiveSpan, Rollout, current_rollout, current_span, open_span, to_json
@@ -46,16 +47,25 @@ class AgentStream:
 
     It is the :class:`~agentstream.producers.tracer.Emitter` its rollouts and spans report to.
 
+    Message content is redacted before it leaves the process (e-mail addresses, phone and card
+    numbers by default: ``sdk.redact``; see :mod:`~agentstream.producers.redaction`).
+
     Args:
         settings: where Kafka runs and how to buffer, resolved (see :func:`resolve_settings`, which
             also fills in what is left ``None`` or unresolved here: from ``AGENTSTREAM_*``
             variables and the running stack).
+        redactor: replaces the redactor ``sdk.redact`` and ``sdk.redact_recognizers`` describe.
+
+    Raises:
+        ValueError: ``sdk.redact`` names an unknown entity, or a recogniser cannot be loaded.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, redactor: Redactor | None = None) -> None:
         settings = resolve_settings(settings)
         self.settings = settings
         sdk = settings.sdk
+        if redactor is None:
+            redactor = build_redactor(sdk.redact, sdk.redact_recognizers)
         self.resource_attributes = {
             "service.name": sdk.service_name,
             "host.name": socket.gethostname(),
@@ -63,7 +73,7 @@ class AgentStream:
             "telemetry.sdk.name": "agentstream",
             "telemetry.sdk.version": SDK_VERSION,
         }
-        self._encoder = RecordEncoder(settings, self.resource_attributes)
+        self._encoder = RecordEncoder(settings, self.resource_attributes, redactor)
         schemas = (
             []
             if settings.schema_registry_url
@@ -82,10 +92,17 @@ class AgentStream:
             dead_letter_topic=settings.topic(DEAD_LETTER.name),
             schemas_topic=settings.topic(SCHEMAS.name) if schemas else None,
             schemas=schemas,
+            spool_max_bytes=sdk.spool_max_bytes,
         )
+        self._worker.stats.redacted = self._encoder.redacted  # one dict, counted by the encoder
         self._closed = False
         self._worker.start()
         atexit.register(self.close)
+        self._ops = None  # opt-in (sdk.metrics_port): this process serves the SDK's delivery metrics
+        if settings.sdk.metrics_port is not None:
+            from .metrics import start_sdk_ops
+
+            self._ops = start_sdk_ops(self)
 
     # ---- tracing ------------------------------------------------------------------------------------
     def rollout(
@@ -360,6 +377,8 @@ class AgentStream:
             return True
         self._closed = True
         atexit.unregister(self.close)
+        if self._ops is not None:
+            self._ops.stop()
         return self._worker.close(timeout)
 
     def __enter__(self) -> AgentStream:

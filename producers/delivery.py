@@ -2,9 +2,11 @@
 
 The agent thread appends what it recorded to a bounded in-memory queue. One delivery thread
 encodes it and hands it to an idempotent ``acks=all`` producer. When the broker is unreachable,
-or a record cannot be delivered, records go to the local :class:`~.spool.Spool` and are replayed
-in order once the broker is back. Records are also spooled when the queue is full, so nothing is
-dropped.
+records go to the local spool and are replayed in order once the broker is back; records are
+also spooled when the queue is full. The spool is bounded (``sdk.spool_max_bytes``; when full, the
+newest records are dropped and counted) and unreadable spool segments are quarantined
+(:mod:`.spool_replay`). A record Kafka refuses for itself (too large, invalid, a topic that does
+not exist) is a data error: it goes to the dead-letter topic, and delivery goes on.
 
 If the broker comes back having lost its log (a topic re-created with a new topic id, as with the
 embedded memory-only broker), the records delivered during the last ``replay_window_seconds`` are
@@ -20,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,13 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from agentstream.topics.catalogue import HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_EVENT_ID
 
+from .delivery_stats import DeliveryStats
 from .replay_window import ReplayWindow, flagged
-from .spool import Spool, SpooledRecord
+from .spool import SpooledRecord
+from .spool_replay import SpoolKeeper
 from .topic_probe import MissingTopics, topic_ids
+
+__all__ = ["DeliveryStats", "DeliveryWorker"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,23 +44,6 @@ _PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaErr
 _BATCH = 512
 _IDLE_WAIT = 0.05
 _PROBE_INTERVAL = 0.5
-
-
-@dataclass
-class DeliveryStats:
-    """Counters of the delivery thread (read them from any thread; values are approximate)."""
-
-    submitted: int = 0
-    delivered: int = 0
-    spooled: int = 0
-    replayed: int = 0
-    dead_lettered: int = 0
-    truncated: int = 0
-    outages: int = 0
-    window_replays: int = 0
-    last_error: str = ""
-    connected: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DeliveryWorker:
@@ -68,6 +56,7 @@ class DeliveryWorker:
         topics: topics this worker writes to; delivery waits until they exist.
         spool_root: where outage spools live.
         name: spool directory prefix (the service name).
+        spool_max_bytes: the most this worker keeps spooled on disk (0: no bound).
         queue_size: items buffered in memory before the agent thread spills to the spool.
         replay_window_seconds / replay_window_bytes: how much delivered data to keep for re-sending.
         schemas: ``(fingerprint_hex, schema_json)`` published once to the schemas topic.
@@ -88,6 +77,7 @@ class DeliveryWorker:
         dead_letter_topic: str,
         schemas_topic: str | None = None,
         schemas: Sequence[tuple[str, str]] = (),
+        spool_max_bytes: int = 0,
     ) -> None:
         self._producer_config = {**producer_config, "error_cb": self._on_error}
         self._admin_config = admin_config
@@ -98,9 +88,9 @@ class DeliveryWorker:
         self._dead_letter_topic = dead_letter_topic
         self._schemas_topic = schemas_topic
         self._schemas = list(schemas)
-        self._spool_root = spool_root
-        self._name = name
         self._maxsize = queue_size
+        self.stats = DeliveryStats()
+        self._spools = SpoolKeeper(spool_root, name, spool_max_bytes, self.stats)
 
         self._queue: deque[Any] = deque()
         self._wake = threading.Event()
@@ -108,20 +98,17 @@ class DeliveryWorker:
         self._busy = False
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self._spool: Spool | None = None
-        self._spool_lock = threading.Lock()
-        self._orphans: list[Spool] = []
         self._window = ReplayWindow(replay_window_seconds, replay_window_bytes, skip_topic=schemas_topic)
         self._producer: Producer | None = None
         self._connected = False
         self._topic_ids: dict[str, str] = {}
+        self._other_topics: dict[str, bool] = {}  # spooled records' topics not ours: do they exist?
         self._inflight = 0
         self._purge_pending = False
         self._deferred_dead_letters: list[tuple[SpooledRecord, str]] = []
         self._waiting_logged = False
         # event id (the agentstream-id header) -> callback run once Kafka acknowledged that record
         self._waiters: dict[bytes, Callable[[], None]] = {}
-        self.stats = DeliveryStats()
         self._thread = threading.Thread(target=self._run, name=f"agentstream-delivery-{name}", daemon=True)
 
     # ---- agent side: never blocks on the network --------------------------------------------------
@@ -150,34 +137,24 @@ class DeliveryWorker:
         except Exception as e:  # never into agent code
             logger.error("Data error: cannot encode %s for the spool: %s", type(item).__name__, e)
             return
-        try:
-            self._spool_append(record)
-        except OSError as e:  # a full or unwritable disk: never into agent code, never silent
-            self.stats.last_error = f"spool: {e}"
-            logger.error(
-                "Spool: cannot write to %s, a record to %s is lost: %s", self._spool_root, record.topic, e
-            )
-
-    # ---- spool ------------------------------------------------------------------------------------
-    def _own_spool(self) -> Spool:
-        with self._spool_lock:
-            if self._spool is None:
-                self._spool = Spool.create(self._spool_root, self._name)
-            return self._spool
+        self._spool_append(record)
 
     def _spool_append(self, record: SpooledRecord) -> None:
-        self._own_spool().append(flagged(record))
-        self.stats.spooled += 1
+        try:
+            self._spools.append(flagged(record))
+        except Exception as e:  # a full or unwritable disk...: never into agent code, never silent
+            self.stats.last_error = f"spool: {e}"
+            logger.error(
+                "Spool: cannot write to %s, a record to %s is lost: %s", self._spools.root, record.topic, e
+            )
 
     def _spool_pending(self) -> bool:
-        return bool(self._orphans) or (self._spool is not None and not self._spool.is_empty())
+        return self._spools.pending()
 
     # ---- the delivery thread ------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self._orphans = Spool.orphans(self._spool_root)
-            if self._orphans:
-                logger.info("Spool: adopted %d spool(s) of exited processes", len(self._orphans))
+            self._spools.adopt_orphans()
             while True:
                 if not self._connected:
                     if not self._recover():
@@ -244,7 +221,9 @@ class DeliveryWorker:
         finally:
             self._busy = False
 
-    def _produce(self, record: SpooledRecord) -> None:
+    def _produce(self, record: SpooledRecord, respool: bool = True) -> None:
+        """Hand ``record`` to the producer; if Kafka fails it, spool it (unless ``respool`` is
+        False: a record replayed from the spool stays in its segment until that is released)."""
         assert self._producer is not None
         while True:
             try:
@@ -254,7 +233,7 @@ class DeliveryWorker:
                     record.value,
                     record.key,
                     headers=list(record.headers),
-                    on_delivery=functools.partial(self._on_delivery, record),
+                    on_delivery=functools.partial(self._on_delivery, record, respool),
                 )
                 self._inflight += 1
                 return
@@ -262,19 +241,21 @@ class DeliveryWorker:
                 # librdkafka's own queue is full: serve callbacks, then retry or spool
                 self._poll(0.05)
                 if not self._connected:
-                    self._spool_append(record)
+                    if respool:
+                        self._spool_append(record)
                     return
             except KafkaException as e:
                 error = e.args[0] if e.args else None
                 if self._refused(record, error):
                     return
                 self._note_error(str(e))
-                self._spool_append(record)
+                if respool:
+                    self._spool_append(record)
                 self._mark_disconnected(error)
                 return
 
     # ---- callbacks (run inside poll/flush on the delivery thread) ---------------------------------
-    def _on_delivery(self, record: SpooledRecord, err: KafkaError | None, msg: Any) -> None:
+    def _on_delivery(self, record: SpooledRecord, respool: bool, err: KafkaError | None, msg: Any) -> None:
         self._inflight -= 1
         if err is None:
             self.stats.delivered += 1
@@ -285,7 +266,8 @@ class DeliveryWorker:
         if self._refused(record, err):
             return
         self._note_error(f"{err.name()}: {err.str()}")
-        self._spool_append(record)
+        if respool:
+            self._spool_append(record)
         self._mark_disconnected(err)
 
     def _refused(self, record: SpooledRecord, error: Any) -> bool:
@@ -321,7 +303,7 @@ class DeliveryWorker:
         self._connected = False
         self.stats.connected = False
         self.stats.outages += 1
-        logger.warning("Kafka unreachable (%s): spooling to %s until it is back", err, self._spool_root)
+        logger.warning("Kafka unreachable (%s): spooling to %s until it is back", err, self._spools.root)
         self._purge_pending = True  # done by _poll(): this may run inside a callback
 
     # ---- recovery -----------------------------------------------------------------------------------
@@ -346,6 +328,8 @@ class DeliveryWorker:
         )
         first_connect = not self._topic_ids
         self._topic_ids = ids
+        self._other_topics = {}
+        self._spools.outage_over()
         # A fresh producer: a broker that restarted does not know the old idempotent producer id.
         if self._producer is not None:
             self._purge_pending = True
@@ -403,29 +387,45 @@ class DeliveryWorker:
                 self._dead_letter_unencodable(item, e)
 
     def _replay_spools(self) -> None:
-        """Deliver spooled records, oldest spool and segment first; delete each once delivered."""
-        assert self._producer is not None
-        spools = [*self._orphans, *([self._spool] if self._spool is not None else [])]
-        for spool in spools:
-            for segment in spool.seal():
-                if not self._connected:
-                    return
-                count = 0
-                for record in Spool.read_segment(segment):
-                    self._produce(record)
-                    count += 1
-                    if count % 64 == 0:
-                        self._poll(0)
-                # every record is now delivered or re-spooled (in a newer segment) by its callback
-                while self._inflight > 0 and self._connected:
-                    self._poll(0.05)
-                if not self._connected:
-                    return
-                spool.release(segment, count)
-                self.stats.replayed += count
-            if spool is not self._spool:
-                spool.close(remove_if_empty=True)
-                self._orphans.remove(spool)
+        """Deliver spooled records, oldest first (see :meth:`.SpoolKeeper.replay`)."""
+        if self._spools.replay(self._send_spooled, self._settle):
+            self._spools.outage_over()
+
+    def _send_spooled(self, record: SpooledRecord) -> None:
+        if not self._connected:
+            return  # the segment keeps it for the next replay
+        if not self._topic_exists(record.topic):
+            self._dead_letter(record, f"topic {record.topic} does not exist")
+            return
+        self._produce(record, respool=False)
+        if self._inflight % 64 == 0:
+            self._poll(0)
+
+    def _settle(self) -> bool:
+        """Wait until every record handed to Kafka is acknowledged, dead-lettered or failed;
+        whether Kafka is still reachable."""
+        self._poll(0)
+        while self._inflight > 0 and self._connected:
+            self._poll(0.05)
+        return self._connected
+
+    def _topic_exists(self, topic: str) -> bool:
+        """Whether a spooled record's topic exists. A spool adopted from another setup (another
+        topic prefix) may hold records for topics this cluster lacks: they would wait for metadata
+        until they time out, be taken for an outage, and be replayed forever."""
+        if topic in self._topics:
+            return True
+        exists = self._other_topics.get(topic)
+        if exists is None:
+            try:
+                topic_ids(self._admin_config, [topic])
+                exists = True
+            except MissingTopics:
+                exists = False
+            except Exception:  # unreachable now: let delivery find out, as for any record
+                return True
+            self._other_topics[topic] = exists
+        return exists
 
     # ---- dead letters -------------------------------------------------------------------------------
     def _dead_letter(self, record: SpooledRecord, reason: str) -> None:
@@ -476,15 +476,7 @@ class DeliveryWorker:
             logger.error(
                 "agentstream delivery thread did not stop; %d queued records are lost", len(self._queue)
             )
-        if self._spool is not None:
-            left = len(self._spool)
-            self._spool.close(remove_if_empty=True)
-            if left:
-                logger.warning(
-                    "%d undelivered records remain in %s; they are sent on the next run",
-                    left,
-                    self._spool.directory,
-                )
+        self._spools.close()
         return delivered
 
     def _drain_to_spool(self) -> None:
@@ -496,5 +488,4 @@ class DeliveryWorker:
         self._connected = False
         self._poll(0)
         self._spool_queue()
-        if self._spool is not None:
-            self._spool.flush()
+        self._spools.flush()

@@ -1,8 +1,10 @@
-"""Turn what the agent recorded into Kafka records: Avro encoding, keys, headers, truncation."""
+"""Turn what the agent recorded into Kafka records: PII redaction, Avro encoding, keys, headers,
+truncation."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -11,6 +13,7 @@ from agentstream.schemas import AvroSerializer, SerializationError, genai, load_
 from agentstream.schemas.span import split_attributes
 from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, ROLLOUT_EVENTS, SPANS
 
+from .redaction import CONTENT_ATTRIBUTES, Redactor, count_attributes
 from .spool import SpooledRecord
 
 if TYPE_CHECKING:
@@ -24,9 +27,17 @@ _MIN_KEEP_CHARS = 256
 
 
 class RecordEncoder:
-    """Encodes spans, rewards and rollout events for their topics. Runs on the delivery thread."""
+    """Encodes spans, rewards and rollout events for their topics. Runs on the delivery thread.
 
-    def __init__(self, settings: Settings, resource_attributes: dict[str, str]) -> None:
+    With a ``redactor``, message content (the span attributes in
+    :data:`~.redaction.CONTENT_ATTRIBUTES`, also on span events, and reward feedback) is redacted
+    first; a record with redactions carries their counts (``agentstream.redacted.<entity>``), and
+    :attr:`redacted` adds them up.
+    """
+
+    def __init__(
+        self, settings: Settings, resource_attributes: dict[str, str], redactor: Redactor | None = None
+    ) -> None:
         registry = settings.schema_registry_url
         self.span_topic = settings.topic(SPANS.name)
         self.reward_topic = settings.topic(REWARDS.name)
@@ -39,6 +50,9 @@ class RecordEncoder:
         self._rollout_event_ctx = SerializationContext(self.rollout_event_topic, MessageField.VALUE)
         self.resource_attributes = resource_attributes
         self.max_record_bytes = settings.sdk.max_record_bytes
+        self.redactor = redactor
+        #: redactions so far, per entity (the client's ``stats.redacted``)
+        self.redacted: dict[str, int] = {}
 
     @property
     def schemas(self) -> list[Any]:
@@ -72,6 +86,8 @@ class RecordEncoder:
 
     def span(self, span: ActiveSpan) -> SpooledRecord:
         datum = self.span_datum(span)
+        if self.redactor is not None:
+            datum = self._redact_span(datum, self.redactor)
         try:
             value = self._span(datum, self._span_ctx)
         except SerializationError as e:
@@ -84,6 +100,30 @@ class RecordEncoder:
             value = self._truncate(datum)
         key = (datum["rollout_id"] or datum["trace_id"]).encode()
         return SpooledRecord(self.span_topic, key, value, ((HEADER_EVENT_ID, span.span_id.encode()),))
+
+    def _redact_span(self, datum: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+        attributes, counts = redactor.redact_attributes(datum["attributes"])
+        events = []
+        for event in datum["events"]:
+            if CONTENT_ATTRIBUTES.isdisjoint(event.get("attributes") or ()):
+                events.append(event)
+                continue
+            event_attributes, found = redactor.redact_attributes(event["attributes"])
+            events.append({**event, "attributes": event_attributes})
+            counts.update(found)
+        if not counts:
+            return datum
+        self._count(counts)
+        return {
+            **datum,
+            "attributes": attributes,
+            "events": events,
+            "int_attributes": {**datum["int_attributes"], **count_attributes(counts)},
+        }
+
+    def _count(self, counts: Counter[str]) -> None:
+        for entity, n in counts.items():
+            self.redacted[entity] = self.redacted.get(entity, 0) + n
 
     def _truncate(self, datum: dict[str, Any]) -> bytes:
         """Shrink the largest payloads until the record fits, recording what was cut."""
@@ -140,6 +180,8 @@ class RecordEncoder:
 
     # -- rewards and rollout events ---------------------------------------------------------------------
     def reward(self, datum: dict[str, Any]) -> SpooledRecord:
+        if self.redactor is not None:
+            datum = self._redact_reward(datum, self.redactor)
         value = self._reward(datum, self._reward_ctx)
         if len(value) > self.max_record_bytes:
             value = self._truncate_reward(datum)
@@ -149,6 +191,18 @@ class RecordEncoder:
             value,
             ((HEADER_EVENT_ID, datum["reward_id"].encode()),),
         )
+
+    def _redact_reward(self, datum: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+        attributes, counts = redactor.redact_attributes(datum["attributes"])
+        feedback = datum["feedback"]
+        if feedback:
+            feedback, found = redactor.redact_value(feedback)
+            counts.update(found)
+        if not counts:
+            return datum
+        self._count(counts)
+        counted = {k: str(n) for k, n in count_attributes(counts).items()}  # a string map
+        return {**datum, "feedback": feedback, "attributes": {**attributes, **counted}}
 
     def _truncate_reward(self, datum: dict[str, Any]) -> bytes:
         """Shrink the feedback and the longest attributes until the reward fits, marking what was cut

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast, overload
 from agentstream.settings import Settings
 
 from .client import AgentStream, resolve_settings
+from .redaction import Redactor
 from .tracer import ActiveSpan, Emitter, Rollout, current_rollout, open_span, to_json
 from .warn_once import warn_once
 
@@ -78,7 +79,13 @@ _default_lock = threading.Lock()
 _UNCONFIGURED = Unconfigured()
 
 
-def init(settings: Settings | None = None, *, service_name: str | None = None, **fields: Any) -> AgentStream:
+def init(
+    settings: Settings | None = None,
+    *,
+    service_name: str | None = None,
+    redactor: Redactor | None = None,
+    **fields: Any,
+) -> AgentStream:
     """Create the process's SDK client (once; later calls replace and close the previous one).
 
     >>> import agentstream
@@ -86,7 +93,9 @@ def init(settings: Settings | None = None, *, service_name: str | None = None, *
     >>> agentstream.init(bootstrap_servers="kafka:9092")        # or a real cluster
 
     ``fields`` are :class:`~agentstream.settings.Settings` fields; the rest comes from
-    ``AGENTSTREAM_*`` environment variables.
+    ``AGENTSTREAM_*`` environment variables. ``redactor`` replaces the PII redaction the settings
+    describe (``sdk.redact``: e-mail, phone and card numbers; see
+    :mod:`agentstream.producers.redaction`).
     """
     global _default
     if settings is None:
@@ -97,7 +106,7 @@ def init(settings: Settings | None = None, *, service_name: str | None = None, *
         settings = settings.model_copy(
             update={"sdk": settings.sdk.model_copy(update={"service_name": service_name})}
         )
-    client = AgentStream(resolve_settings(settings))
+    client = AgentStream(resolve_settings(settings), redactor=redactor)
     with _default_lock:
         previous, _default = _default, client
     if previous is not None:

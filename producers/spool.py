@@ -1,9 +1,13 @@
 """The outage spool: an append-only local log of records the broker has not taken yet.
 
 Records are appended to numbered segment files in the spool's directory and replayed in the
-order they were written. Each record carries a CRC32, so a record torn by a crash is detected
-and ignored. The owning process holds an exclusive ``flock`` on the directory's lock file; a new
-process adopts the spool directories of dead owners and replays them first.
+order they were written. Each record carries a CRC32, so a record torn by a crash is detected.
+The owning process holds an exclusive ``flock`` on the directory's lock file; a new process adopts
+the spool directories of dead owners and replays them first.
+
+Spooled records hold prompts and completions: directories are 0700 and files 0600. A segment that
+cannot be read whole (torn, corrupt, of an unknown format) is moved to ``<root>/quarantine/``
+(see :mod:`.spool_replay`), which no process adopts.
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from agentstream.process.secrets import private_dir
+
 logger = logging.getLogger(__name__)
 
+#: the first byte of every frame; it is also the format version (another value: unknown format)
 _MAGIC = 0xA5
 _HEADER = struct.Struct("<BII")  # magic, payload length, crc32(payload)
 _SEGMENT_BYTES = 64 * 1024 * 1024
 _LOCK_FILE = "owner.lock"
+#: the folder under the spool root where unreadable segments are moved; never adopted
+QUARANTINE = "quarantine"
 
 
 class SpooledRecord(NamedTuple):
@@ -85,18 +94,24 @@ class Spool:
     def __init__(self, directory: Path, *, _lock_fd: int | None = None) -> None:
         self.directory = directory
         if _lock_fd is None:
-            directory.mkdir(parents=True, exist_ok=True)
-            _lock_fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _lock_fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 fcntl.flock(_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(_lock_fd)
                 raise
+            try:  # adopted from an older version that left it readable by others
+                os.chmod(directory, 0o700)
+            except OSError:
+                pass
         self._lock_fd = _lock_fd
         self._lock = threading.RLock()  # a span ended by a finalizer may re-enter append()
         self._file: BinaryIO | None = None
         self._file_bytes = 0
         self._count = 0
+        #: bytes of this spool's segments on disk (adopted ones included); see :mod:`.spool_replay`
+        self.bytes = sum(_size(segment) for segment in self._segments())
         self._next_segment = self._last_segment_number() + 1
 
     @classmethod
@@ -109,8 +124,9 @@ class Spool:
         """
         final = root / f"{name}-{os.getpid()}-{time.time_ns()}-{threading.get_ident()}"
         building = root / f".{final.name}"
-        building.mkdir(parents=True)
-        lock_fd = os.open(building / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        private_dir(root)
+        building.mkdir(mode=0o700)
+        lock_fd = os.open(building / _LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this directory
             building.rename(final)  # the lock is on the file, not its path: it goes along
@@ -126,7 +142,7 @@ class Spool:
         if not root.is_dir():
             return adopted
         for directory in sorted(root.iterdir()):
-            if not directory.is_dir() or directory.name.startswith("."):
+            if not directory.is_dir() or directory.name.startswith(".") or directory.name == QUARANTINE:
                 continue  # a hidden directory is a spool still being created (see create())
             try:
                 adopted.append(Spool(directory))
@@ -147,19 +163,27 @@ class Spool:
         """Records appended by this process and not yet released (adopted records are not counted)."""
         return self._count
 
-    def is_empty(self) -> bool:
+    def is_empty(self, ignore: set[Path] | frozenset[Path] = frozenset()) -> bool:
+        """Whether nothing is spooled (segments in ``ignore`` do not count)."""
         with self._lock:
-            return self._file is None and not self._segments()
+            return self._file is None and all(s in ignore for s in self._segments())
 
-    def append(self, record: SpooledRecord) -> None:
+    @staticmethod
+    def frame(record: SpooledRecord) -> bytes:
+        """``record`` as it is written to a segment (its length is what it costs on disk)."""
         payload = _pack(record)
-        frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+    def append(self, record: SpooledRecord | bytes) -> None:
+        """Append a record (or its :meth:`frame`)."""
+        frame = record if isinstance(record, bytes) else self.frame(record)
         with self._lock:
             if self._file is None or self._file_bytes >= _SEGMENT_BYTES:
                 self._roll()
             assert self._file is not None
             self._file.write(frame)
             self._file_bytes += len(frame)
+            self.bytes += len(frame)
             self._count += 1
 
     def _roll(self) -> None:
@@ -167,7 +191,8 @@ class Spool:
             self._file.close()
         path = self.directory / f"{self._next_segment:012d}.seg"
         self._next_segment += 1
-        self._file = open(path, "ab", buffering=1024 * 1024)  # noqa: SIM115 - lives across calls
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "ab", buffering=1024 * 1024)  # lives across calls
         self._file_bytes = 0
 
     def seal(self) -> list[Path]:
@@ -188,25 +213,62 @@ class Spool:
     @staticmethod
     def read_segment(path: Path) -> Iterator[SpooledRecord]:
         """Records of one sealed segment, stopping at a torn or corrupt tail."""
-        with open(path, "rb") as f:
-            data = f.read()
+        records, problem = Spool.scan_segment(path)
+        if problem:
+            logger.warning("Spool: %s %s; ignoring the rest", path, problem)
+        yield from records
+
+    @staticmethod
+    def scan_segment(path: Path) -> tuple[list[SpooledRecord], str | None]:
+        """The records of one sealed segment up to the first that cannot be read, and what is wrong
+        with the segment (``None`` when it was read whole).
+
+        Never raises: an unreadable file is a problem with no records.
+        """
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            return [], f"cannot be read ({e})"
+        records: list[SpooledRecord] = []
         pos = 0
-        while pos + _HEADER.size <= len(data):
+        while pos < len(data):
+            if pos + _HEADER.size > len(data):
+                return records, f"is truncated at byte {pos} (a torn write)"
             magic, length, crc = _HEADER.unpack_from(data, pos)
             start, end = pos + _HEADER.size, pos + _HEADER.size + length
-            if magic != _MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
-                logger.warning(
-                    "Spool: %s has a torn or corrupt record at byte %d; ignoring the rest", path, pos
-                )
-                return
-            yield _unpack(data[start:end])
+            if magic != _MAGIC:
+                return records, f"has a frame of an unknown format (0x{magic:02x}) at byte {pos}"
+            if end > len(data):
+                return records, f"is truncated at byte {pos} (a torn write)"
+            if zlib.crc32(data[start:end]) != crc:
+                return records, f"has a corrupt record (checksum) at byte {pos}"
+            try:
+                records.append(_unpack(data[start:end]))
+            except (struct.error, UnicodeDecodeError) as e:
+                return records, f"has a malformed record at byte {pos} ({e})"
             pos = end
+        return records, None
 
     def release(self, segment: Path, records: int) -> None:
         """A replayed segment was delivered: delete it."""
         with self._lock:
+            size = _size(segment)
             segment.unlink(missing_ok=True)
+            self.bytes = max(0, self.bytes - size)
             self._count = max(0, self._count - records)
+
+    def quarantine(self, segment: Path, records: int) -> Path:
+        """Move a segment that cannot be read whole to ``<root>/quarantine/``, where no process
+        adopts it; returns its new path. Raises ``OSError`` if it cannot be moved."""
+        with self._lock:
+            folder = private_dir(self.directory.parent / QUARANTINE)
+            target = folder / f"{self.directory.name}-{segment.name}"
+            size = _size(segment)
+            segment.rename(target)
+            self.bytes = max(0, self.bytes - size)
+            self._count = max(0, self._count - records)
+            return target
 
     def close(self, remove_if_empty: bool = True) -> None:
         with self._lock:
@@ -221,3 +283,10 @@ class Spool:
                 except OSError:
                     pass
             os.close(self._lock_fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

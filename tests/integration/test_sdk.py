@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import agentstream
+from agentstream.clickhouse.connect import connect
 from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.process.ports import free_port
 from agentstream.producers.client import AgentStream
+from agentstream.producers.spool import Spool, SpooledRecord
 from agentstream.schemas import Span
 from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
-from tests.helpers import read_topic
+from tests.helpers import SinkProcess, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +277,142 @@ def test_oversized_records_are_data_errors_not_outages(settings: Settings, clien
     headers = dict(dead[0].headers())
     assert b"MSG_SIZE_TOO_LARGE" in headers["agentstream-dlq-reason"]
     assert headers["agentstream-dlq-source"] == settings.topic("rollout-events").encode()
+
+
+def test_an_outage_stays_within_the_spool_bound_and_delivery_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Kafka unreachable and a small spool bound, the spool stops growing at the bound: the
+    oldest records are kept, the newest dropped, counted and warned about once; when Kafka is back,
+    what was kept is delivered, in order, and so is everything emitted afterwards."""
+    port = free_port()
+    bound = 150_000
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{port}",
+        data_dir=tmp_path / "data",
+        topic_prefix="bound.",
+        partitions=1,
+        sdk={"spool_max_bytes": bound},
+    )
+    client = AgentStream(settings)
+    try:
+        with client.rollout("offline"):
+            for i in range(2_000):
+                with client.span(f"step-{i:04d}") as span:
+                    span.set_attribute("note", "n" * 200)
+        stats = client.stats
+        assert wait_for(lambda: stats.spooled + stats.spool_dropped == stats.submitted, 30), stats
+        assert 0 < stats.spooled < stats.submitted and stats.spool_dropped > 0
+        on_disk = sum(f.stat().st_size for f in settings.spool_dir.rglob("*.seg"))
+        assert on_disk <= bound and stats.spool_bytes <= bound
+        full = [r for r in caplog.records if "is full" in r.getMessage()]
+        assert len(full) == 1, [r.getMessage() for r in full]
+        kept_spans = stats.spooled - 1  # the attempt_started event went first
+        with EmbeddedBroker(port):
+            ensure_topics(settings)
+            assert wait_for(lambda: client.stats.connected, 30)  # until then, the spool is still full
+            with client.span("after the outage"):
+                pass
+            assert client.flush(30), client.stats
+            spans = [Span.from_avro(r) for r in read_topic(settings, "bound.spans", expected=kept_spans + 1)]
+            client.close()
+    finally:
+        client.close()
+    assert [s.name for s in spans] == [f"step-{i:04d}" for i in range(kept_spans)] + ["after the outage"]
+    assert any(f"{stats.spool_dropped} records were dropped" in r.getMessage() for r in caplog.records)
+    assert not any(settings.spool_dir.rglob("*.seg"))
+
+
+def test_a_poisoned_spool_is_set_aside_and_the_rest_delivered(settings: Settings) -> None:
+    """Adopted spools holding a 5 MB record, a record for a topic that does not exist and an
+    unreadable segment: the first two are dead-lettered, the segment is quarantined, the good
+    records are delivered, Kafka is never taken for down, and the next process adopts nothing."""
+    root = settings.spool_dir
+    dead = settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    first = AgentStream(dead)
+    with first.rollout("left behind"):
+        with first.span("orphaned"):
+            pass
+    first.close(timeout=0.5)  # broker unreachable: the records stay in its spool
+    poison = Spool.create(root, "poison")
+    poison.append(SpooledRecord(settings.topic("rewards"), b"ro-1", b"x" * 5_000_000))
+    poison.append(SpooledRecord("no-such-topic", b"ro-1", b"lost"))
+    poison.seal()
+    poison.close(remove_if_empty=False)
+    corrupt = Spool.create(root, "corrupt")
+    corrupt.append(SpooledRecord(settings.topic("spans"), b"ro-1", b"never read"))
+    (segment,) = corrupt.seal()
+    segment.write_bytes(b"\x07" + segment.read_bytes()[1:])  # a frame of an unknown format
+    corrupt.close(remove_if_empty=False)
+
+    second = AgentStream(settings)
+    try:
+        assert second.flush(30), second.stats
+        with second.rollout("after"):
+            pass
+        assert second.flush(10)
+        stats = second.stats
+    finally:
+        second.close()
+    assert stats.outages == 0 and stats.dead_lettered == 2 and stats.quarantined == 1
+    names = {r["name"] for r in read_topic(settings, settings.topic("spans"), expected=3)}
+    assert names == {"orphaned", "rollout"}
+    dead_letters = read_topic(settings, settings.topic("dead-letter"), expected=2, decode=False)
+    reasons = sorted(dict(m.headers())["agentstream-dlq-reason"].decode() for m in dead_letters)
+    assert len(reasons) == 2
+    assert reasons[0].startswith("MSG_SIZE_TOO_LARGE") and reasons[1] == "topic no-such-topic does not exist"
+    (quarantined,) = (root / "quarantine").iterdir()
+    assert quarantined.name.startswith("corrupt-")
+    assert sorted(p.name for p in root.iterdir()) == ["quarantine"]
+    third = AgentStream(settings)
+    try:
+        assert third.flush(10)
+    finally:
+        third.close()
+    assert third.stats.replayed == 0 and third.stats.quarantined == 0
+
+
+def test_pii_in_a_prompt_lands_in_clickhouse_redacted_with_its_count(settings: Settings) -> None:
+    sink = SinkProcess(settings).start()
+    client = AgentStream(settings)
+    try:
+        prompt = [
+            {
+                "role": "user",
+                "parts": [{"type": "text", "content": "I am bob@example.com,\ncall 555-123-4567"}],
+            }
+        ]
+        with client.rollout("pii") as rollout:
+            with client.span("chat", kind="llm") as span:
+                span.set_attribute("gen_ai.input.messages", json.dumps(prompt))
+            client.emit_reward(0.0, feedback="charged twice on 4111 1111 1111 1111")
+        assert client.flush(20)
+        assert client.stats.redacted == {"email": 1, "phone": 1, "card": 1}
+        ch = connect(settings)
+
+        def landed() -> list[Any]:
+            return ch.query(
+                "SELECT attributes['gen_ai.input.messages'], int_attributes['agentstream.redacted.email'], "
+                "int_attributes['agentstream.redacted.phone'] FROM spans WHERE rollout_id = {r:String} "
+                "AND name = 'chat'",
+                parameters={"r": rollout.rollout_id},
+            ).result_rows
+
+        rows = wait_for(landed, 60)
+        assert rows, sink.log.read_text()[-2000:]
+        content, emails, phones = rows[0]
+        assert json.loads(content)[0]["parts"][0]["content"] == "I am <EMAIL>,\ncall <PHONE>"
+        assert (emails, phones) == (1, 1)
+        reward = wait_for(
+            lambda: (
+                ch.query(
+                    "SELECT feedback, attributes['agentstream.redacted.card'] FROM rewards WHERE rollout_id = {r:String}",
+                    parameters={"r": rollout.rollout_id},
+                ).result_rows
+            ),
+            60,
+        )
+        assert reward == [("charged twice on <CARD>", "1")]
+    finally:
+        client.close()
+        sink.stop()
