@@ -28,7 +28,7 @@ from agentstream.schemas import CreditAssignment, MalformedRecordError, Triplet,
 from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, SPANS, TRIPLETS
 
 from .app import StreamApp
-from .archive import CallArchive, query_client
+from .archive import Archive, CallArchive
 from .calls import CallContentStore, call_content
 from .credit import LlmCall, RewardEvent
 from .join import RolloutJoin, TripletUpdate
@@ -55,6 +55,8 @@ class JoinerHop:
         dead_letters: where records that cannot be decoded or joined go.
         lifecycle: the rollouts' states (a rollout's credit strategy, task type and mode), where
             rewards are also counted.
+        archive: what the sink stored, to read back the calls of a reward the worker lost (see
+            :mod:`.archive`); ``None``: such a reward waits for its calls.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class JoinerHop:
         stats: WorkerStats,
         dead_letters: DeadLetters,
         lifecycle: LifecycleHop,
+        archive: Archive | None = None,
     ) -> None:
         settings = app.agentstream
         streams = settings.streams
@@ -91,7 +94,8 @@ class JoinerHop:
         self._default_credit = streams.default_credit_assignment
         self._default_discount = streams.discount
         #: calls this worker no longer holds (its table was lost with the broker's log), from ClickHouse
-        self.archive = CallArchive(lambda: query_client(settings))
+        self.archive = CallArchive(archive)
+        self._started_us = now_us()
         self._serdes = serdes
         self._stats = stats
         self._dead_letters = dead_letters
@@ -159,15 +163,22 @@ class JoinerHop:
         """The rollout's join with the reward added; ``None`` when there is nothing to save."""
         reward = self._serdes.decode_reward(message.value)
         rollout_id = reward["rollout_id"]
+        # Calls are read back only for a rollout whose history this worker may have lost with the
+        # broker's log: one it has no state of, or one that began before the worker did. A reward
+        # that merely overtook its rollout's spans (another topic) must not cost a query.
+        state = self._lifecycle.rollouts.get(rollout_id)
+        history_lost = state is None or state.created_at < self._started_us
         self._lifecycle.record_reward(reward, message.partition)
         strategy, discount = self._strategy_for(rollout_id)
         join, locations = self._load_join(rollout_id, strategy, discount)
-        if not join.calls:
-            self._read_back_calls(join, locations)
+        # calls read back change the join (in the table's object): it must then be saved and its
+        # triplets sent even when the reward itself changes nothing
+        read_back = history_lost and not join.calls and self._read_back_calls(join, locations)
+        joined = join, locations, strategy, discount
         last_call = max((c.end_us for c in join.calls), default=None)
         if last_call is not None and reward["timestamp"] - last_call > self._horizon_us:
             self._stats.late_rewards_dropped += 1
-            return None
+            return joined if read_back else None
         added = join.add_reward(
             RewardEvent(
                 reward_id=reward["reward_id"],
@@ -181,18 +192,22 @@ class JoinerHop:
                 name=reward["name"],
             )
         )
-        if not added:
+        if not added and not read_back:
             self._resend(join, locations)
             return None
-        return join, locations, strategy, discount
+        return joined
 
-    def _read_back_calls(self, join: RolloutJoin, locations: Locations) -> None:
-        """A reward for a rollout without calls: the calls may be gone from this worker (a broker that
-        lost its log) but stored in ClickHouse. Blocking, like the span re-reads: see _emit_triplets."""
+    def _read_back_calls(self, join: RolloutJoin, locations: Locations) -> bool:
+        """A reward for a rollout without calls whose history the worker may have lost (a broker that
+        lost its log): its calls may be stored in ClickHouse. Blocking, like the span re-reads (see
+        _emit_triplets), and bounded by the archive's query time limit."""
+        added = False
         for call, content in self.archive.calls_of(join.rollout_id) or ():
             if join.add_call(call):
                 locations[call.span_id] = ARCHIVED
                 self.calls.put(call.span_id, content)
+                added = True
+        return added
 
     def _strategy_for(self, rollout_id: str) -> tuple[str, float]:
         """The rollout's credit assignment and discount: its own config's, else the settings' for its

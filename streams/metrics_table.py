@@ -22,7 +22,7 @@ from agentstream.topics.catalogue import METRICS
 
 from . import metrics as version_metrics
 from .app import StreamApp
-from .archive import MetricsRecount, query_client
+from .archive import Archive, MetricsRecount
 from .outputs import WorkerStats
 from .records import JsonValue, Serdes, rollout_table
 
@@ -38,9 +38,12 @@ class MetricsHop:
             window and flush interval.
         serdes: the worker's encoders.
         stats: the worker's counters.
+        archive: what the sink stored, to recount partials the worker lost; ``None``: no recounts.
     """
 
-    def __init__(self, app: StreamApp, serdes: Serdes, stats: WorkerStats) -> None:
+    def __init__(
+        self, app: StreamApp, serdes: Serdes, stats: WorkerStats, archive: Archive | None = None
+    ) -> None:
         settings = app.agentstream
         #: metrics partial key -> counters (see .metrics)
         self.metric_partials = rollout_table(app, "metric-partials", JsonValue, settings.partitions)
@@ -52,7 +55,8 @@ class MetricsHop:
         self._encode = serdes.encode_metrics
         self._stats = stats
         #: partials this worker lost (with the broker's log), recounted from ClickHouse
-        self.recount = MetricsRecount(lambda: query_client(settings), self._window_seconds)
+        self.recount = MetricsRecount(archive, self._window_seconds)
+        self._started_us = now_us()
         # In memory only: after a restart every partial is emitted once more (same revision, which
         # readers keep once).
         self._emitted_revisions: dict[str, int] = {}
@@ -78,9 +82,13 @@ class MetricsHop:
         for name, version in version_metrics.rollout_versions(state):
             key = version_metrics.partial_key(name, version, start, partition)
             partial = self.metric_partials.get(key)
+            if partial is None and start < self._started_us:
+                # A window that began before this worker did may have had a partial the worker lost
+                # (a broker that lost its log); one that began since is new. Blocking, like every
+                # read-back in the hops (see JoinerHop._emit_triplets), and once per partial.
+                partial = self.recount.partial(key)
             if partial is None:
-                # Blocking, like every read-back in the hops: see JoinerHop._emit_triplets.
-                partial = self.recount.partial(key) or version_metrics.empty_partial(end)
+                partial = version_metrics.empty_partial(end)
             update(partial)
             self.metric_partials[key] = partial
 

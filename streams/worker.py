@@ -40,6 +40,7 @@ from agentstream.topics.catalogue import (
 )
 
 from .app import create_app
+from .archive import Archive
 from .joiner_agent import JoinerHop
 from .lifecycle_agent import LifecycleHop
 from .metrics_table import MetricsHop
@@ -59,7 +60,9 @@ class StreamWorker:
             test records them); the source topics are still read by the app's Kafka consumer.
     """
 
-    def __init__(self, settings: Settings, *, outputs: OutputSink | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, outputs: OutputSink | None = None, archive: Archive | None = None
+    ) -> None:
         source_topics = [settings.topic(t.name) for t in (SPANS, REWARDS, ROLLOUT_EVENTS)]
         self.app = app = create_app(settings, guarded_topics=source_topics, outputs=outputs)
         register_codecs(settings)
@@ -69,9 +72,9 @@ class StreamWorker:
             app.outputs, settings.topic(DEAD_LETTER.name), settings.streams.app_id, stats
         )
 
-        self.metrics = MetricsHop(app, serdes, stats)
+        self.metrics = MetricsHop(app, serdes, stats, archive)
         self.lifecycle = LifecycleHop(app, serdes, stats, dead_letters, self.metrics)
-        self.joiner = JoinerHop(app, serdes, stats, dead_letters, self.lifecycle)
+        self.joiner = JoinerHop(app, serdes, stats, dead_letters, self.lifecycle, archive)
         self.write_status = app.timer(1.0)(self._write_status)
         self.warm_outputs = app.task(self._warm_outputs)
         self.publish_schemas = app.task(self._publish_schemas)
@@ -116,6 +119,8 @@ class StreamWorker:
             )
 
 
-def build_worker(settings: Settings, *, outputs: OutputSink | None = None) -> StreamWorker:
+def build_worker(
+    settings: Settings, *, outputs: OutputSink | None = None, archive: Archive | None = None
+) -> StreamWorker:
     """A stream worker for ``settings`` (resolved: bootstrap servers set); see :class:`StreamWorker`."""
-    return StreamWorker(settings, outputs=outputs)
+    return StreamWorker(settings, outputs=outputs, archive=archive)
