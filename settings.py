@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentstream.process.secrets import secret_path
 from agentstream.process.status import StackState
 
 
@@ -62,6 +63,11 @@ class SdkSettings(BaseModel):
     compression: Literal["none", "lz4", "zstd", "gzip", "snappy"] = "lz4"
     delivery_timeout_ms: int = Field(10_000, ge=1_000, description="Per-record Kafka delivery timeout.")
     capture_content: bool = Field(True, description="Record prompt and completion text of LLM calls.")
+    # Spool bound and PII redaction: see producers/spool_replay.py and producers/redaction.py.
+    spool_max_bytes: int = Field(1024**3, ge=0, description="Spool bound (0: none); full: newest dropped.")
+    redact: list[str] = Field(["email", "phone", "card"], description="PII redacted from content; [] off.")
+    redact_recognizers: list[str] = Field([], description="More recognisers: 'module:name' import paths.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Opt-in SDK /metrics; 0: any port.")
 
 
 class SinkSettings(BaseModel):
@@ -89,10 +95,37 @@ class SinkSettings(BaseModel):
         description="How long a jump over offsets is re-read before it is accepted as a real gap "
         "(transaction markers); 0 accepts gaps at once.",
     )
+    lag_check_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often each partition's lag is checked; a partition with records waiting that "
+        "nothing reads for two checks is logged as stalled and resumed. 0 turns the checks off.",
+    )
     retry_initial_seconds: float = Field(0.2, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    query_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a query through the sink's query endpoint may run (max_execution_time); "
+        "the client then gets TIMEOUT_EXCEEDED.",
+    )
+    query_threads: int = Field(
+        4, ge=1, le=64, description="Queries the query endpoint runs at once, each on its own connection."
+    )
+    query_write_role: bool = Field(
+        True,
+        description="Serve a write role (its own credential) for `agentstream forget`, `migrate` and "
+        "dead-letter bookkeeping; False serves reads only.",
+    )
+    query_token_file: Path | None = Field(
+        None, description="Read credential of the query endpoint; default <data_dir>/secrets/query.token."
+    )
+    query_write_token_file: Path | None = Field(
+        None,
+        description="Write credential of the query endpoint; default <data_dir>/secrets/query-write.token.",
+    )
 
 
 class StreamSettings(BaseModel):
@@ -199,10 +232,32 @@ class DashboardSettings(BaseModel):
     port: int = Field(8321, ge=0, le=65535, description="0 picks a free port.")
     token: SecretStr | None = Field(
         None,
-        description="When set, every page and API route but /healthz needs `Authorization: Bearer <token>` "
-        "or the cookie set by visiting /?token=<token> (or the login form).",
+        description="The token every page and API route but /healthz and /readyz needs (`Authorization: "
+        "Bearer <token>`, or the login form / /?token=<token>, which start a session); unset: token_file's.",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="Where the token is kept when none is set: default <data_dir>/secrets/dashboard.token, "
+        "generated (0600) on first use. A stack hands its dashboard this path, never the token.",
     )
     refresh_seconds: float = Field(5.0, gt=0, description="How often live views (the A/B page) refetch.")
+    session_idle_seconds: float = Field(
+        12 * 3600.0, gt=0, description="A sign-in session unused this long expires."
+    )
+    session_max_seconds: float = Field(
+        7 * 86400.0, gt=0, description="A sign-in session expires this long after sign-in, used or not."
+    )
+    login_failures_per_client: int = Field(
+        5, ge=1, description="Wrong tokens one address may try per login_window_seconds before 429."
+    )
+    login_failures_total: int = Field(
+        50, ge=1, description="Wrong tokens from all addresses together per window before 429."
+    )
+    login_window_seconds: float = Field(60.0, gt=0, description="The window of the sign-in limits.")
+
+    def token_path(self, data_dir: Path) -> Path:
+        """Where the dashboard's token file is: ``token_file``, else ``<data_dir>/secrets/dashboard.token``."""
+        return self.token_file or secret_path(data_dir, "dashboard.token")
 
 
 class TrainerSettings(BaseModel):
@@ -234,6 +289,17 @@ class TrainerSettings(BaseModel):
     )
 
 
+class MetricsSettings(BaseModel):
+    """Every service process's /metrics (needs the metrics token), /healthz and /readyz (process/metrics.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port (Helm sets 9464).")
+    token_file: Path | None = Field(None, description="Default <data_dir>/secrets/metrics.token (made).")
+
+
 class ModelServerSettings(BaseModel):
     """The local model server (``agentstream serve-model``): an LLM resource's checkpoints behind an
     OpenAI-compatible API, on CPU (vLLM serves them on GPU, see ``serving/vllm.py``)."""
@@ -251,6 +317,26 @@ class ModelServerSettings(BaseModel):
     preload: bool = Field(True, description="Load a version as soon as the default label moves to it.")
     device: str = Field("cpu", description="torch device of the served models (cpu, cuda, cuda:1, ...).")
     max_tokens: int = Field(1024, ge=1, description="Cap on a request's max_tokens.")
+
+
+class RetentionSettings(BaseModel):
+    """How long ClickHouse keeps rows, in days, per kind of table; the sink applies it at start
+    (``sinks/retention.py``). ``None`` or 0 keeps rows forever: the default, so that nothing is lost
+    without someone choosing it. Kafka topics keep their own retention (``topics/catalogue.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events_days: int | None = Field(
+        None,
+        ge=0,
+        description="spans, rewards, rollout_events, rollout_states, dead_letters; None/0: forever.",
+    )
+    triplets_days: int | None = Field(None, ge=0, description="triplets; None/0: forever.")
+    decisions_days: int | None = Field(
+        None,
+        ge=0,
+        description="resource_versions, resource_labels, promotion_decisions, version_metrics; None/0: forever.",
+    )
 
 
 class Settings(BaseSettings):
@@ -285,6 +371,8 @@ class Settings(BaseSettings):
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     model_server: ModelServerSettings = Field(default_factory=ModelServerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -310,7 +398,10 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """``AGENTSTREAM_*`` variables that rebuild these settings in a child process."""
         env: dict[str, str] = {}
-        for name, value in self.model_dump(mode="json", exclude_none=True).items():
+        # Secrets never go to a child's environment (any process of the user reads /proc/<pid>/environ):
+        # the dashboard token reaches a stack's dashboard as its token_file (see Stack.start).
+        secret = {"dashboard": {"token"}}
+        for name, value in self.model_dump(mode="json", exclude_none=True, exclude=secret).items():
             key = f"AGENTSTREAM_{name.upper()}"
             if isinstance(value, dict) and name in (
                 "sdk",
@@ -321,14 +412,14 @@ class Settings(BaseSettings):
                 "dashboard",
                 "trainer",
                 "model_server",
+                "metrics",
+                "retention",
             ):
                 for sub, sub_value in value.items():
                     if sub_value is not None:
                         env[f"{key}__{sub.upper()}"] = _env_value(sub_value)
             else:
                 env[key] = _env_value(value)
-        if self.dashboard.token is not None:  # dumped masked above; a child process needs the real one
-            env["AGENTSTREAM_DASHBOARD__TOKEN"] = self.dashboard.token.get_secret_value()
         return env
 
     # ---- the running stack ---------------------------------------------------------------------

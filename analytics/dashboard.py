@@ -16,6 +16,8 @@ templates in ``dashboard_render``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,16 +37,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agentstream.process.http import BackgroundServer, http_url
+from agentstream.process.metrics import start_ops_server
 from agentstream.process.ports import listening_socket
 from agentstream.process.status import PidStatus
 from agentstream.settings import Settings
 
-from .dashboard_auth import COOKIE, SecurityHeaders, TokenAuth, local_path
+from .dashboard_auth import COOKIE, Guard, SameOrigin, SecurityHeaders, TokenAuth, dashboard_token
 from .dashboard_clickhouse import ClickHouse, Unavailable, open_client
 from .dashboard_views import Dashboard
 from .queries import NotFound
 
 __all__ = ["COOKIE", "DashboardState", "bind", "create_app", "serve", "url_of"]
+
+logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 STATE_FILE = "dashboard.json"
@@ -52,13 +58,23 @@ STATE_FILE = "dashboard.json"
 def create_app(settings: Settings, client_factory: Callable[[], Any] | None = None) -> Starlette:
     """The dashboard as an ASGI app.
 
+    Every route but /healthz, /readyz, /login, /logout and the static files needs the token (see
+    :mod:`.dashboard_auth`: on loopback too): ``settings.dashboard.token``, else the token file's,
+    generated on first use.
+
     Args:
-        settings: ``settings.dashboard`` (token, refresh) and where ClickHouse is.
+        settings: ``settings.dashboard`` (token or token file, sessions, refresh) and where
+            ClickHouse is.
         client_factory: returns a clickhouse-connect client; default :func:`open_client`. Called
             lazily, and again after a connection failure.
     """
     clickhouse = ClickHouse(client_factory or (lambda: open_client(settings)))
     dashboard = Dashboard(settings, clickhouse)
+
+    def login_page(request: Request, target: str, failed: bool, status: int) -> Response:
+        return dashboard.page(request, "login.html", {"next": target, "failed": failed}, status)
+
+    guard = Guard(dashboard_token(settings), settings.dashboard, login_page)
     routes = [
         Route("/", dashboard.rollouts_page),
         Route("/rollouts", dashboard.rollouts_page),
@@ -66,6 +82,7 @@ def create_app(settings: Settings, client_factory: Callable[[], Any] | None = No
         Route("/resources", dashboard.resources_page),
         Route("/resources/{name}", dashboard.resource_page),
         Route("/ab", dashboard.ab_page),
+        Route("/dead-letters", dashboard.dead_letters_page),
         Route("/api/rollouts", dashboard.rollouts_page),
         Route("/api/rollouts/{rollout_id}", dashboard.rollout_page),
         Route("/api/resources", dashboard.resources_page),
@@ -73,9 +90,10 @@ def create_app(settings: Settings, client_factory: Callable[[], Any] | None = No
         Route("/api/resources/{name}/diff", dashboard.diff_api),
         Route("/api/ab", dashboard.ab_page),
         Route("/api/ab/series", dashboard.ab_series),
+        Route("/api/dead-letters", dashboard.dead_letters_page),
         Route("/healthz", dashboard.healthz),
-        Route("/login", dashboard.login, methods=["GET", "POST"]),
-        Route("/logout", dashboard.logout),
+        Route("/login", guard.login, methods=["GET", "POST"]),
+        Route("/logout", guard.logout, methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     handlers: dict[Any, Any] = {
@@ -94,14 +112,8 @@ def create_app(settings: Settings, client_factory: Callable[[], Any] | None = No
             clickhouse.close()
 
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    token = settings.dashboard.token
-    if token is not None:
-
-        def login_page(request: Request) -> Response:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return dashboard.page(request, "login.html", {"next": local_path(target), "failed": False}, 401)
-
-        app.add_middleware(TokenAuth, token=token.get_secret_value(), login_page=login_page)
+    app.add_middleware(TokenAuth, guard=guard)
+    app.add_middleware(SameOrigin)  # outside the sign-in check: a cross-site POST /login is refused too
     app.add_middleware(SecurityHeaders)
     app.state.dashboard = dashboard
     return app
@@ -141,8 +153,21 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> None:
     """Serve the dashboard on ``settings.dashboard.host:port`` until SIGINT/SIGTERM."""
+    dashboard_token(settings)  # made now, so that the file exists when the URL is announced
     sock = bind(settings.dashboard.host, settings.dashboard.port)
     url = url_of(sock)
+    if settings.dashboard.token is not None:
+        logger.info("The dashboard requires the token set in dashboard.token")
+    else:  # where the token is, never the token itself
+        logger.info(
+            "The dashboard requires the token in %s", settings.dashboard.token_path(settings.data_dir)
+        )
+    if not _loopback(settings.dashboard.host):
+        logger.warning(
+            "The dashboard listens on %s over plain HTTP: serve it behind TLS (a reverse proxy or Ingress) "
+            "so that the token and session cookie do not cross the network in clear",
+            settings.dashboard.host,
+        )
     state = DashboardState(pid=os.getpid(), url=url)
     state.save(settings.data_dir)
     server = BackgroundServer(create_app(settings), sock, name="dashboard", lifespan="on")
@@ -153,9 +178,23 @@ def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> Non
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ops = start_ops_server(
+        settings.metrics, settings.data_dir, component="dashboard", registry=CollectorRegistry()
+    )
     try:
         server.run()
     finally:
+        if ops is not None:
+            ops.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         state.withdraw(settings.data_dir)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -16,6 +16,8 @@ from rich.logging import RichHandler
 
 from agentstream.cli import analytics, demo, serve, stack, tasks, train
 from agentstream.cli.context import err_console, state
+from agentstream.cli.dead_letters import dead_letters_app
+from agentstream.cli.forget import forget
 from agentstream.cli.resources import resources_app
 from agentstream.cli.topics import topics_app
 from agentstream.settings import Settings
@@ -73,7 +75,9 @@ for command in (
     stack.promoter,
     stack.migrate,
     stack.up,
+    stack.status,
     analytics.sql,
+    forget,
     demo.demo,
     tasks.runner,
     train.apo,
@@ -86,6 +90,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(resources_app, name="resources")
 app.add_typer(analytics.export_app, name="export")
+app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(train.train_app, name="train")
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from agentstream.cli.context import console, err_console, resolved_settings, state, stop_event
 
-__all__ = ["broker", "migrate", "promoter", "sink", "up", "worker"]
+__all__ = ["broker", "migrate", "promoter", "sink", "status", "up", "worker"]
 
 
 def broker(
@@ -46,9 +46,11 @@ def worker(
 
     Start several: workers of the same app id share the partitions.
     """
+    from agentstream.sinks.archive import ClickHouseArchive
     from agentstream.streams.service import run_worker
 
-    run_worker(resolved_settings(), loglevel=loglevel.upper())
+    settings = resolved_settings()
+    run_worker(settings, loglevel=loglevel.upper(), archive=ClickHouseArchive.for_settings(settings))
 
 
 def promoter() -> None:
@@ -63,7 +65,7 @@ def migrate() -> None:
     from agentstream.clickhouse.connect import connect
     from agentstream.sinks.migrations import migrate as apply
 
-    client = connect(state.settings)
+    client = connect(state.settings, write=True)
     applied = apply(client)
     console.print(
         f"{len(applied)} migration(s) applied: {', '.join(f'{m.version:04d}_{m.name}' for m in applied) or 'none pending'}"
@@ -85,6 +87,8 @@ def up() -> None:
     console.print(
         f"Kafka: [bold]{stack.bootstrap_servers}[/]   data: {state.settings.data_dir}   Ctrl-C to stop"
     )
+    token_file = state.settings.dashboard.token_path(state.settings.data_dir)  # the path, never the token
+    console.print(f"Dashboard sign-in token: in {token_file}", markup=False, highlight=False)
     try:
         with Live(_status_table(stack), console=console, refresh_per_second=2) as live:
             while not stop.wait(1.0):
@@ -93,6 +97,25 @@ def up() -> None:
         with console.status("Stopping (the sink flushes first)..."):
             stack.stop()
     console.print("Stopped.")
+
+
+def status(
+    partitions: Annotated[bool, typer.Option("--partitions", help="Lag per partition too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Health and readiness of each running member, consumer lag per group, and sink freshness."""
+    import json
+
+    from agentstream.cli.ops_status import gather, tables
+
+    report = gather(state.settings)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))  # plain: rich would wrap long lines
+        return
+    for table in tables(report, partitions):
+        console.print(table)
+    for error in report["errors"]:
+        err_console.print(f"[yellow]{error}[/]")
 
 
 def _status_table(stack: Any) -> Table:

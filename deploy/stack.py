@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentstream.clickhouse.credentials import ensure_credentials
 from agentstream.process.lifecycle import terminate
+from agentstream.process.secrets import private_dir
 from agentstream.process.status import StackState
 from agentstream.process.status import read_status as worker_status
 from agentstream.settings import Settings
@@ -55,7 +57,8 @@ class ChildProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # 0600: a member's log may quote the data it handled
+        self._log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "agentstream.cli", *self.args],
             env=self.env,
@@ -63,6 +66,7 @@ class ChildProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
+            umask=0o077,  # what members create (chDB, spools, status files) is the user's alone
         )
         self.status.pid = self._process.pid
         self.status.state = "running"
@@ -151,7 +155,12 @@ class Stack:
             raise RuntimeError(
                 f"a stack already runs for {self.data_dir} (pid {existing.pid}); stop it first"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The data dir holds every prompt and the secrets: the user's alone, whatever existed before.
+        private_dir(self.data_dir)
+        private_dir(self.logs)
+        os.umask(0o077)  # the supervisor's own files (stack state, broker log) too
+        if self._want_sink:
+            ensure_credentials(self.settings)  # the query endpoint's, before any member needs them
         if not self.settings.bootstrap_servers:
             self.broker = EmbeddedBroker(self.settings.broker_port, log_path=self.logs / "kafka.log").start()
             self.broker_status.state, self.broker_status.pid = "running", self.broker.pid
@@ -165,6 +174,10 @@ class Stack:
         self._state.save(self.data_dir)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
         env = {**inherited, **self.resolved_settings().to_env()}
+        if self._want_dashboard:  # the dashboard's token by file (0600), never in the environment
+            from agentstream.analytics.dashboard_auth import token_file_env
+
+            env.update(token_file_env(self.settings))
         if self._want_sink:
             self.children.append(ChildProcess("sink", ["sink"], env, self.logs / "sink.log"))
         for index in range(self._workers):
