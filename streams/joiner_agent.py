@@ -204,7 +204,7 @@ class JoinerHop:
         added = False
         for call, content in self.archive.calls_of(join.rollout_id) or ():
             if join.add_call(call):
-                locations[call.span_id] = ARCHIVED
+                locations[call.span_id] = list(ARCHIVED)
                 self.calls.put(call.span_id, content)
                 added = True
         return added

@@ -174,8 +174,9 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
 ) -> None:
     rollout = Rollout(client, rollout_id="r-join", attempt_id="r-join#1")
     # the reward arrives (twice: a duplicate delivery) before the calls it rewards; its timestamp is
-    # after both calls end
-    reward_time = int(time.time() * 1e6) + 2_000_000
+    # after both calls end. Far enough ahead that a slow flush on a busy machine cannot make the
+    # second call end after it (with +2 s it did, and the reward went to the first call).
+    reward_time = int(time.time() * 1e6) + 8_000_000
     for _ in range(2):
         client._worker.submit(
             (
@@ -224,6 +225,8 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
     assert triplet["feedback"] == "valid arguments" and triplet["credit_assignment"] == "first_occurrence"
 
     # a late business reward explicitly on the first call: a new triplet; one on the second: version 2
+    # (both stamped after the first reward, whose feedback therefore comes first)
+    time.sleep(max(0.0, reward_time / 1e6 - time.time()) + 0.1)
     client.emit_reward(0.5, rollout_id="r-join", span_id=first, source="business_event", name="resolved")
     client.emit_reward(
         -1.0, rollout_id="r-join", span_id=second, source="human", name="rating", feedback="rude"
