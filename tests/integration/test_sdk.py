@@ -190,14 +190,14 @@ def test_unreachable_broker_spools_and_replays_in_order(tmp_path: Path) -> None:
     )
     client = AgentStream(settings)
     try:
-        slowest = 0.0
+        started = time.monotonic()
         with client.rollout("offline") as rollout:
             for i in range(300):
-                started = time.perf_counter()
                 with client.span(f"step-{i:03d}"):
                     pass
-                slowest = max(slowest, time.perf_counter() - started)
-        assert slowest < 0.005
+        # An emit that waited for the broker would wait a whole delivery timeout (10 s) at least once;
+        # how long one emit takes is a figure of benchmarks/ingest.py, not an assertion here.
+        assert time.monotonic() - started < settings.sdk.delivery_timeout_ms / 1000
         time.sleep(1.5)
         assert client.stats.spooled >= 300 and not client.flush(0.2)
         assert any(settings.spool_dir.rglob("*.seg"))
