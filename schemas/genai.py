@@ -48,6 +48,16 @@ TRUNCATED = "agentstream.truncated"
 TRUNCATED_KEYS = "agentstream.truncated_keys"
 MESSAGE_BODY = "agentstream.message.body"
 TASK_INPUT = "agentstream.task.input"
+#: bool: this LLM call judges (a reward or evaluation): recorded, but no credit and no training data
+JUDGE = "agentstream.judge"
+#: str: the attribute dialect the OTLP normaliser recognised a span by (see producers/otlp/dialects.py)
+DIALECT = "agentstream.dialect"
+#: str: why a span that looks like an LLM call gave no call (no messages, unknown dialect, ...)
+NO_CALL_REASON = "agentstream.no_call_reason"
+#: str: the reward dimension a reward span or evaluation stands for (several per rollout are kept by name)
+REWARD_NAME = "agentstream.reward.name"
+#: operation names of evaluations (LLM calls inside them are judge calls)
+OPERATION_EVALUATE = "evaluate"
 
 OPERATION_CHAT = "chat"
 OPERATION_EXECUTE_TOOL = "execute_tool"
