@@ -150,6 +150,7 @@ class TripletExport:
             inner.append("created_at <= {until:" + _TIME + "}")
             parameters["until"] = config.until
         outer = [f"({RESPONSE_TEXT}) != ''"]  # a failed call's triplet has nothing to learn from
+        outer.append("NOT retracted")  # withdrawn: a judge call or a duplicate capture
         if config.min_reward is not None:
             outer.append("reward >= {min_reward:Float64}")
             parameters["min_reward"] = config.min_reward

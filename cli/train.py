@@ -132,6 +132,9 @@ def apo(
     branch_factor: Annotated[int, typer.Option(min=1)] = 2,
     demos: Annotated[int, typer.Option(min=0, help="Demonstrations per bootstrapped candidate.")] = 8,
     demo_min_reward: Annotated[float, typer.Option(help="Triplet reward a demonstration needs.")] = 1.0,
+    reward_of: Annotated[
+        str, typer.Option(help="Ranking reward: sum (of the dimensions), primary, or a dimension name.")
+    ] = "sum",
     task_type: Annotated[str, typer.Option(help="Task type of the validation rollouts.")] = "",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -159,6 +162,7 @@ def apo(
         branch_factor=branch_factor,
         demos=demos,
         demo_min_reward=demo_min_reward,
+        reward_of=reward_of,
         optimizer_model=optimizer_model,
         optimizer_api=optimizer_api,
         seed=seed,

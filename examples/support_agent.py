@@ -43,8 +43,9 @@ from agentstream.schemas import genai
 from .tickets import QUEUES
 
 PROMPT_RESOURCE = "support-prompt"
-#: A call's rewards add up (first-occurrence credit): routed right and resolved is 1.0 + 1.0. Only
-#: such calls are good demonstrations; a wrong call the customer resolved anyway sums to 1.0 or 1.5.
+#: A call's reward dimensions ("routing", then the business "resolution") add up in APO's ranking
+#: (``APOConfig.reward_of="sum"``): routed right and resolved is 1.0 + 1.0. Only such calls are good
+#: demonstrations; a wrong call the customer resolved anyway sums to 1.0 or 1.5.
 DEMO_MIN_REWARD = 2.0
 PRIORITIES = ("low", "normal", "high")
 

@@ -22,7 +22,13 @@ class Triplet(AvroRecord):
     response_token_ids: list[int] = Field(default_factory=list)
     #: sampling log-probability of each response token (float32 on the wire); empty when unknown
     response_logprobs: list[float] = Field(default_factory=list)
+    #: the primary reward dimension's credited value (see :mod:`agentstream.streams.credit`); ``None``
+    #: until credit arrives, and on a retraction
     reward: float | None = None
+    #: credited value per reward dimension (reward name)
+    reward_dimensions: dict[str, float] = Field(default_factory=dict)
+    #: this version withdraws the triplet (a judge call, a duplicate, or credit lost): never training data
+    retracted: bool = False
     feedback: str | None = None
     credit_assignment: str = ""
     resource_name: str = ""

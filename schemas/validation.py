@@ -203,6 +203,7 @@ RULES: dict[str, RecordRules] = {
         RecordRules(
             "triplet",
             _finite("reward")
+            + (Rule("reward_dimensions", "finite", each="map"),)
             + _times("created_at", "emitted_at")
             + (Rule("response_logprobs", "not_nan", each="array"),),
         ),

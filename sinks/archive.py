@@ -19,7 +19,7 @@ from agentstream.settings import Settings
 
 #: an LLM call's span with the fields a decoded span record has (see streams/calls.py)
 _LLM_SPANS = """
-SELECT span_id, attempt_id, sequence_id,
+SELECT span_id, parent_span_id, attempt_id, sequence_id, bool_attributes,
        toUnixTimestamp64Micro(start_time) AS start_time, toUnixTimestamp64Micro(end_time) AS end_time,
        attributes, prompt_token_ids, response_token_ids, response_logprobs, resource_name, resource_version
 FROM spans FINAL

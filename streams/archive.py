@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from agentstream.schemas import RolloutState, genai
+from agentstream.schemas import RolloutState
 
 from . import metrics as version_metrics
 from .calls import call_content
 from .credit import LlmCall
+from .join import llm_call_of
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class Archive(Protocol):
     """What the sink stored, by the questions a worker asks; every method may raise."""
 
     def llm_spans(self, rollout_id: str) -> list[dict[str, Any]]:
-        """The rollout's LLM-call spans, as dicts with the fields of a decoded span record."""
+        """The rollout's LLM-call spans, as dicts with the fields of a decoded span record (``rollout_id``,
+        ``parent_span_id`` and ``bool_attributes`` may be left out)."""
         ...
 
     def stored_revision(self, name: str, version: str, window_start_us: int, partition: int) -> int:
@@ -84,22 +86,16 @@ class CallArchive:
         spans = self._asker.ask(archive.llm_spans, rollout_id, what=f"the calls of rollout {rollout_id}")
         if spans is None:
             return None
-        found = [(_call_of(span), call_content(span)) for span in spans]
+        # another rollout's span (span ids are unique per trace only) must never lend its content
+        found = [
+            (llm_call_of(span), call_content(span))
+            for span in spans
+            if span.get("rollout_id", rollout_id) == rollout_id
+        ]
         self.calls_found += len(found)
         if found:
             logger.info("Joiner: rollout %s: %d calls read back from ClickHouse", rollout_id, len(found))
         return found
-
-
-def _call_of(span: dict[str, Any]) -> LlmCall:
-    return LlmCall(
-        span_id=span["span_id"],
-        attempt_id=span["attempt_id"],
-        sequence_id=span["sequence_id"],
-        start_us=span["start_time"],
-        end_us=span["end_time"],
-        response_id=span["attributes"].get(genai.RESPONSE_ID),
-    )
 
 
 class MetricsRecount:

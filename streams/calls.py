@@ -5,6 +5,10 @@ therefore remembers only *where* a call's span is (partition, offset) in its tab
 content of recent calls in a bounded in-memory cache, and re-reads a span from Kafka on a cache miss
 (after a restart, or for a reward much later than its call). This keeps the changelog small (no
 prompt or token ids in it) and memory bounded.
+
+Calls are keyed by ``(rollout_id, span_id)`` everywhere: span ids are unique per trace only, and
+spans imported or received over OTLP from other systems do share them across rollouts (a cache keyed
+by span id alone put one rollout's prompt into another's triplet).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from agentstream.schemas import genai
+from agentstream.schemas import CreditAssignment, RolloutState, Triplet, genai
+from agentstream.settings import StreamSettings
+
+from .join import TripletUpdate
 
 
 def call_content(span: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,8 +44,12 @@ def call_content(span: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: a call's key in the cache: (rollout id, span id)
+CallKey = tuple[str, str]
+
+
 class CallContentStore:
-    """LRU cache of call contents by span id, backed by the spans topic.
+    """LRU cache of call contents by ``(rollout_id, span_id)``, backed by the spans topic.
 
     Args:
         consumer_config: librdkafka settings for the re-reading consumer (no group is joined).
@@ -63,28 +74,33 @@ class CallContentStore:
         self._topic = topic
         self._decode = decode
         self._capacity = capacity
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[CallKey, dict[str, Any]] = OrderedDict()
         self._consumer: Consumer | None = None
         self._lock = threading.Lock()
         self.rereads = 0
 
-    def put(self, span_id: str, content: dict[str, Any]) -> None:
+    def put(self, rollout_id: str, span_id: str, content: dict[str, Any]) -> None:
+        """Keep the content of the call ``span_id`` of rollout ``rollout_id``."""
         cache = self._cache
-        cache[span_id] = content
-        cache.move_to_end(span_id)
+        key = (rollout_id, span_id)
+        cache[key] = content
+        cache.move_to_end(key)
         while len(cache) > self._capacity:
             cache.popitem(last=False)
 
-    def cached(self, span_id: str) -> dict[str, Any] | None:
-        content = self._cache.get(span_id)
+    def cached(self, rollout_id: str, span_id: str) -> dict[str, Any] | None:
+        """The kept content of the call ``span_id`` of rollout ``rollout_id``, if still in memory."""
+        key = (rollout_id, span_id)
+        content = self._cache.get(key)
         if content is not None:
-            self._cache.move_to_end(span_id)
+            self._cache.move_to_end(key)
         return content
 
     def fetch(
-        self, wanted: Mapping[str, tuple[int, int]], timeout: float = 10.0
+        self, rollout_id: str, wanted: Mapping[str, tuple[int, int]], timeout: float = 10.0
     ) -> dict[str, dict[str, Any]]:
-        """Re-read spans (span id -> (partition, offset)) from Kafka in one pass per partition.
+        """Re-read calls of rollout ``rollout_id`` (span id -> (partition, offset)) from Kafka in one
+        pass per partition; a record at that offset that is another rollout's span is not taken.
 
         Blocking: call it from an executor. Spans not found within ``timeout`` are left out.
         """
@@ -117,9 +133,9 @@ class CallContentStore:
                         wanted_id = offsets.pop(offset, None)
                         if wanted_id is not None:
                             span = self._decode(message.value())
-                            if span["span_id"] == wanted_id:
+                            if span["span_id"] == wanted_id and span["rollout_id"] == rollout_id:
                                 content = call_content(span)
-                                self.put(wanted_id, content)
+                                self.put(rollout_id, wanted_id, content)
                                 found[wanted_id] = content
                                 self.rereads += 1
                         if not offsets:
@@ -133,3 +149,56 @@ class CallContentStore:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+
+
+def strategy_for(state: RolloutState | None, streams: StreamSettings) -> tuple[str, float]:
+    """The credit assignment and discount of a rollout, chosen as the live joiner chooses them: its
+    own config's, else the settings' for its task type, else the defaults."""
+    config = state.config if state is not None else None
+    if config is not None and config.credit_assignment:
+        strategy = CreditAssignment(config.credit_assignment).value
+    else:
+        task_type = state.task_type if state is not None else ""
+        strategy = streams.credit_assignment.get(task_type, streams.default_credit_assignment)
+    discount = config.discount if config is not None and config.discount else streams.discount
+    return CreditAssignment(strategy).value, discount
+
+
+def triplet_from_update(
+    rollout_id: str,
+    update: TripletUpdate,
+    content: Mapping[str, Any],
+    *,
+    strategy: str,
+    task_type: str,
+    mode: str,
+    emitted_at: int,
+) -> Triplet:
+    """The triplet of one joiner update: the call's content (:func:`.calls.call_content`), its credit
+    (``None``: reward and feedback null), and the rollout's strategy, task type and mode."""
+    credit = update.credit
+    return Triplet(
+        triplet_id=update.triplet_id,
+        version=update.version,
+        rollout_id=rollout_id,
+        attempt_id=update.attempt_id,
+        span_id=update.span_id,
+        step=update.step,
+        prompt_messages=content["prompt"],
+        prompt_token_ids=content["prompt_ids"],
+        response=content["response"],
+        response_token_ids=content["response_ids"],
+        response_logprobs=content["response_logprobs"],
+        reward=credit.reward if credit is not None else None,
+        reward_dimensions=credit.by_dimension if credit is not None else {},
+        retracted=update.retracted,
+        feedback=credit.feedback if credit is not None else None,
+        credit_assignment=strategy,
+        resource_name=content["resource_name"],
+        resource_version=content["resource_version"],
+        mode=mode,
+        task_type=task_type,
+        model=content["model"],
+        created_at=content["created_at"],
+        emitted_at=emitted_at,
+    )

@@ -40,12 +40,25 @@ Explicit targets (every strategy)
     The final reward as above; the call at turn ``k`` of ``n`` (0-based) gets
     ``value * discount ** (n - 1 - k)``: the last call gets the full value.
 
+Reward dimensions
+    Rewards are grouped by ``name`` (a *dimension*: correctness, format, ...) and every rule above
+    (explicit targets included) is applied to each dimension on its own, so two dimensions never
+    add up, and one dimension's reward never takes a call from another's. The rollout's *primary*
+    dimension is the one named ``"reward"`` (the SDK's default name) if any of its rewards has that
+    name, else the name of its first reward in reward order (event time, never arrival order): the
+    main judgement usually comes first (a rule at the end of the run; Agent Lightning's primary key is
+    its first dimension) and later ones (a business outcome, a human rating) are extra dimensions, so
+    the scalar does not change when they arrive. Only a reward stamped earlier than every known one
+    (a late reward from the past) can change the primary dimension.
+
 Combining
-    A call's reward is the sum of its shares (rewards are additive returns), added left to right
+    Within a dimension a call's value is the sum of its shares (rewards are additive returns), added left to right
     in reward order starting from the first share, so results are bit-identical for any input
-    order; nothing is rounded. Its feedback is the non-empty feedback texts of those rewards joined
-    with ``"\\n"`` in reward order (``None`` if there are none); ``reward_ids`` are the contributing
-    reward ids, sorted. Calls that got no share are absent from the result.
+    order; nothing is rounded. A call's ``dimensions`` are its value per dimension it got a share
+    of; its scalar ``reward`` is the primary dimension's value (``None`` when the call got shares of
+    other dimensions only). Its feedback is the non-empty feedback texts of all its rewards (every
+    dimension) joined with ``"\\n"`` in reward order (``None`` if there are none); ``reward_ids`` are
+    the contributing reward ids, sorted. Calls that got no share are absent from the result.
 """
 
 from __future__ import annotations
@@ -66,6 +79,7 @@ __all__ = [
     "canonical",
     "group_turns",
     "parse_strategy",
+    "primary_dimension",
     "reward_order",
     "turn_order",
 ]
@@ -81,6 +95,10 @@ class LlmCall:
     start_us: int
     end_us: int
     response_id: str | None = None
+    #: the span's parent, to find out whether the call runs inside an evaluation (see ``.join``)
+    parent_span_id: str | None = None
+    #: the span itself says it is a judge call (``gen_ai`` attribute ``agentstream.judge``)
+    judge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +124,31 @@ class RewardEvent:
 
 @dataclass(frozen=True, slots=True)
 class Credit:
-    """What one call is credited with."""
+    """What one call is credited with: ``reward`` is the primary dimension's value (``None`` when the
+    call was credited in other dimensions only), ``dimensions`` every dimension's, sorted by name."""
 
-    reward: float
+    reward: float | None
     feedback: str | None
     reward_ids: tuple[str, ...]  # sorted ids of the rewards that contributed
+    dimensions: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def by_dimension(self) -> dict[str, float]:
+        """``dimensions`` as a dict (what the triplet's ``reward_dimensions`` holds)."""
+        return dict(self.dimensions)
+
+
+def primary_dimension(rewards: Iterable[RewardEvent]) -> str | None:
+    """The primary reward dimension of ``rewards``: ``"reward"`` if one has that name, else the name
+    of the first in reward order; ``None`` for no rewards. Independent of arrival order (see the
+    module docstring)."""
+    first: RewardEvent | None = None
+    for reward in rewards:
+        if reward.name == "reward":
+            return "reward"
+        if first is None or reward_order(reward) < reward_order(first):
+            first = reward
+    return first.name if first is not None else None
 
 
 def parse_strategy(strategy: CreditAssignment | str) -> CreditAssignment:
@@ -190,24 +228,35 @@ def assign_credit(
                 if held is None or turn_order(call) < turn_order(held):
                     by_response[call.response_id] = call
 
-    shares: _Shares = defaultdict(list)
-    scoped: dict[str, list[RewardEvent]] = defaultdict(list)  # attempt -> rewards in reward order
-    for reward in ordered_rewards:
-        if reward.is_explicit:
-            target = (by_span.get(reward.span_id) if reward.span_id else None) or (
-                by_response.get(reward.response_id) if reward.response_id else None
-            )
-            if target is not None:
-                shares[target.span_id].append((reward, reward.value))
-            continue
-        attempt = reward.attempt_id or latest_attempt
-        if attempt is not None and attempt in turns:
-            scoped[attempt].append(reward)
-
     strategy_fn = _STRATEGIES[mode]
-    for attempt in sorted(scoped):
-        strategy_fn(turns[attempt], scoped[attempt], shares, discount)
-    return {span_id: _combine(parts) for span_id, parts in sorted(shares.items())}
+    by_dimension: dict[str, _Shares] = {}
+    for name in sorted({reward.name for reward in ordered_rewards}):
+        shares: _Shares = defaultdict(list)
+        scoped: dict[str, list[RewardEvent]] = defaultdict(list)  # attempt -> rewards in reward order
+        for reward in ordered_rewards:
+            if reward.name != name:
+                continue
+            if reward.is_explicit:
+                target = (by_span.get(reward.span_id) if reward.span_id else None) or (
+                    by_response.get(reward.response_id) if reward.response_id else None
+                )
+                if target is not None:
+                    shares[target.span_id].append((reward, reward.value))
+                continue
+            attempt = reward.attempt_id or latest_attempt
+            if attempt is not None and attempt in turns:
+                scoped[attempt].append(reward)
+        for attempt in sorted(scoped):
+            strategy_fn(turns[attempt], scoped[attempt], shares, discount)
+        by_dimension[name] = shares
+    primary = primary_dimension(ordered_rewards)
+    credited = sorted({span_id for shares in by_dimension.values() for span_id in shares})
+    return {
+        span_id: _combine(
+            {name: shares[span_id] for name, shares in by_dimension.items() if span_id in shares}, primary
+        )
+        for span_id in credited
+    }
 
 
 def _first_occurrence(
@@ -247,15 +296,24 @@ _STRATEGIES: dict[CreditAssignment, Callable[[list[LlmCall], list[RewardEvent], 
 }
 
 
-def _combine(parts: list[_Share]) -> Credit:
+def _combine(by_dimension: dict[str, list[_Share]], primary: str | None) -> Credit:
+    values = {name: _total(parts) for name, parts in sorted(by_dimension.items())}
+    every = sorted(
+        (part for parts in by_dimension.values() for part in parts), key=lambda p: reward_order(p[0])
+    )
+    feedback = [reward.feedback for reward, _ in every if reward.feedback]
+    return Credit(
+        reward=values.get(primary) if primary is not None else None,
+        feedback="\n".join(feedback) if feedback else None,
+        reward_ids=tuple(sorted({reward.reward_id for reward, _ in every})),
+        dimensions=tuple(values.items()),
+    )
+
+
+def _total(parts: list[_Share]) -> float:
     parts = sorted(parts, key=lambda part: reward_order(part[0]))
     # Start from the first share rather than 0.0 so a single share keeps its exact bits (-0.0 too).
     total = parts[0][1]
     for _, amount in parts[1:]:
         total += amount
-    feedback = [reward.feedback for reward, _ in parts if reward.feedback]
-    return Credit(
-        reward=total,
-        feedback="\n".join(feedback) if feedback else None,
-        reward_ids=tuple(sorted({reward.reward_id for reward, _ in parts})),
-    )
+    return total

@@ -4,7 +4,23 @@ The joiner feeds a rollout's LLM calls and rewards into its ``RolloutJoin`` in w
 arrive (duplicates included) and asks for ``changes()`` after each: credit is recomputed from the
 whole set of events with ``assign_credit`` and compared with what was last emitted per call, so
 every emitted triplet converges to the batch result. Each triplet id carries a version that grows
-by one per emitted change; a call that loses its credit is retracted (``credit=None``).
+by one per emitted change.
+
+Which calls give triplets (recomputed at every ``changes()``, so arrival order never matters):
+
+* a *judge* call (an LLM call that grades: its span says so with ``agentstream.judge``, or it runs
+  inside a reward / evaluation span, found through ``parent_span_id`` among the rollout's spans) gets
+  no credit and gives no triplet, unless ``train_on_judge_calls`` (then one with no reward). Of the
+  rollout's other spans only ``span id -> (parent id, is evaluation)`` is kept (``add_span_link``);
+* a *duplicate* (the same call captured twice, e.g. by nested instrumentations: the same
+  ``gen_ai.response.id`` in the rollout) counts once: the copy first in turn order
+  ``(end_us, sequence_id, span_id)``, which for nested captures is the innermost one (it ends
+  first, nearest the wire); the others give no triplet and no credit. The kept copy is a judge
+  call if any copy is;
+* every other call gives a triplet, with ``credit=None`` until credit arrives when
+  ``emit_uncredited`` (else only once credited). A triplet that stops being one (its call turned
+  out a judge call or a duplicate, or lost its credit without ``emit_uncredited``) is *retracted*:
+  a new version with ``retracted=True``, never training data.
 
 Only a fingerprint of each emitted triplet is kept, and ``to_dict``/``from_dict`` turn the state
 into JSON-able data and back exactly, so a restarted worker continues the version sequence.
@@ -14,16 +30,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agentstream.schemas import genai
 from agentstream.schemas.rollout_event import CreditAssignment
 
-from .credit import Credit, LlmCall, RewardEvent, assign_credit, group_turns, parse_strategy
+from .credit import Credit, LlmCall, RewardEvent, assign_credit, group_turns, parse_strategy, turn_order
 
-__all__ = ["RolloutJoin", "TripletUpdate", "triplet_id_for"]
+__all__ = [
+    "DUPLICATE",
+    "JUDGE",
+    "POLICY",
+    "RolloutJoin",
+    "TripletUpdate",
+    "is_evaluation_span",
+    "llm_call_of",
+    "triplet_id_for",
+]
 
-_FORMAT = 1
+_FORMAT = 2  # 1: before span links, options and retraction flags (still read)
+_READABLE = (1, 2)
+
+#: roles of a rollout's LLM calls (:meth:`RolloutJoin.call_roles`)
+POLICY = "policy"
+JUDGE = "judge"
+DUPLICATE = "duplicate"
+
+_TRUE = ("true", "True", "1")
 
 
 def triplet_id_for(rollout_id: str, span_id: str) -> str:
@@ -31,9 +66,40 @@ def triplet_id_for(rollout_id: str, span_id: str) -> str:
     return "tr-" + hashlib.sha1(f"{rollout_id}/{span_id}".encode()).hexdigest()[:24]
 
 
+def _says_judge(span: Mapping[str, Any]) -> bool:
+    attributes = span.get("attributes") or {}
+    flag = (span.get("bool_attributes") or {}).get(genai.JUDGE)
+    return flag is True or attributes.get(genai.JUDGE) in _TRUE
+
+
+def is_evaluation_span(span: Mapping[str, Any]) -> bool:
+    """Whether a decoded span record grades (a reward or evaluation operation, or a span marked as a
+    judge): the LLM calls below it are judge calls."""
+    attributes = span.get("attributes") or {}
+    return (
+        span.get("kind") == "reward"
+        or attributes.get(genai.OPERATION_NAME) == genai.OPERATION_EVALUATE
+        or _says_judge(span)
+    )
+
+
+def llm_call_of(span: Mapping[str, Any]) -> LlmCall:
+    """The ``LlmCall`` of a decoded LLM-call span record (what the joiner and the rejoin tool feed)."""
+    return LlmCall(
+        span_id=span["span_id"],
+        attempt_id=span["attempt_id"],
+        sequence_id=span["sequence_id"],
+        start_us=span["start_time"],
+        end_us=span["end_time"],
+        response_id=(span.get("attributes") or {}).get(genai.RESPONSE_ID) or None,
+        parent_span_id=span.get("parent_span_id") or None,
+        judge=is_evaluation_span(span),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TripletUpdate:
-    """A new version of one triplet: its credit now, or ``credit=None`` for a retraction."""
+    """A new version of one triplet: its credit now (``None``: no reward yet), or a retraction."""
 
     triplet_id: str
     span_id: str
@@ -41,23 +107,54 @@ class TripletUpdate:
     version: int
     step: int  # turn index of the call within its attempt
     credit: Credit | None
+    #: the call gives no triplet any more (a judge call, a duplicate, or credit lost): not training data
+    retracted: bool = False
 
 
-def _fingerprint(attempt_id: str, step: int, credit: Credit) -> str:
+def _fingerprint(attempt_id: str, step: int, credit: Credit | None) -> str:
     # repr() of the float keeps every bit, so any change of value re-emits.
-    content = [attempt_id, step, repr(credit.reward), credit.feedback, list(credit.reward_ids)]
+    content: list[Any] = [attempt_id, step]
+    if credit is not None:
+        content += [
+            repr(credit.reward),
+            credit.feedback,
+            list(credit.reward_ids),
+            [[name, repr(value)] for name, value in credit.dimensions],
+        ]
     return hashlib.blake2b(json.dumps(content).encode(), digest_size=12).hexdigest()
 
 
 class RolloutJoin:
-    """Per-rollout state of the triplet joiner: LLM calls and rewards seen so far, and what was emitted."""
+    """Per-rollout state of the triplet joiner: LLM calls, rewards and span links seen so far, and
+    what was emitted.
 
-    def __init__(self, rollout_id: str, strategy: CreditAssignment | str, discount: float = 0.9) -> None:
+    Args:
+        rollout_id: the rollout.
+        strategy: its credit assignment (see :mod:`.credit`).
+        discount: gamma of ``discounted``.
+        emit_uncredited: every call gives a triplet, ``credit=None`` until credit arrives (else only
+            credited calls do).
+        train_on_judge_calls: judge calls give triplets too (never credited).
+    """
+
+    def __init__(
+        self,
+        rollout_id: str,
+        strategy: CreditAssignment | str,
+        discount: float = 0.9,
+        *,
+        emit_uncredited: bool = True,
+        train_on_judge_calls: bool = False,
+    ) -> None:
         self.rollout_id = rollout_id
         self._strategy = parse_strategy(strategy)
         self._discount = _check_discount(discount)
+        self._emit_uncredited = emit_uncredited
+        self._train_on_judges = train_on_judge_calls
         self._calls: dict[str, LlmCall] = {}
         self._rewards: dict[str, RewardEvent] = {}
+        # span_id -> (parent span id or "", is evaluation) of the rollout's non-LLM spans
+        self._links: dict[str, tuple[str, bool]] = {}
         # span_id -> (last emitted version, fingerprint of its content or None once retracted)
         self._emitted: dict[str, tuple[int, str | None]] = {}
 
@@ -76,6 +173,12 @@ class RolloutJoin:
         """Record a reward; ``False`` if its ``reward_id`` was already known (same tie-break as calls)."""
         return _put(self._rewards, reward.reward_id, reward)
 
+    def add_span_link(self, span_id: str, parent_span_id: str | None, evaluation: bool) -> bool:
+        """Record a non-LLM span of the rollout: its parent, and whether it grades (a reward or
+        evaluation span, see :func:`is_evaluation_span`), so that the LLM calls below it are known as
+        judge calls whatever order the spans come in. ``False`` if nothing changed."""
+        return _put(self._links, span_id, (parent_span_id or "", bool(evaluation)))
+
     def set_strategy(self, strategy: CreditAssignment | str, discount: float | None = None) -> None:
         """Switch the credit assignment (e.g. once the task type is learned); ``discount=None`` keeps
         the current one. The next ``changes()`` re-emits whatever this changes."""
@@ -83,20 +186,31 @@ class RolloutJoin:
         if discount is not None:
             self._discount = _check_discount(discount)
 
+    def set_options(
+        self, *, emit_uncredited: bool | None = None, train_on_judge_calls: bool | None = None
+    ) -> None:
+        """Change which calls give triplets (``None`` keeps an option); the next ``changes()``
+        emits or retracts what this changes."""
+        if emit_uncredited is not None:
+            self._emit_uncredited = emit_uncredited
+        if train_on_judge_calls is not None:
+            self._train_on_judges = train_on_judge_calls
+
     # -- output ---------------------------------------------------------------------------------
 
     def changes(self) -> list[TripletUpdate]:
         """Updates for every triplet whose content changed since it was last emitted, ordered by
         ``(attempt_id, step, span_id)``; marks them emitted. ``[]`` if nothing changed."""
-        credits, steps = self._credits_and_steps()
+        credits, steps, all_steps = self._evaluate()
         updates: list[TripletUpdate] = []
-        for span_id in sorted(credits.keys() | self._emitted.keys()):
-            credit = credits.get(span_id)
+        for span_id in sorted(steps.keys() | self._emitted.keys()):
             version, last = self._emitted.get(span_id, (0, None))
             call = self._calls[span_id]
-            step = steps[span_id]
-            fingerprint = _fingerprint(call.attempt_id, step, credit) if credit is not None else None
-            if fingerprint == last:  # unchanged, or never credited / already retracted
+            credit = credits.get(span_id)
+            fingerprint = None
+            if span_id in steps and (credit is not None or self._emit_uncredited):
+                fingerprint = _fingerprint(call.attempt_id, steps[span_id], credit)
+            if fingerprint == last:  # unchanged, or never emitted / already retracted
                 continue
             self._emitted[span_id] = (version + 1, fingerprint)
             updates.append(
@@ -105,8 +219,9 @@ class RolloutJoin:
                     span_id=span_id,
                     attempt_id=call.attempt_id,
                     version=version + 1,
-                    step=step,
-                    credit=credit,
+                    step=steps.get(span_id, all_steps[span_id]),
+                    credit=credit if fingerprint is not None else None,
+                    retracted=fingerprint is None,
                 )
             )
         updates.sort(key=lambda u: (u.attempt_id, u.step, u.span_id))
@@ -118,33 +233,77 @@ class RolloutJoin:
         Re-sending these is how a worker makes good on outputs that a crash may have lost after
         its state was saved: the event is then a duplicate and ``changes()`` has nothing new.
         """
-        credits, steps = self._credits_and_steps()
+        credits, steps, all_steps = self._evaluate()
         out = []
         for span_id, (version, fingerprint) in sorted(self._emitted.items()):
             call = self._calls[span_id]
-            credit = credits.get(span_id) if fingerprint is not None else None
             out.append(
                 TripletUpdate(
                     triplet_id_for(self.rollout_id, span_id),
                     span_id,
                     call.attempt_id,
                     version,
-                    steps[span_id],
-                    credit,
+                    steps.get(span_id, all_steps[span_id]),
+                    credits.get(span_id) if fingerprint is not None else None,
+                    retracted=fingerprint is None,
                 )
             )
         return out
 
-    def _credits_and_steps(self) -> tuple[dict[str, Credit], dict[str, int]]:
-        credits = assign_credit(
-            self._strategy, self._calls.values(), self._rewards.values(), discount=self._discount
-        )
-        steps = {
-            call.span_id: step
-            for attempt_calls in group_turns(self._calls.values()).values()
-            for step, call in enumerate(attempt_calls)
-        }
-        return credits, steps
+    def call_roles(self) -> dict[str, str]:
+        """Every known call's role: ``POLICY`` (credited, gives a triplet), ``JUDGE`` or ``DUPLICATE``
+        (see the module docstring), by span id."""
+        calls = self._calls
+        marks = {span_id for span_id, (_, evaluation) in self._links.items() if evaluation}
+        marks.update(span_id for span_id, call in calls.items() if call.judge)
+        parents = {span_id: parent for span_id, (parent, _) in self._links.items()}
+        parents.update({span_id: call.parent_span_id or "" for span_id, call in calls.items()})
+        judged: dict[str, bool] = {}
+
+        def under_evaluation(span_id: str) -> bool:
+            path: list[str] = []
+            current = span_id
+            found = False
+            while current and current not in judged:
+                if current in marks:
+                    found = True
+                    break
+                if current in path:  # a cycle in bad input: no evaluation above it
+                    break
+                path.append(current)
+                current = parents.get(current, "")
+            else:
+                found = bool(current) and judged[current]
+            for seen in path:
+                judged[seen] = found
+            return found
+
+        roles = {span_id: JUDGE if under_evaluation(span_id) else POLICY for span_id in sorted(calls)}
+        by_response: dict[str, list[LlmCall]] = {}
+        for call in calls.values():
+            if call.response_id:
+                by_response.setdefault(call.response_id, []).append(call)
+        for copies in by_response.values():
+            if len(copies) < 2:
+                continue
+            copies.sort(key=turn_order)
+            judge = any(roles[c.span_id] == JUDGE for c in copies)
+            roles[copies[0].span_id] = JUDGE if judge else POLICY
+            for duplicate in copies[1:]:
+                roles[duplicate.span_id] = DUPLICATE
+        return roles
+
+    def _evaluate(self) -> tuple[dict[str, Credit], dict[str, int], dict[str, int]]:
+        """Credit of the policy calls, the step of each call that gives a triplet, and the step of
+        every call among all calls of its attempt (for retractions)."""
+        roles = self.call_roles()
+        policy = [call for call in self._calls.values() if roles[call.span_id] == POLICY]
+        credits = assign_credit(self._strategy, policy, self._rewards.values(), discount=self._discount)
+        emitting = policy
+        if self._train_on_judges:
+            emitting = [call for call in self._calls.values() if roles[call.span_id] != DUPLICATE]
+        steps = _steps(emitting)
+        return credits, steps, _steps(self._calls.values())
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -157,6 +316,14 @@ class RolloutJoin:
         return self._discount
 
     @property
+    def emit_uncredited(self) -> bool:
+        return self._emit_uncredited
+
+    @property
+    def train_on_judge_calls(self) -> bool:
+        return self._train_on_judges
+
+    @property
     def calls(self) -> tuple[LlmCall, ...]:
         """The known calls, by ``span_id``."""
         return tuple(self._calls[k] for k in sorted(self._calls))
@@ -165,6 +332,11 @@ class RolloutJoin:
     def rewards(self) -> tuple[RewardEvent, ...]:
         """The known rewards, by ``reward_id``."""
         return tuple(self._rewards[k] for k in sorted(self._rewards))
+
+    @property
+    def span_links(self) -> dict[str, tuple[str, bool]]:
+        """The known non-LLM spans: span id -> (parent span id or ``""``, is evaluation)."""
+        return dict(sorted(self._links.items()))
 
     def call(self, span_id: str) -> LlmCall | None:
         return self._calls.get(span_id)
@@ -189,31 +361,60 @@ class RolloutJoin:
             "rollout_id": self.rollout_id,
             "strategy": self._strategy.value,
             "discount": self._discount,
-            "calls": [asdict(call) for call in self.calls],
+            "emit_uncredited": self._emit_uncredited,
+            "train_on_judge_calls": self._train_on_judges,
+            "calls": [_call_dict(call) for call in self.calls],
             "rewards": [asdict(reward) for reward in self.rewards],
+            "links": {k: [parent, evaluation] for k, (parent, evaluation) in sorted(self._links.items())},
             "emitted": {k: [v, fp] for k, (v, fp) in sorted(self._emitted.items())},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutJoin:
-        """The state saved by ``to_dict`` (possibly after a JSON round trip)."""
-        if data.get("format") != _FORMAT:
+        """The state saved by ``to_dict`` (possibly after a JSON round trip), or by an older version."""
+        if data.get("format") not in _READABLE:
             raise ValueError(f"unsupported RolloutJoin state format {data.get('format')!r}")
-        join = cls(data["rollout_id"], data["strategy"], data["discount"])
+        join = cls(
+            data["rollout_id"],
+            data["strategy"],
+            data["discount"],
+            emit_uncredited=data.get("emit_uncredited", True),
+            train_on_judge_calls=data.get("train_on_judge_calls", False),
+        )
         for raw in data["calls"]:
             call = LlmCall(**raw)
             join._calls[call.span_id] = call
         for raw in data["rewards"]:
             reward = RewardEvent(**raw)
             join._rewards[reward.reward_id] = reward
+        join._links = {
+            k: (parent, bool(evaluation)) for k, (parent, evaluation) in data.get("links", {}).items()
+        }
         join._emitted = {k: (int(v), fp) for k, (v, fp) in data["emitted"].items()}
         return join
 
     def __repr__(self) -> str:
         return (
             f"RolloutJoin({self.rollout_id!r}, {self._strategy.value!r}, calls={len(self._calls)}, "
-            f"rewards={len(self._rewards)}, emitted={len(self._emitted)})"
+            f"rewards={len(self._rewards)}, links={len(self._links)}, emitted={len(self._emitted)})"
         )
+
+
+def _steps(calls: Any) -> dict[str, int]:
+    return {
+        call.span_id: step
+        for attempt_calls in group_turns(calls).values()
+        for step, call in enumerate(attempt_calls)
+    }
+
+
+def _call_dict(call: LlmCall) -> dict[str, Any]:
+    # the fields added later are left out when unset: the changelog stays as small as before
+    data = asdict(call)
+    for key in ("parent_span_id", "judge"):
+        if not data[key]:
+            del data[key]
+    return data
 
 
 def _put(held: dict[str, Any], key: str, item: Any) -> bool:

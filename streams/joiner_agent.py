@@ -24,14 +24,14 @@ from typing import Any
 
 from faust.types import Message, StreamT
 
-from agentstream.schemas import CreditAssignment, MalformedRecordError, Triplet, genai, now_us
+from agentstream.schemas import MalformedRecordError, now_us
 from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, SPANS, TRIPLETS
 
 from .app import StreamApp
 from .archive import Archive, CallArchive
-from .calls import CallContentStore, call_content
-from .credit import LlmCall, RewardEvent
-from .join import RolloutJoin, TripletUpdate
+from .calls import CallContentStore, call_content, strategy_for, triplet_from_update
+from .credit import RewardEvent
+from .join import RolloutJoin, TripletUpdate, is_evaluation_span, llm_call_of
 from .lifecycle_agent import LifecycleHop
 from .outputs import DeadLetters, Headers, WorkerStats
 from .records import JoinRecord, JoinRecordValue, Serdes, raw_topic, rollout_table
@@ -90,9 +90,9 @@ class JoinerHop:
         self._spans_topic_name = settings.topic(SPANS.name)
         self._triplets_topic_name = settings.topic(TRIPLETS.name)
         self._horizon_us = int(streams.late_reward_horizon_seconds * 1_000_000)
-        self._credit_by_task_type = streams.credit_assignment
-        self._default_credit = streams.default_credit_assignment
-        self._default_discount = streams.discount
+        self._streams = streams
+        self._emit_uncredited = streams.emit_uncredited_calls
+        self._train_on_judges = streams.train_on_judge_calls
         #: calls this worker no longer holds (its table was lost with the broker's log), from ClickHouse
         self.archive = CallArchive(archive)
         self._started_us = now_us()
@@ -121,42 +121,41 @@ class JoinerHop:
             return
         join, locations, strategy, discount = joined
         join.set_strategy(strategy, discount)
+        # changes() first, so that the state checked is the state saved and is encoded once: the
+        # check keeps the bytes for the changelog (a refused state is never saved, nor its triplets sent)
+        updates = join.changes()
         record = JoinRecord(join, locations)
         try:
             self._serdes.check_join(record)  # its changelog record would be refused
         except MalformedRecordError as e:
             self._dead_letters.send(message, e)
             return
-        updates = join.changes()
         self.joins[join.rollout_id] = record
         if updates:
             self._emit_triplets(join, locations, updates, strategy)
 
     def _add_span(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
-        """The rollout's join with the span's LLM call added; ``None`` when there is nothing to save."""
+        """The rollout's join with the span's LLM call (or, for another kind, its link: parent and
+        whether it grades) added; ``None`` when there is nothing to save."""
         span = self._serdes.decode_span(message.value)
         rollout_id = span["rollout_id"]
         if not rollout_id:
             return None
         self._lifecycle.note_activity(rollout_id, span["end_time"])
-        if span["kind"] != "llm":
-            return None
         strategy, discount = self._strategy_for(rollout_id)
+        if span["kind"] != "llm":
+            # Kept so a judge call is known whatever order its evaluation span and it come in.
+            join, locations = self._load_join(rollout_id, strategy, discount)
+            if not join.add_span_link(span["span_id"], span["parent_span_id"], is_evaluation_span(span)):
+                return None  # known already (and it gives no triplet of its own to resend)
+            return join, locations, strategy, discount
         join, locations = self._load_join(rollout_id, strategy, discount)
-        attributes = span["attributes"]
-        call = LlmCall(
-            span_id=span["span_id"],
-            attempt_id=span["attempt_id"],
-            sequence_id=span["sequence_id"],
-            start_us=span["start_time"],
-            end_us=span["end_time"],
-            response_id=attributes.get(genai.RESPONSE_ID),
-        )
+        call = llm_call_of(span)
         if not join.add_call(call):
             self._resend(join, locations)  # redelivered: its outputs may be lost
             return None
         locations[call.span_id] = [message.partition, message.offset]
-        self.calls.put(call.span_id, call_content(span))
+        self.calls.put(rollout_id, call.span_id, call_content(span))
         return join, locations, strategy, discount
 
     def _add_reward(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
@@ -205,27 +204,29 @@ class JoinerHop:
         for call, content in self.archive.calls_of(join.rollout_id) or ():
             if join.add_call(call):
                 locations[call.span_id] = list(ARCHIVED)
-                self.calls.put(call.span_id, content)
+                self.calls.put(join.rollout_id, call.span_id, content)
                 added = True
         return added
 
     def _strategy_for(self, rollout_id: str) -> tuple[str, float]:
-        """The rollout's credit assignment and discount: its own config's, else the settings' for its
-        task type, else the defaults."""
-        state = self._lifecycle.rollouts.get(rollout_id)
-        config = state.config if state is not None else None
-        if config is not None and config.credit_assignment:
-            strategy = config.credit_assignment.value
-        else:
-            task_type = state.task_type if state is not None else ""
-            strategy = self._credit_by_task_type.get(task_type, self._default_credit)
-        discount = config.discount if config is not None and config.discount else self._default_discount
-        return CreditAssignment(strategy).value, discount
+        """The rollout's credit assignment and discount (see :func:`.calls.strategy_for`)."""
+        return strategy_for(self._lifecycle.rollouts.get(rollout_id), self._streams)
 
     def _load_join(self, rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, Locations]:
         record = self.joins.get(rollout_id)
         if record is None:
-            return RolloutJoin(rollout_id, strategy, discount), {}
+            join = RolloutJoin(
+                rollout_id,
+                strategy,
+                discount,
+                emit_uncredited=self._emit_uncredited,
+                train_on_judge_calls=self._train_on_judges,
+            )
+            return join, {}
+        # the settings may have changed since the state was saved
+        record.join.set_options(
+            emit_uncredited=self._emit_uncredited, train_on_judge_calls=self._train_on_judges
+        )
         return record.join, record.locations
 
     def _resend(self, join: RolloutJoin, locations: Locations) -> None:
@@ -246,7 +247,7 @@ class JoinerHop:
         emitted_at = now_us()
         calls = self.calls
         # held here, not re-read from the cache: fetching may evict what was cached
-        contents = {u.span_id: calls.cached(u.span_id) for u in updates}
+        contents = {u.span_id: calls.cached(join.rollout_id, u.span_id) for u in updates}
         missing: dict[str, tuple[int, int]] = {
             k: (locations[k][0], locations[k][1]) for k, v in contents.items() if v is None and k in locations
         }
@@ -261,7 +262,7 @@ class JoinerHop:
         if missing:
             # Blocking on purpose. With an await here a rebalance could run while an event was half
             # processed, and the kill test lost joiner state and outputs (never without the await).
-            contents.update(calls.fetch(missing))
+            contents.update(calls.fetch(join.rollout_id, missing))
         for update in updates:
             content = contents.get(update.span_id)
             if content is None:
@@ -283,28 +284,13 @@ class JoinerHop:
         mode: str,
         emitted_at: int,
     ) -> None:
-        credit = update.credit
-        triplet = Triplet(
-            triplet_id=update.triplet_id,
-            version=update.version,
-            rollout_id=rollout_id,
-            attempt_id=update.attempt_id,
-            span_id=update.span_id,
-            step=update.step,
-            prompt_messages=content["prompt"],
-            prompt_token_ids=content["prompt_ids"],
-            response=content["response"],
-            response_token_ids=content["response_ids"],
-            response_logprobs=content["response_logprobs"],
-            reward=credit.reward if credit is not None else None,
-            feedback=credit.feedback if credit is not None else None,
-            credit_assignment=strategy,
-            resource_name=content["resource_name"],
-            resource_version=content["resource_version"],
-            mode=mode,
+        triplet = triplet_from_update(
+            rollout_id,
+            update,
+            content,
+            strategy=strategy,
             task_type=task_type,
-            model=content["model"],
-            created_at=content["created_at"],
+            mode=mode,
             emitted_at=emitted_at,
         )
         headers: Headers = [(HEADER_EVENT_ID, f"{triplet.triplet_id}@{triplet.version}".encode())]

@@ -65,18 +65,30 @@ class _AvroModel(codecs.Codec):
 
 
 class JoinRecord:
-    """The joiner's table value: a rollout's join state and where its calls' spans are."""
+    """The joiner's table value: a rollout's join state and where its calls' spans are.
 
-    __slots__ = ("join", "locations")
+    ``encoded`` holds the changelog bytes once :meth:`Serdes.check_join` has measured them, so the
+    state is encoded once per event; the joiner saves the record right after the check, before the
+    join can change again.
+    """
+
+    __slots__ = ("encoded", "join", "locations")
 
     def __init__(self, join: RolloutJoin, locations: dict[str, list[int]] | None = None) -> None:
         self.join = join
         self.locations = locations if locations is not None else {}
+        self.encoded: bytes | None = None
+
+
+def _encode_join(record: JoinRecord) -> bytes:
+    return orjson.dumps({"join": record.join.to_dict(), "at": record.locations})
 
 
 class _JoinCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
-        return orjson.dumps({"join": obj.join.to_dict(), "at": obj.locations})
+        encoded = obj.encoded
+        obj.encoded = None  # used once: a later save of the same object encodes its state then
+        return encoded if encoded is not None else _encode_join(obj)
 
     def _loads(self, s: bytes) -> JoinRecord:
         data = orjson.loads(s)
@@ -200,7 +212,8 @@ class Serdes:
 
     def check_join(self, record: JoinRecord) -> None:
         """Raise :class:`StateTooLargeError` when ``record``'s changelog record would be too large."""
-        size = len(_JoinCodec()._dumps(record))
+        record.encoded = _encode_join(record)
+        size = len(record.encoded)
         if size > self.record_limit:
             raise StateTooLargeError("joins", size, self.record_limit)
 

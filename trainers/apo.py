@@ -58,7 +58,16 @@ from .evaluation import Evaluation, RolloutEvaluator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["APOConfig", "APOResult", "APOTrainer", "Candidate", "Example", "split_template", "template_regex"]
+__all__ = [
+    "APOConfig",
+    "APOResult",
+    "APOTrainer",
+    "Candidate",
+    "Example",
+    "reward_of",
+    "split_template",
+    "template_regex",
+]
 
 
 @dataclass
@@ -78,6 +87,10 @@ class APOConfig:
     #: demonstrations per bootstrapped candidate
     demos: int = 8
     demo_min_reward: float = 1.0
+    #: which reward of a triplet ranks its call (demonstrations, failures): "sum" adds up its reward
+    #: dimensions (a call routed right *and* resolved is 1.0 + 1.0), "primary" is the triplet's scalar
+    #: ``reward``, any other value names one dimension
+    reward_of: str = "sum"
     #: the textual-gradient path is skipped without an optimizer client
     optimizer_model: str = "gpt-4.1-mini"
     #: "chat" for instruction-tuned optimizers, "completions" for base models
@@ -91,6 +104,17 @@ class APOConfig:
     #: a child is accepted only if its validation score beats its parent's by more than this
     min_gain: float = 0.0
     seed: int = 0
+
+
+def reward_of(triplet: Triplet, which: str) -> float | None:
+    """The reward that ranks a triplet's call: ``"sum"`` of its reward dimensions (its scalar when it
+    has none), ``"primary"`` (the scalar), or the named dimension; ``None`` when it has no such reward."""
+    if which == "primary":
+        return triplet.reward
+    if which == "sum":
+        dimensions = triplet.reward_dimensions
+        return sum(dimensions.values()) if dimensions else triplet.reward
+    return triplet.reward_dimensions.get(which)
 
 
 @dataclass
@@ -250,7 +274,9 @@ class APOTrainer:
                     self._triplets[record.triplet_id] = record
 
         TopicReader(self.settings, (TRIPLETS,), keep, name="apo-triplets").read_to_end(60.0)
-        triplets = sorted(self._triplets.values(), key=lambda t: t.created_at)[-self.config.triplet_window :]
+        # the newest version decides: a retracted triplet (a judge call, a duplicate) is no example
+        kept = [t for t in self._triplets.values() if not t.retracted]
+        triplets = sorted(kept, key=lambda t: t.created_at)[-self.config.triplet_window :]
         state = self.store.state(name)
         patterns: dict[str, re.Pattern[str] | None] = {}
         examples = []
@@ -265,8 +291,9 @@ class APOTrainer:
             match = pattern.match(prompt) if pattern is not None and prompt is not None else None
             if match is None or response is None:
                 continue
+            reward = reward_of(t, self.config.reward_of)
             examples.append(
-                Example(match.groupdict(), response, t.reward, t.feedback, t.resource_version, t.created_at)
+                Example(match.groupdict(), response, reward, t.feedback, t.resource_version, t.created_at)
             )
         return examples
 

@@ -163,7 +163,7 @@ def prompts_from_triplets(
 ) -> list[dict[str, Any]]:
     """Rows from the newest distinct prompts of the triplets table (``client``: clickhouse-connect,
     e.g. :func:`agentstream.clickhouse.connect.connect`), with the input of the rollout they came from."""
-    where = ["1"]
+    where = ["NOT t.retracted"]  # withdrawn triplets (judge calls, duplicates) are no policy prompts
     parameters: dict[str, Any] = {"limit": limit, "modes": list(modes)}
     if resource_name is not None:
         where.append("t.resource_name = {resource:String}")

@@ -43,6 +43,8 @@ class TripletFilter:
     require_reward: bool = True
 
     def accepts(self, triplet: Triplet) -> bool:
+        if triplet.retracted:  # withdrawn (a judge call, a duplicate capture): never training data
+            return False
         if self.resource_name is not None and triplet.resource_name != self.resource_name:
             return False
         if self.task_types and triplet.task_type not in self.task_types:

@@ -389,7 +389,7 @@ def test_export_takes_the_newest_revision_leaves_out_evaluation_splits_and_reads
             "SELECT triplet_id FROM triplets FINAL WHERE reward >= 1 ORDER BY created_at, triplet_id"
         ).result_rows
     ]
-    lowered, val, test, future = ids[:4]
+    lowered, val, test, future, withdrawn = ids[:5]
 
     def revise(triplet_id: str, changes: str, bump: int = 1) -> None:
         clickhouse.command(
@@ -401,6 +401,7 @@ def test_export_takes_the_newest_revision_leaves_out_evaluation_splits_and_reads
     revise(lowered, "0.0 AS reward")  # a late reward lowered it: the newest revision decides
     revise(val, "'val' AS mode")
     revise(test, "'test' AS mode")
+    revise(withdrawn, "true AS retracted")  # its call turned out a judge call: never training data
     # a revision the sink inserts after the export began is not seen: the old one is exported
     revise(future, "0.0 AS reward, now64(6) + INTERVAL 1 HOUR AS ingested_at")
     export = TripletExport(clickhouse, TripletExportConfig(min_reward=1.0), source="chdb:///somewhere")
@@ -408,8 +409,9 @@ def test_export_takes_the_newest_revision_leaves_out_evaluation_splits_and_reads
     rows = read_jsonl(result.path)
     exported = {r["triplet_id"] for r in rows}
     assert lowered not in exported and val not in exported and test not in exported
+    assert withdrawn not in exported
     assert future in exported and next(r for r in rows if r["triplet_id"] == future)["reward"] == 1
-    assert len(rows) == result.rows == 25 - 3
+    assert len(rows) == result.rows == 25 - 4
     assert len(exported) == len(rows)  # one row per triplet, never one per revision
 
     only_val = TripletExport(clickhouse, TripletExportConfig(modes=("val",))).write(
@@ -417,7 +419,7 @@ def test_export_takes_the_newest_revision_leaves_out_evaluation_splits_and_reads
     )
     assert [r["triplet_id"] for r in read_jsonl(only_val.path)] == [val]
     every_mode = TripletExport(clickhouse, TripletExportConfig(min_reward=1.0, modes=("all",)))
-    assert every_mode.write(tmp_path / "all.jsonl", "jsonl").rows == 25 - 1
+    assert every_mode.write(tmp_path / "all.jsonl", "jsonl").rows == 25 - 2
     newest = TripletExport(clickhouse, TripletExportConfig(limit=5)).write(tmp_path / "newest.jsonl", "jsonl")
     limited = read_jsonl(newest.path)
     everything = read_jsonl(TripletExport(clickhouse).write(tmp_path / "everything.jsonl", "jsonl").path)

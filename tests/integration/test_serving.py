@@ -466,6 +466,10 @@ def test_grpo_prompts_from_recent_triplets(clickhouse: Any) -> None:
         column_names=["rollout_id", "version", "input", "created_at", "updated_at"],
     )
 
+    judge_row = ["t6", 2, "r6", "s6", messages("Q: judge?"), "[]", RESOURCE, "train", "math", later, later]
+    # a retracted triplet (a judge call's): no policy prompt
+    clickhouse.insert("triplets", [[*judge_row, True]], column_names=[*columns, "retracted"])
+
     rows = prompts_from_triplets(clickhouse, resource_name=RESOURCE, modes=("train",))
     by_prompt = {row["prompt"][0]["content"]: row for row in rows}
     assert list(by_prompt) == ["Q: 2 + 2?", "Q: 1 + 2?"]  # newest first, each prompt once

@@ -224,8 +224,8 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
     assert "create ticket" in triplet["prompt_messages"] and triplet["resource_version"] == "v1"
     assert triplet["feedback"] == "valid arguments" and triplet["credit_assignment"] == "first_occurrence"
 
-    # a late business reward explicitly on the first call: a new triplet; one on the second: version 2
-    # (both stamped after the first reward, whose feedback therefore comes first)
+    # a late business reward explicitly on the first call, one on the second (both stamped after the
+    # first reward, whose feedback therefore comes first). Each reward name is a dimension of its own.
     time.sleep(max(0.0, reward_time / 1e6 - time.time()) + 0.1)
     client.emit_reward(0.5, rollout_id="r-join", span_id=first, source="business_event", name="resolved")
     client.emit_reward(
@@ -238,13 +238,18 @@ def test_joiner_out_of_order_duplicates_and_late_rewards(
             read_topic(stream_settings, stream_settings.topic("triplets"), timeout=2), "triplet_id", "version"
         )
         by_span = {t["span_id"]: t for t in latest.values()}
-        done = by_span.get(first, {}).get("reward") == 0.5 and by_span.get(second, {}).get("version") == 2
+        done = by_span.get(first, {}).get("reward_dimensions") == {"resolved": 0.5} and by_span.get(
+            second, {}
+        ).get("reward_dimensions") == {"rule": 1.0, "rating": -1.0}
         return latest if done else None
 
     latest = wait_for(late_joined, timeout=30)
+    assert latest, "the late rewards were not joined"
     by_span = {t["span_id"]: t for t in latest.values()}
-    assert by_span[first]["reward"] == 0.5
-    assert by_span[second]["reward"] == 0.0 and by_span[second]["version"] == 2  # 1.0 + (-1.0)
+    # no dimension is named "reward", so the primary one (the scalar) is the first reward's: "rule";
+    # the later dimensions are kept by name and never added onto it
+    assert by_span[first]["reward"] is None and not by_span[first]["retracted"]
+    assert by_span[second]["reward"] == 1.0 and by_span[second]["version"] >= 2  # never 1.0 + (-1.0)
     assert by_span[second]["feedback"] == "valid arguments\nrude"
     assert (tiny_cache_worker.status() or {}).get("span_rereads", 0) >= 1
 

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.schemas.rollout_event import CreditAssignment
-from agentstream.streams.credit import Credit, LlmCall, RewardEvent, assign_credit, parse_strategy
+from agentstream.streams.credit import (
+    Credit,
+    LlmCall,
+    RewardEvent,
+    assign_credit,
+    parse_strategy,
+    primary_dimension,
+)
 
 FO = CreditAssignment.FIRST_OCCURRENCE
 FB = CreditAssignment.FINAL_BROADCAST
@@ -26,6 +33,11 @@ def reward(
     return RewardEvent(reward_id, attempt_id, value, timestamp_us, **kw)  # type: ignore[arg-type]
 
 
+def scalar(value: float, feedback: str | None, reward_ids: tuple[str, ...]) -> Credit:
+    """The credit of rewards of the one default dimension ("reward")."""
+    return Credit(value, feedback, reward_ids, (("reward", value),))
+
+
 def values(credits: dict[str, Credit]) -> dict[str, float]:
     return {span_id: credit.reward for span_id, credit in credits.items()}
 
@@ -39,8 +51,8 @@ THREE_CALLS = [call("c1", 10), call("c2", 20), call("c3", 30)]
 def test_first_occurrence_goes_to_latest_earlier_call() -> None:
     rewards = [reward("r1", 1.0, 25, feedback="ok"), reward("r2", 2.0, 35)]
     assert assign_credit(FO, THREE_CALLS, rewards) == {
-        "c2": Credit(1.0, "ok", ("r1",)),
-        "c3": Credit(2.0, None, ("r2",)),
+        "c2": scalar(1.0, "ok", ("r1",)),
+        "c3": scalar(2.0, None, ("r2",)),
     }
 
 
@@ -58,7 +70,7 @@ def test_first_occurrence_adds_to_latest_earlier_call_when_all_are_taken() -> No
         reward("r3", 4.0, 17),
     ]
     # Only c1 ended by t=15..17: r1 takes it, r2 and r3 have no free earlier call and add to it.
-    assert assign_credit(FO, calls, rewards) == {"c1": Credit(7.0, "first\nsecond", ("r1", "r2", "r3"))}
+    assert assign_credit(FO, calls, rewards) == {"c1": scalar(7.0, "first\nsecond", ("r1", "r2", "r3"))}
 
 
 def test_first_occurrence_reward_before_any_call_is_unassigned() -> None:
@@ -87,12 +99,12 @@ def test_explicit_span_and_response_targets(strategy: CreditAssignment) -> None:
         reward("unknown", 4.0, 50, span_id="c9"),  # target not known: unassigned, no fallback
     ]
     assert assign_credit(strategy, calls, rewards) == {
-        "c1": Credit(1.0, None, ("by-span",)),
-        "c2": Credit(2.0, None, ("by-response",)),
+        "c1": scalar(1.0, None, ("by-span",)),
+        "c2": scalar(2.0, None, ("by-response",)),
     }
     # The target arriving later picks the reward up.
     later = assign_credit(strategy, [*calls, call("c9", 60)], rewards)
-    assert later["c9"] == Credit(4.0, None, ("unknown",))
+    assert later["c9"] == scalar(4.0, None, ("unknown",))
 
 
 def test_span_target_takes_precedence_over_response_target() -> None:
@@ -110,7 +122,7 @@ def test_explicit_rewards_do_not_take_calls_in_first_occurrence() -> None:
         reward("r1", 1.0, 40, feedback="rule"),
     ]
     # The explicit reward does not mark c3 taken, so r1 still goes to c3 and adds to it.
-    assert assign_credit(FO, THREE_CALLS, rewards) == {"c3": Credit(1.5, "judge\nrule", ("judge", "r1"))}
+    assert assign_credit(FO, THREE_CALLS, rewards) == {"c3": scalar(1.5, "judge\nrule", ("judge", "r1"))}
     # Feedback follows reward order, whichever kind of reward comes first.
     late_judge = [
         reward("judge", 0.5, 45, span_id="c3", feedback="judge"),
@@ -130,9 +142,9 @@ def test_final_broadcast_gives_final_reward_to_every_call() -> None:
     ]
     assert assign_credit(FB, THREE_CALLS, rewards) == {
         # reward order puts the judge (t=1) before the final reward (t=40)
-        "c1": Credit(3.25, "nice\ndone", ("final", "judge")),
-        "c2": Credit(3.0, "done", ("final",)),
-        "c3": Credit(3.0, "done", ("final",)),
+        "c1": scalar(3.25, "nice\ndone", ("final", "judge")),
+        "c2": scalar(3.0, "done", ("final",)),
+        "c3": scalar(3.0, "done", ("final",)),
     }
 
 
@@ -203,11 +215,56 @@ def test_duplicates_collapse_and_conflicts_resolve_independently_of_order() -> N
     assert assign_credit(FO, [*THREE_CALLS, moved], [one]) == assign_credit(FO, [moved, *THREE_CALLS], [one])
 
 
+# -- reward dimensions -----------------------------------------------------------------------------
+
+
+def test_dimensions_are_credited_apart_never_summed() -> None:
+    """Two dimensions of 0.6 at the end of a rollout: each is its own, never 1.2 on the last call."""
+    rewards = [reward("w1", 0.6, 40, name="format"), reward("w2", 0.6, 40, name="correctness")]
+    for strategy in CreditAssignment:
+        credits = assign_credit(strategy, [call("c1", 10)], rewards)
+        assert credits["c1"].reward == 0.6 and credits["c1"].by_dimension == {
+            "correctness": 0.6,
+            "format": 0.6,
+        }
+    # first_occurrence, per dimension: each dimension's reward goes to the last call, none moves back
+    credits = assign_credit(FO, THREE_CALLS, rewards)
+    assert list(credits) == ["c3"] and credits["c3"].dimensions == (("correctness", 0.6), ("format", 0.6))
+    assert credits["c3"].reward_ids == ("w1", "w2")
+
+
+def test_same_named_rewards_keep_the_rules_within_their_dimension() -> None:
+    rewards = [
+        reward("a", 1.0, 40, name="reward"),
+        reward("b", 2.0, 41, name="reward"),
+        reward("c", 5.0, 42, name="style"),
+    ]
+    credits = assign_credit(FO, THREE_CALLS, rewards)
+    assert credits["c3"].by_dimension == {"reward": 1.0, "style": 5.0} and credits["c3"].reward == 1.0
+    assert credits["c2"].by_dimension == {"reward": 2.0} and credits["c2"].reward == 2.0
+
+
+def test_primary_dimension_is_reward_else_the_first_rewards_name() -> None:
+    style, accuracy = reward("s", 1.0, 5, name="style"), reward("a", 1.0, 40, name="accuracy")
+    assert primary_dimension([style, reward("r", 1.0, 50), accuracy]) == "reward"
+    # the first in reward order (event time), whatever the order they came in
+    assert primary_dimension([style, accuracy]) == primary_dimension([accuracy, style]) == "style"
+    tie = reward("a0", 1.0, 5, name="accuracy")  # same time: the reward id decides
+    assert primary_dimension([style, tie]) == primary_dimension([tie, style]) == "accuracy"
+    assert primary_dimension([]) is None
+    # a call credited in other dimensions only has no scalar reward
+    rewards = [reward("a", 1.0, 4, name="accuracy"), reward("b", 2.0, 5, name="style", span_id="c1")]
+    credits = assign_credit(FB, [call("c1", 10), call("c2", 20)], rewards)
+    assert credits["c1"] == Credit(1.0, None, ("a", "b"), (("accuracy", 1.0), ("style", 2.0)))
+    assert assign_credit(FO, [call("c1", 10), call("c2", 20)], rewards)["c1"].reward is None
+
+
 # -- property: the batch depends on the sets only --------------------------------------------------
 
 ATTEMPTS = ("a1", "a2", "a3")
 SPAN_IDS = tuple(f"s{i}" for i in range(6))
 RESPONSE_IDS = ("resp-0", "resp-1", "resp-shared", "resp-none")
+DIMENSIONS = ("reward", "reward", "format", "accuracy")
 
 
 @st.composite
@@ -244,14 +301,18 @@ def rollout_events(draw: st.DrawFn) -> tuple[list[LlmCall], list[RewardEvent]]:
                 span_id=draw(st.sampled_from([*SPAN_IDS, "tool"])) if explicit == "span" else None,
                 response_id=draw(st.sampled_from(RESPONSE_IDS)) if explicit == "response" else None,
                 feedback=draw(st.none() | st.sampled_from(["good", "bad", ""])),
+                name=draw(st.sampled_from(DIMENSIONS)),
             )
         )
     return calls, rewards
 
 
-def fingerprint(credits: dict[str, Credit]) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
-    """Credits with the float as ``repr``, so equality means bit-identical (and -0.0 != 0.0)."""
-    return {k: (repr(c.reward), c.feedback, c.reward_ids) for k, c in credits.items()}
+def fingerprint(credits: dict[str, Credit]) -> dict[str, tuple[object, ...]]:
+    """Credits with the floats as ``repr``, so equality means bit-identical (and -0.0 != 0.0)."""
+    return {
+        k: (repr(c.reward), c.feedback, c.reward_ids, tuple((n, repr(v)) for n, v in c.dimensions))
+        for k, c in credits.items()
+    }
 
 
 @settings(max_examples=300, deadline=None)

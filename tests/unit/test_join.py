@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentstream.schemas.rollout_event import CreditAssignment
-from agentstream.streams.credit import Credit, LlmCall, RewardEvent, assign_credit
-from agentstream.streams.join import RolloutJoin, TripletUpdate, triplet_id_for
-from tests.unit.test_credit import call, fingerprint, reward, rollout_events
+from agentstream.streams.credit import LlmCall, RewardEvent, assign_credit
+from agentstream.streams.join import DUPLICATE, JUDGE, POLICY, RolloutJoin, TripletUpdate, triplet_id_for
+from tests.unit.test_credit import call, fingerprint, reward, rollout_events, scalar
 
 Event = LlmCall | RewardEvent
 
@@ -35,11 +36,11 @@ def test_triplet_id_is_deterministic() -> None:
 
 
 def test_first_emission_then_nothing_without_new_events() -> None:
-    join = RolloutJoin("ro-1", "final_broadcast")
+    join = RolloutJoin("ro-1", "final_broadcast", emit_uncredited=False)
     assert join.add_call(call("c1", 10)) and join.add_call(call("c2", 20))
     assert join.changes() == []  # no reward yet: nothing to emit
     assert join.add_reward(reward("r1", 1.0, 30, feedback="ok"))
-    credit = Credit(1.0, "ok", ("r1",))
+    credit = scalar(1.0, "ok", ("r1",))
     assert join.changes() == [
         TripletUpdate(triplet_id_for("ro-1", "c1"), "c1", "a1", 1, 0, credit),
         TripletUpdate(triplet_id_for("ro-1", "c2"), "c2", "a1", 1, 1, credit),
@@ -51,16 +52,17 @@ def test_first_emission_then_nothing_without_new_events() -> None:
 
 
 def test_moved_reward_is_retracted_from_its_old_call() -> None:
-    join = RolloutJoin("ro-1", "first_occurrence")
+    join = RolloutJoin("ro-1", "first_occurrence", emit_uncredited=False)
     join.add_call(call("c1", 10))
     join.add_reward(reward("r1", 1.0, 15))
     [first] = join.changes()
-    assert (first.span_id, first.version, first.credit) == ("c1", 1, Credit(1.0, None, ("r1",)))
+    assert (first.span_id, first.version, first.credit) == ("c1", 1, scalar(1.0, None, ("r1",)))
     # A late call that ended closer to the reward takes it over; c1 is retracted.
     join.add_call(call("c0", 12))
     updates = {u.span_id: u for u in join.changes()}
     assert updates["c1"].version == 2 and updates["c1"].credit is None and updates["c1"].step == 0
-    assert updates["c0"].version == 1 and updates["c0"].credit == Credit(1.0, None, ("r1",))
+    assert updates["c1"].retracted and not updates["c0"].retracted
+    assert updates["c0"].version == 1 and updates["c0"].credit == scalar(1.0, None, ("r1",))
     assert updates["c0"].step == 1  # c0 ended after c1
     assert join.changes() == []
     assert join.emitted_version("c1") == 2 and join.emitted_version("nope") == 0
@@ -81,11 +83,11 @@ def test_explicit_reward_waits_for_its_call() -> None:
     assert join.changes() == []
     join.add_call(call("c1", 10))
     [update] = join.changes()
-    assert update.span_id == "c1" and update.credit == Credit(0.5, None, ("judge",))
+    assert update.span_id == "c1" and update.credit == scalar(0.5, None, ("judge",))
 
 
 def test_set_strategy_re_emits_what_changed() -> None:
-    join = RolloutJoin("ro-1", "first_occurrence")
+    join = RolloutJoin("ro-1", "first_occurrence", emit_uncredited=False)
     for c in (call("c1", 10), call("c2", 20)):
         join.add_call(c)
     join.add_reward(reward("r1", 4.0, 30))
@@ -111,7 +113,7 @@ def test_round_trip_continues_versions() -> None:
     assert restored.changes() == []
     restored.add_reward(reward("r2", 0.2, 40))
     [update] = restored.changes()
-    assert update.version == 2 and update.credit == Credit(0.2, None, ("r2",))
+    assert update.version == 2 and update.credit == scalar(0.2, None, ("r2",))
     with pytest.raises(ValueError, match="format"):
         RolloutJoin.from_dict({**join.to_dict(), "format": 99})
 
@@ -132,30 +134,126 @@ def test_last_activity_is_the_latest_event_time() -> None:
     assert join.last_activity_us == 10
 
 
+def test_every_call_gives_a_triplet_without_credit_until_credit_comes() -> None:
+    join = RolloutJoin("ro-1", "first_occurrence")
+    join.add_call(call("c1", 10))
+    [first] = join.changes()
+    assert (first.version, first.credit, first.retracted) == (1, None, False)
+    join.add_reward(reward("r1", 1.0, 15))
+    [second] = join.changes()
+    assert (second.version, second.credit, second.retracted) == (2, scalar(1.0, None, ("r1",)), False)
+    join.add_call(call("c0", 12))  # takes the reward over: c1 goes back to no reward, not retracted
+    updates = {u.span_id: u for u in join.changes()}
+    assert updates["c1"].credit is None and not updates["c1"].retracted and updates["c1"].version == 3
+    join.set_options(emit_uncredited=False)  # now an uncredited call is no triplet
+    [withdrawn] = join.changes()
+    assert withdrawn.span_id == "c1" and withdrawn.retracted and withdrawn.version == 4
+
+
+def test_calls_below_an_evaluation_are_judges_in_any_order() -> None:
+    join = RolloutJoin("ro-1", "final_broadcast")
+    join.add_call(call("c1", 10))
+    join.add_call(call("j1", 20, parent_span_id="step"))
+    join.add_reward(reward("r1", 1.0, 30))
+    assert {u.span_id: u.credit for u in join.changes()} == {
+        "c1": scalar(1.0, None, ("r1",)),
+        "j1": scalar(1.0, None, ("r1",)),
+    }
+    assert join.add_span_link("step", "ev", False) and join.changes() == []
+    assert join.add_span_link("ev", None, True)  # the reward span above them
+    [retraction] = join.changes()
+    assert retraction.span_id == "j1" and retraction.retracted and retraction.credit is None
+    assert join.call_roles() == {"c1": POLICY, "j1": JUDGE}
+    assert not join.add_span_link("ev", None, True)
+    # the broadcast reward now goes to the policy call alone, which was step 0 all along
+    assert join.emitted()[0].credit == scalar(1.0, None, ("r1",))
+    assert restart(join).call_roles() == join.call_roles()
+
+
+def test_a_call_marked_as_judge_gets_no_credit_unless_judges_are_trained_on() -> None:
+    join = RolloutJoin("ro-1", "final_broadcast", train_on_judge_calls=True)
+    join.add_call(call("c1", 10))
+    join.add_call(call("j1", 20, judge=True))
+    join.add_call(call("j2", 25, parent_span_id="j1"))  # an LLM call inside a judge's call
+    join.add_reward(reward("r1", 1.0, 30))
+    updates = {u.span_id: u for u in join.changes()}
+    assert updates["c1"].credit == scalar(1.0, None, ("r1",)) and updates["c1"].step == 0
+    assert updates["j1"].credit is None and not updates["j1"].retracted and updates["j1"].step == 1
+    assert updates["j2"].credit is None and updates["j2"].step == 2
+    join.set_options(train_on_judge_calls=False)
+    assert sorted((u.span_id, u.retracted) for u in join.changes()) == [("j1", True), ("j2", True)]
+
+
+def test_the_same_call_captured_twice_counts_once() -> None:
+    join = RolloutJoin("ro-1", "discounted", 0.5)
+    join.add_call(call("outer", 30, response_id="resp-1"))
+    join.add_call(call("c0", 5))
+    join.add_reward(reward("r1", 1.0, 40))
+    assert {u.span_id: u.credit and u.credit.reward for u in join.changes()} == {"outer": 1.0, "c0": 0.5}
+    join.add_call(call("inner", 25, response_id="resp-1", parent_span_id="outer"))  # ends first: kept
+    updates = {u.span_id: u for u in join.changes()}
+    assert updates["outer"].retracted
+    assert updates["inner"].credit is not None and updates["inner"].credit.reward == 1.0
+    assert updates["inner"].step == 1 and "c0" not in updates  # c0 still one turn before the last
+    assert join.call_roles() == {"c0": POLICY, "inner": POLICY, "outer": DUPLICATE}
+
+
+def test_state_of_the_previous_format_still_loads() -> None:
+    old = {
+        "format": 1,
+        "rollout_id": "ro-1",
+        "strategy": "final_broadcast",
+        "discount": 0.9,
+        "calls": [{"span_id": "c1", "attempt_id": "a1", "sequence_id": 0, "start_us": 5, "end_us": 10,
+                   "response_id": None}],
+        "rewards": [],
+        "emitted": {"c1": [2, None]},
+    }  # fmt: skip
+    join = RolloutJoin.from_dict(old)
+    assert join.emitted_version("c1") == 2 and join.span_links == {} and join.emit_uncredited
+    [update] = join.changes()
+    assert update.version == 3 and update.credit is None and not update.retracted
+
+
 # -- property: streaming converges to the batch ------------------------------------------------
+
+#: a non-LLM span: (span id, parent span id, grades)
+Link = tuple[str, str | None, bool]
+LINK_IDS = ("t0", "t1", "t2")
+
+
+def feed_any(join: RolloutJoin, event: Event | Link) -> bool:
+    if isinstance(event, tuple):
+        return join.add_span_link(*event)
+    return feed(join, event)
 
 
 def run_stream(
     rollout_id: str,
     strategy: CreditAssignment,
     discount: float,
-    events: list[Event],
+    events: list[Event | Link],
     data: st.DataObject,
+    **options: bool,
 ) -> tuple[dict[str, TripletUpdate], RolloutJoin]:
     """Feed events one at a time, with changes() after each and restarts in between; check that
     versions go up by one per triplet, and return the latest update per triplet."""
-    join = RolloutJoin(rollout_id, strategy, discount)
+    join = RolloutJoin(rollout_id, strategy, discount, **options)
     latest: dict[str, TripletUpdate] = {}
     for event in events:
         if data.draw(st.integers(0, 3)) == 0:
             join = restart(join)
         if data.draw(st.integers(0, 5)) == 0:  # a strategy seen mid-stream, corrected later
             join.set_strategy(data.draw(st.sampled_from(list(CreditAssignment))), 0.7)
-        feed(join, event)
+        feed_any(join, event)
         for update in join.changes():
             previous = latest.get(update.triplet_id)
             assert update.version == (previous.version + 1 if previous else 1)
             assert update.triplet_id == triplet_id_for(rollout_id, update.span_id)
+            if update.retracted:  # only what was emitted is retracted, and it carries no credit
+                assert update.credit is None and previous is not None and not previous.retracted
+            elif not join.emit_uncredited:
+                assert update.credit is not None
             latest[update.triplet_id] = update
     join.set_strategy(strategy, discount)
     for update in join.changes():
@@ -167,11 +265,62 @@ def run_stream(
 
 
 def final_contents(latest: dict[str, TripletUpdate]) -> dict[str, tuple[object, ...]]:
+    """What the newest version of each triplet says; retracted ones are no triplets."""
     return {
-        u.span_id: (*fingerprint({u.span_id: u.credit})[u.span_id], u.attempt_id, u.step)
+        u.span_id: (
+            fingerprint({u.span_id: u.credit})[u.span_id] if u.credit is not None else None,
+            u.attempt_id,
+            u.step,
+        )
         for u in latest.values()
-        if u.credit is not None
+        if not u.retracted
     }
+
+
+def reference_roles(calls: list[LlmCall], links: list[Link]) -> dict[str, str]:
+    """Judge and duplicate calls, worked out the plain way (recursion over the parent chain)."""
+    parent = {span_id: up for span_id, up, _ in links} | {c.span_id: c.parent_span_id for c in calls}
+    grading = {span_id for span_id, _, grades in links if grades} | {c.span_id for c in calls if c.judge}
+
+    def judged(span_id: str | None, seen: frozenset[str]) -> bool:
+        if not span_id or span_id in seen:
+            return False
+        return span_id in grading or judged(parent.get(span_id), seen | {span_id})
+
+    roles = {c.span_id: "judge" if judged(c.span_id, frozenset()) else "policy" for c in calls}
+    groups: dict[str, list[LlmCall]] = {}
+    for c in calls:
+        if c.response_id:
+            groups.setdefault(c.response_id, []).append(c)
+    for group in groups.values():
+        first, *others = sorted(group, key=lambda x: (x.end_us, x.sequence_id, x.span_id))
+        if any(roles[c.span_id] == "judge" for c in group):
+            roles[first.span_id] = "judge"
+        for c in others:
+            roles[c.span_id] = "duplicate"
+    return roles
+
+
+@st.composite
+def with_links(
+    draw: st.DrawFn, events: tuple[list[LlmCall], list[RewardEvent]]
+) -> tuple[list[LlmCall], list[Link]]:
+    """The calls given parents and judge marks, and non-LLM spans (some grading) they hang under."""
+    calls, _ = events
+    ids = [*LINK_IDS, *(c.span_id for c in calls)]
+    links = [
+        (span_id, draw(st.none() | st.sampled_from(ids)), draw(st.booleans()))
+        for span_id in LINK_IDS[: draw(st.integers(0, 3))]
+    ]
+    calls = [
+        dataclasses.replace(
+            c,
+            parent_span_id=draw(st.none() | st.sampled_from(ids)),
+            judge=draw(st.integers(0, 5)) == 0,
+        )
+        for c in calls
+    ]
+    return calls, links
 
 
 @settings(max_examples=300, deadline=None)
@@ -179,37 +328,55 @@ def final_contents(latest: dict[str, TripletUpdate]) -> dict[str, tuple[object, 
     events=rollout_events(),
     strategy=st.sampled_from(list(CreditAssignment)),
     discount=st.sampled_from([0.5, 0.9, 1.0]),
+    emit_uncredited=st.booleans(),
+    train_on_judge_calls=st.booleans(),
     data=st.data(),
 )
 def test_stream_converges_to_batch_in_any_order(
     events: tuple[list[LlmCall], list[RewardEvent]],
     strategy: CreditAssignment,
     discount: float,
+    emit_uncredited: bool,
+    train_on_judge_calls: bool,
     data: st.DataObject,
 ) -> None:
-    calls, rewards = events
-    distinct: list[Event] = [*calls, *rewards]
-    credits = assign_credit(strategy, calls, rewards, discount=discount)
+    _, rewards = events
+    calls, links = data.draw(with_links(events))
+    roles = reference_roles(calls, links)
+    policy = [c for c in calls if roles[c.span_id] == "policy"]
+    emitting = [
+        c
+        for c in calls
+        if roles[c.span_id] == "policy" or (train_on_judge_calls and roles[c.span_id] == "judge")
+    ]
+    credits = assign_credit(strategy, policy, rewards, discount=discount)
     steps = {
         c.span_id: sorted(
-            (x for x in calls if x.attempt_id == c.attempt_id),
+            (x for x in emitting if x.attempt_id == c.attempt_id),
             key=lambda x: (x.end_us, x.sequence_id, x.span_id),
         ).index(c)
-        for c in calls
+        for c in emitting
     }
-    by_span = {c.span_id: c for c in calls}
     expected = {
-        span_id: (*fingerprint({span_id: credit})[span_id], by_span[span_id].attempt_id, steps[span_id])
-        for span_id, credit in credits.items()
+        c.span_id: (
+            fingerprint({c.span_id: credits[c.span_id]})[c.span_id] if c.span_id in credits else None,
+            c.attempt_id,
+            steps[c.span_id],
+        )
+        for c in emitting
+        if c.span_id in credits or emit_uncredited
     }
+    options = {"emit_uncredited": emit_uncredited, "train_on_judge_calls": train_on_judge_calls}
 
+    distinct: list[Event | Link] = [*calls, *rewards, *links]
     results = []
     for _ in range(2):
         extras = data.draw(st.lists(st.sampled_from(distinct), max_size=4)) if distinct else []
         order = data.draw(st.permutations(distinct + extras))
-        latest, join = run_stream("ro-1", strategy, discount, order, data)
+        latest, join = run_stream("ro-1", strategy, discount, order, data, **options)
         assert final_contents(latest) == expected
-        assert {u.span_id for u in latest.values()} <= by_span.keys()
+        assert {u.span_id for u in latest.values()} <= {c.span_id for c in calls}
         assert join.calls == tuple(sorted(calls, key=lambda c: c.span_id))
+        assert join.call_roles() == roles
         results.append((final_contents(latest), join.to_dict()["calls"], join.to_dict()["rewards"]))
     assert results[0] == results[1]

@@ -96,3 +96,37 @@ def test_calls_are_read_back_with_their_content_and_a_failing_archive_answers_no
     assert content["prompt"] == "[1]" and content["prompt_ids"] == [1, 2]
     archive.broken = True
     assert calls.calls_of("r") is None
+
+
+def test_calls_read_back_are_the_rollouts_own_and_keep_what_makes_a_judge() -> None:
+    """Span ids are unique per trace only: another rollout's span with the same id is not taken."""
+    base = {
+        "span_id": "s1",
+        "attempt_id": "a#1",
+        "sequence_id": 0,
+        "start_time": START,
+        "end_time": START + 5,
+        "prompt_token_ids": [],
+        "response_token_ids": [],
+        "response_logprobs": [],
+        "resource_name": "prompt",
+        "resource_version": "v1",
+    }
+    mine = {**base, "rollout_id": "r", "attributes": {"gen_ai.input.messages": "[mine]"}}
+    judge = {
+        **base,
+        "span_id": "s2",
+        "rollout_id": "r",
+        "parent_span_id": "ev",
+        "attributes": {},
+        "bool_attributes": {"agentstream.judge": True},
+    }
+    foreign = {**base, "rollout_id": "other", "attributes": {"gen_ai.input.messages": "[foreign]"}}
+
+    class Careless(MemoryArchive):
+        def llm_spans(self, rollout_id: str) -> list[dict[str, Any]]:
+            return self.spans  # an archive that answers more than it was asked
+
+    found = CallArchive(Careless(revision=0, states=[], spans=[foreign, mine, judge])).calls_of("r") or []
+    assert [(call.span_id, content["prompt"]) for call, content in found] == [("s1", "[mine]"), ("s2", "[]")]
+    assert [(call.parent_span_id, call.judge) for call, _ in found] == [(None, False), ("ev", True)]
