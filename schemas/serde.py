@@ -23,6 +23,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
 from .avro import AvroSchema, all_schemas
+from .avro_writer import Fallback, compile_writer
 
 SOE_MAGIC = b"\xc3\x01"
 SOE_HEADER_LEN = 10
@@ -186,12 +187,14 @@ _LONG_VARINTS = _Varints(64)
 
 
 class _Encoder:
-    """Encodes a record with fastavro, except a trailing run of ``array<int|long>`` fields, which is
+    """Encodes a record with the schema's specialised writer (:mod:`.avro_writer`), else (a record
+    it does not take) with fastavro, except a trailing run of ``array<int|long>`` fields, which is
     appended from memoised varints. Avro encodes a record as the concatenation of its fields, so
-    the bytes are exactly fastavro's."""
+    the bytes are exactly fastavro's either way."""
 
     def __init__(self, schema: AvroSchema) -> None:
         self.schema = schema
+        self.fast = compile_writer(schema.definition)
         fields = schema.definition["fields"]
         tail: list[tuple[str, _Varints, Any]] = []
         for field in reversed(fields):
@@ -210,6 +213,14 @@ class _Encoder:
         self.head = AvroSchema.from_definition(dict(schema.definition, fields=head)) if tail else schema
 
     def __call__(self, record: dict[str, Any]) -> bytes:
+        try:
+            return self.fast(record)
+        except (Fallback, KeyError, TypeError, ValueError):  # fastavro decides (and says what is wrong)
+            pass
+        return self.slow(record)
+
+    def slow(self, record: dict[str, Any]) -> bytes:
+        """The record's bytes from fastavro (and the memoised tail)."""
         body = encode_body(self.head, record)
         if not self.tail:
             return body
