@@ -89,6 +89,11 @@ def up() -> None:
     )
     token_file = state.settings.dashboard.token_path(state.settings.data_dir)  # the path, never the token
     console.print(f"Dashboard sign-in token: in {token_file}", markup=False, highlight=False)
+    if state.settings.otlp.require_token:
+        from agentstream.producers.otlp.receiver import token_file as otlp_token_file
+
+        otlp_token = otlp_token_file(state.settings)  # the path, never the token
+        console.print(f"OTLP bearer token: in {otlp_token}", markup=False, highlight=False)
     try:
         with Live(_status_table(stack), console=console, refresh_per_second=2) as live:
             while not stop.wait(1.0):

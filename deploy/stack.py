@@ -2,7 +2,8 @@
 
 Members: the Kafka broker (embedded Tansu unless ``bootstrap_servers`` points at a cluster), topic
 creation, the ClickHouse sink (which also serves queries while it owns the chDB directory), the
-stream workers, the A/B promotion controller and the web dashboard. Crashed members are restarted with backoff; a restarted memory-only broker gets its topics back.
+stream workers, the A/B promotion controller, the OTLP receiver and the web dashboard. Crashed
+members are restarted with backoff; a restarted memory-only broker gets its topics back.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class Stack:
         workers: stream workers to run (they share the partitions); default ``settings.streams.workers``.
         promoter: run the A/B promotion controller (one per cluster).
         dashboard: run the web dashboard (on ``settings.dashboard.port``).
+        otlp: run the OTLP receiver (``settings.otlp``: HTTP, gRPC and the Collector's topics).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Stack:
         workers: int | None = None,
         promoter: bool = True,
         dashboard: bool = True,
+        otlp: bool = True,
     ) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
@@ -133,6 +136,7 @@ class Stack:
         self._workers = settings.streams.workers if workers is None else workers
         self._want_promoter = promoter
         self._want_dashboard = dashboard
+        self._want_otlp = otlp
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._state: StackState | None = None
@@ -185,6 +189,8 @@ class Stack:
             self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log"))
         if self._want_promoter:
             self.children.append(ChildProcess("promoter", ["promoter"], env, self.logs / "promoter.log"))
+        if self._want_otlp:  # makes its bearer token file itself (<data_dir>/secrets/otlp.token)
+            self.children.append(ChildProcess("otlp", ["otlp"], env, self.logs / "otlp.log"))
         if self._want_dashboard:  # reads through the sink's gateway; answers 503 until the sink is up
             self.children.append(ChildProcess("dashboard", ["dashboard"], env, self.logs / "dashboard.log"))
         for child in self.children:
@@ -239,6 +245,8 @@ class Stack:
                     child.status.info = worker_status(self.data_dir, child.status.pid) or {}
                 elif child.name == "dashboard" and child.status.state == "running":
                     child.status.detail = self.dashboard_url() or "starting"
+                elif child.name == "otlp" and child.status.state == "running":
+                    child.status.detail = self.otlp_summary() or "starting"
 
     def dashboard_url(self) -> str | None:
         """Where the dashboard member serves, once it listens."""
@@ -246,6 +254,13 @@ class Stack:
 
         state = DashboardState.load(self.data_dir)
         return state.url if state is not None else None
+
+    def otlp_summary(self) -> str | None:
+        """Where the OTLP receiver member listens, once it does."""
+        from agentstream.producers.otlp.service import OtlpState
+
+        state = OtlpState.load(self.data_dir)
+        return state.summary() if state is not None else None
 
     def sink_status(self) -> dict[str, Any] | None:
         """The sink's live counters, read from its gateway."""

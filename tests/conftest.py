@@ -41,6 +41,7 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         sink={"batch_max_seconds": 0.1, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.5},
         sdk={"delivery_timeout_ms": 3000},
         dashboard={"port": 0},  # stacks of parallel tests must not fight over one port
+        otlp={"http_port": 0, "grpc_port": 0},  # nor over the OTLP receiver's
     )
     ensure_topics(config)
     return config

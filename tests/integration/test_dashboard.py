@@ -590,7 +590,7 @@ def test_without_a_sink_it_reads_chdb_itself_but_never_holds_it(tmp_path: Path) 
 
 def test_up_runs_the_dashboard_which_waits_for_the_sink(settings: Settings) -> None:
     settings = settings.model_copy(update={"dashboard": DashboardSettings(port=0)})
-    with Stack(settings, workers=0, promoter=False) as stack:
+    with Stack(settings, workers=0, promoter=False, otlp=False) as stack:
         assert [c.name for c in stack.children] == ["sink", "dashboard"]
         url = wait_for(stack.dashboard_url, 60)
         assert url, (

@@ -153,7 +153,7 @@ def test_cross_site_posts_are_refused(tmp_path: Path) -> None:
 
 def test_a_stack_hands_its_dashboard_the_token_by_file_not_by_environment(settings: Settings) -> None:
     settings = settings.model_copy(update={"dashboard": DashboardSettings(port=0, token=SecretStr(TOKEN))})
-    with Stack(settings, sink=False, workers=0, promoter=False) as stack:
+    with Stack(settings, sink=False, workers=0, promoter=False, otlp=False) as stack:
         url = wait_for(stack.dashboard_url, 60)
         assert url, (
             (stack.logs / "dashboard.log").read_text() if (stack.logs / "dashboard.log").exists() else ""

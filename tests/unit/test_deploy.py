@@ -39,6 +39,7 @@ def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch, 
         ("worker",),
         ("promoter",),
         ("dashboard", "--host", "0.0.0.0"),
+        ("otlp", "--host", "0.0.0.0"),
     }
     assert all(s["environment"] == env for s in workers.values())
     entrypoint = compose["x-agentstream"]["entrypoint"]
