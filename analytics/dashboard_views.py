@@ -18,6 +18,7 @@ from agentstream.settings import Settings
 from .dashboard_clickhouse import ClickHouse, Unavailable
 from .dashboard_render import JSONResponse, dashboard_templates
 from .dead_letters import DeadLetterFilter, DeadLetterQueries
+from .doctor import diagnose
 from .queries import DashboardQueries, RolloutFilter, parse_time
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,15 @@ class Dashboard:
 
     def rollout_page(self, request: Request) -> Response:
         rollout_id = request.path_params["rollout_id"]
-        detail = self.read(lambda q: q.rollout(rollout_id))
+        emit_uncredited = bool(getattr(self.settings.streams, "emit_uncredited_calls", True))
+
+        def read(q: DashboardQueries) -> dict[str, Any]:
+            detail: dict[str, Any] = q.rollout(rollout_id)
+            # "Why no triplet?": the same diagnosis as `agentstream doctor`
+            detail["doctor"] = diagnose(q.client, rollout_id, emit_uncredited=emit_uncredited).to_dict()
+            return detail
+
+        detail = self.read(read)
         if _wants_json(request):
             return JSONResponse(detail)
         return self.page(request, "rollout.html", detail)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast, overload
 
+from agentstream.schemas import genai
 from agentstream.settings import Settings
 
 from .client import AgentStream, resolve_settings
@@ -196,22 +197,46 @@ def traced(
 ) -> F | Callable[[F], F]:
     """Decorate a function (sync or async) so each call runs in a span.
 
-    An exception marks the span failed (with an ``exception`` event) and is re-raised.
+    An exception marks the span failed (with an ``exception`` event and ``error.type``) and is re-raised.
+
+    With ``kind="tool"`` the span is what the OTel GenAI ``execute_tool`` span is: named
+    ``execute_tool {tool}`` (``tool``: ``name``, else the function's name), with
+    ``gen_ai.tool.name``, the bound arguments as JSON in ``gen_ai.tool.call.arguments`` and the
+    return value in ``gen_ai.tool.call.result`` (both bounded to 16 KiB, and left out when
+    ``sdk.capture_content`` is off), and ``gen_ai.tool.call.id`` from a ``tool_call_id`` argument
+    when the function takes one. ``record_args`` records ``input.value`` / ``output.value`` for
+    other kinds.
 
     >>> @agentstream.traced(kind="tool")
     ... def lookup_order(order_id: str) -> dict: ...
     """
 
     def decorate(func: F) -> F:
-        span_name = name or func.__qualname__
-        signature = inspect.signature(func) if record_args else None
+        tool = kind == "tool"
+        tool_name = name or getattr(func, "__name__", None) or "tool"
+        span_name = f"{genai.OPERATION_EXECUTE_TOOL} {tool_name}" if tool else name or func.__qualname__
+        signature = _signature(func) if record_args or tool else None
 
         def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ActiveSpan:
-            span = current_emitter().span(span_name, kind=kind)
+            emitter = current_emitter()
+            if tool:
+                span = emitter.span(
+                    span_name, kind=kind, attributes=_TOOL_ATTRIBUTES | {genai.TOOL_NAME: tool_name}
+                )
+                _record_tool_call(span, emitter, signature, args, kwargs)
+                return span
+            span = emitter.span(span_name, kind=kind)
             if signature is not None:
-                bound = signature.bind_partial(*args, **kwargs)
-                span.set_attribute("input.value", to_json(dict(bound.arguments)))
+                bound = _bound_arguments(signature, args, kwargs)
+                if bound is not None:
+                    span.set_attribute("input.value", to_json(bound))
             return span
+
+        def finish(span: ActiveSpan, result: Any) -> None:
+            if tool:
+                _record_tool_result(span, result)
+            elif record_args:
+                span.set_attribute("output.value", to_json(result))
 
         if inspect.iscoroutinefunction(func):
 
@@ -219,8 +244,7 @@ def traced(
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with start(args, kwargs) as span:
                     result = await func(*args, **kwargs)
-                    if record_args:
-                        span.set_attribute("output.value", to_json(result))
+                    finish(span, result)
                     return result
 
             return cast(F, async_wrapper)
@@ -229,10 +253,85 @@ def traced(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with start(args, kwargs) as span:
                 result = func(*args, **kwargs)
-                if record_args:
-                    span.set_attribute("output.value", to_json(result))
+                finish(span, result)
                 return result
 
         return cast(F, wrapper)
 
     return decorate(fn) if fn is not None else decorate
+
+
+#: how much of a tool call's arguments and result a span keeps (characters): enough to see what the
+#: model asked for and got, not a document fetched by a retrieval tool
+TOOL_CONTENT_MAX = 16_384
+_TOOL_ATTRIBUTES: dict[str, Any] = {genai.OPERATION_NAME: genai.OPERATION_EXECUTE_TOOL}
+_TOOL_CALL_ID_PARAMETER = "tool_call_id"
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        return None
+
+
+def _bound_arguments(
+    signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The call's arguments by parameter name (without ``self`` / ``cls``); ``None`` when they do not
+    bind (the call itself will then raise its own ``TypeError``, not ours)."""
+    if signature is None:
+        return None
+    try:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    return {k: v for k, v in bound.items() if k not in ("self", "cls")}
+
+
+def _captures_content(emitter: Emitter) -> bool:
+    """The emitter's ``sdk.capture_content`` (the placeholder before ``init()`` has no settings)."""
+    try:
+        settings = getattr(emitter, "settings", None)
+    except Exception:  # the placeholder's __getattr__ says "call init()"
+        return False
+    return bool(getattr(getattr(settings, "sdk", None), "capture_content", False))
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= TOOL_CONTENT_MAX:
+        return text
+    return f"{text[:TOOL_CONTENT_MAX]}…[{len(text) - TOOL_CONTENT_MAX} more characters]"
+
+
+def _record_tool_call(
+    span: ActiveSpan,
+    emitter: Emitter,
+    signature: inspect.Signature | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """``gen_ai.tool.call.id`` / ``.arguments`` of a tool span; never raises into the agent."""
+    try:
+        bound = _bound_arguments(signature, args, kwargs)
+        if bound is None:
+            return
+        call_id = bound.get(_TOOL_CALL_ID_PARAMETER)
+        if isinstance(call_id, str) and call_id:
+            span.set_attribute(genai.TOOL_CALL_ID, call_id)
+        if _captures_content(emitter):
+            span.set_attribute(genai.TOOL_CALL_ARGUMENTS, _bounded(to_json(bound)))
+    except Exception:
+        warn_once(
+            logger, "tool arguments", "agentstream: the arguments of a tool call could not be recorded."
+        )
+
+
+def _record_tool_result(span: ActiveSpan, result: Any) -> None:
+    """``gen_ai.tool.call.result``: a string as it is, anything else as JSON (bounded)."""
+    try:
+        if _captures_content(span.client):
+            text = result if isinstance(result, str) else to_json(result)
+            span.set_attribute(genai.TOOL_CALL_RESULT, _bounded(text))
+    except Exception:
+        warn_once(logger, "tool result", "agentstream: the result of a tool call could not be recorded.")

@@ -278,6 +278,11 @@ class ActiveSpan:
 
     Attributes follow OpenTelemetry: str, bool, int, float, or a sequence of them (kept as strings).
     Dicts and lists of dicts are stored as JSON strings.
+
+    A ``tool`` span gets ``gen_ai.operation.name = execute_tool`` and ``gen_ai.tool.name`` (its
+    name) unless given; an ``llm`` span opened inside a ``reward`` span or an ``evaluate``
+    operation of its rollout (at any depth) gets ``agentstream.judge = True``: a judge's call,
+    recorded but never credited nor trained on.
     """
 
     __slots__ = (
@@ -300,6 +305,7 @@ class ActiveSpan:
         "response_token_ids",
         "response_logprobs",
         "sequence_id",
+        "judging",
         "_token",
     )
 
@@ -341,8 +347,17 @@ class ActiveSpan:
         self.response_logprobs: Sequence[float] = ()
         self.sequence_id = 0
         self._token: contextvars.Token[ActiveSpan | None] | None = None
+        # True inside a reward span or an evaluation (at any depth, inherited from the parent): an LLM
+        # call made there is a judge's, recorded but never credited nor trained on (issue 14, 3b).
+        self.judging: bool = self.kind == "reward" or (parent is not None and parent.judging)
         if attributes:
             self.set_attributes(attributes)
+        if self.kind == "llm" and parent is not None and parent.judging:
+            self.attributes[genai.JUDGE] = True
+        elif self.kind == "tool":
+            # What the OTel GenAI ``execute_tool`` span says, for tools traced without naming it.
+            self.attributes.setdefault(genai.OPERATION_NAME, genai.OPERATION_EXECUTE_TOOL)
+            self.attributes.setdefault(genai.TOOL_NAME, name)
 
     # -- recording ----------------------------------------------------------------------------------
     def set_attribute(self, key: str, value: Any) -> ActiveSpan:
@@ -351,6 +366,8 @@ class ActiveSpan:
         coerced = attribute_value(key, value)
         if coerced is not None:
             self.attributes[key] = coerced
+            if key == genai.OPERATION_NAME and coerced == genai.OPERATION_EVALUATE:
+                self.judging = True  # LLM calls opened inside from now on are a judge's
         return self
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> ActiveSpan:

@@ -54,7 +54,7 @@ def test_spans_nest_within_a_rollout(settings: Settings, client: AgentStream) ->
     root, plan_span, tool, message = (
         spans["rollout"],
         spans["plan"],
-        spans["test_spans_nest_within_a_rollout.<locals>.lookup"],
+        spans["execute_tool lookup"],
         spans["message"],
     )
     assert root.parent_span_id is None and root.kind == "agent"
@@ -104,7 +104,7 @@ def test_asyncio_tasks_and_threads_keep_their_own_context(settings: Settings, cl
     assert len(records) == 10
     by_id = {s.span_id: s for s in records}
     gather = next(s for s in records if s.name == "gather")
-    fetches = [s for s in records if s.name == "fetch"]
+    fetches = [s for s in records if s.name == "execute_tool fetch"]
     assert len(fetches) == 3 and all(f.parent_span_id == gather.span_id for f in fetches)
     messages = [s for s in records if s.name == "message"]
     assert len(messages) == 3
