@@ -17,7 +17,11 @@ from rich.logging import RichHandler
 from agentstream.cli import analytics, demo, serve, stack, tasks, train
 from agentstream.cli.context import err_console, state
 from agentstream.cli.dead_letters import dead_letters_app
+from agentstream.cli.doctor import doctor
 from agentstream.cli.forget import forget
+from agentstream.cli.imports import import_files
+from agentstream.cli.otlp import otlp
+from agentstream.cli.rejoin import rejoin
 from agentstream.cli.resources import resources_app
 from agentstream.cli.topics import topics_app
 from agentstream.settings import Settings
@@ -75,9 +79,12 @@ for command in (
     stack.promoter,
     stack.migrate,
     stack.up,
+    otlp,
     stack.status,
     analytics.sql,
+    doctor,
     forget,
+    rejoin,
     demo.demo,
     tasks.runner,
     train.apo,
@@ -86,6 +93,7 @@ for command in (
     serve.serve_model,
 ):
     app.command()(command)
+app.command(name="import")(import_files)
 app.add_typer(topics_app, name="topics")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(resources_app, name="resources")
