@@ -27,7 +27,8 @@ class Fallback(Exception):
     """The record is not one the specialised writer takes: encode it with fastavro instead."""
 
 
-def _zigzag(n: int) -> bytes:
+def zigzag_varint(n: int) -> bytes:
+    """Avro's encoding of an ``int`` or ``long``."""
     return _unsigned((n << 1) ^ (n >> 63))
 
 
@@ -172,7 +173,7 @@ class _Gen:
             emit(depth, f"if {v} is not None: raise F")
         elif kind == "enum":
             self.register(schema, namespace)
-            table = self.const({s: _zigzag(i) for i, s in enumerate(schema["symbols"])})
+            table = self.const({s: zigzag_varint(i) for i, s in enumerate(schema["symbols"])})
             emit(depth, f"if {v} not in {table}: raise F  # str enums too: their hash is the str's")
             emit(depth, f"o += {table}[{v}]")
         elif kind == "array":
@@ -229,9 +230,9 @@ class _Gen:
             self.emit(depth, "raise F")
             return
         null_index = branches.index("null")
-        self.emit(depth, f"if {v} is None: o += {_zigzag(null_index)!r}")
+        self.emit(depth, f"if {v} is None: o += {zigzag_varint(null_index)!r}")
         self.emit(depth, "else:")
-        self.emit(depth + 1, f"o += {_zigzag(1 - null_index)!r}")
+        self.emit(depth + 1, f"o += {zigzag_varint(1 - null_index)!r}")
         self.value(others[0], v, depth + 1, namespace)
 
 

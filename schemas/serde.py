@@ -23,7 +23,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
 from .avro import AvroSchema, all_schemas
-from .avro_writer import Fallback, compile_writer
+from .avro_writer import Fallback, compile_writer, zigzag_varint
 
 SOE_MAGIC = b"\xc3\x01"
 SOE_HEADER_LEN = 10
@@ -141,17 +141,6 @@ def encode_body(schema: AvroSchema, record: dict[str, Any]) -> bytes:
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise SerializationError(f"cannot encode {schema.name}: {e}") from e
     return buf.getvalue()
-
-
-def zigzag_varint(n: int) -> bytes:
-    """Avro's encoding of an ``int`` or ``long``."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class _Varints(dict[int, bytes]):

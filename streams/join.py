@@ -47,6 +47,7 @@ __all__ = [
     "TripletUpdate",
     "is_evaluation_span",
     "llm_call_of",
+    "reward_event_of",
     "triplet_id_for",
 ]
 
@@ -80,6 +81,21 @@ def is_evaluation_span(span: Mapping[str, Any]) -> bool:
         span.get("kind") == "reward"
         or attributes.get(genai.OPERATION_NAME) == genai.OPERATION_EVALUATE
         or _says_judge(span)
+    )
+
+
+def reward_event_of(reward: Mapping[str, Any]) -> RewardEvent:
+    """The ``RewardEvent`` of a decoded reward record (what the joiner and the rejoin tool feed)."""
+    return RewardEvent(
+        reward_id=reward["reward_id"],
+        attempt_id=reward["attempt_id"],
+        value=float(reward["value"]),
+        timestamp_us=reward["timestamp"],
+        sequence_id=reward["sequence_id"],
+        span_id=reward["span_id"],
+        response_id=reward["response_id"],
+        feedback=reward["feedback"],
+        name=reward["name"],
     )
 
 

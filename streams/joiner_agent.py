@@ -30,8 +30,7 @@ from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, SPANS, TRIPLE
 from .app import StreamApp
 from .archive import Archive, CallArchive
 from .calls import CallContentStore, call_content, strategy_for, triplet_from_update
-from .credit import RewardEvent
-from .join import RolloutJoin, TripletUpdate, is_evaluation_span, llm_call_of
+from .join import RolloutJoin, TripletUpdate, is_evaluation_span, llm_call_of, reward_event_of
 from .lifecycle_agent import LifecycleHop
 from .outputs import DeadLetters, Headers, WorkerStats
 from .records import JoinRecord, JoinRecordValue, Serdes, raw_topic, rollout_table
@@ -178,19 +177,7 @@ class JoinerHop:
         if last_call is not None and reward["timestamp"] - last_call > self._horizon_us:
             self._stats.late_rewards_dropped += 1
             return joined if read_back else None
-        added = join.add_reward(
-            RewardEvent(
-                reward_id=reward["reward_id"],
-                attempt_id=reward["attempt_id"],
-                value=float(reward["value"]),
-                timestamp_us=reward["timestamp"],
-                sequence_id=reward["sequence_id"],
-                span_id=reward["span_id"],
-                response_id=reward["response_id"],
-                feedback=reward["feedback"],
-                name=reward["name"],
-            )
-        )
+        added = join.add_reward(reward_event_of(reward))
         if not added and not read_back:
             self._resend(join, locations)
             return None

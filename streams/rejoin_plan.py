@@ -17,8 +17,7 @@ from typing import Any
 from agentstream.schemas import Triplet
 
 from .calls import call_content, strategy_for, triplet_from_update
-from .credit import RewardEvent
-from .join import RolloutJoin, is_evaluation_span, llm_call_of
+from .join import RolloutJoin, is_evaluation_span, llm_call_of, reward_event_of
 
 __all__ = [
     "ExistingTriplet",
@@ -105,19 +104,7 @@ def derive_triplets(
         last_call = max((c.end_us for c in join.calls), default=None)
         if last_call is not None and datum["timestamp"] - last_call > horizon_us:
             continue  # the live joiner drops a reward this late
-        join.add_reward(
-            RewardEvent(
-                reward_id=datum["reward_id"],
-                attempt_id=datum["attempt_id"],
-                value=float(datum["value"]),
-                timestamp_us=datum["timestamp"],
-                sequence_id=datum["sequence_id"],
-                span_id=datum["span_id"],
-                response_id=datum["response_id"],
-                feedback=datum["feedback"],
-                name=datum["name"],
-            )
-        )
+        join.add_reward(reward_event_of(datum))
     return [
         triplet_from_update(
             log.rollout_id,

@@ -17,8 +17,7 @@ from agentstream.producers.otlp.decode import OtlpSpan
 from agentstream.producers.otlp.dialects import normalise_spans
 from agentstream.producers.otlp.files import read_file
 from agentstream.schemas.rollout_event import CreditAssignment
-from agentstream.streams.credit import RewardEvent
-from agentstream.streams.join import RolloutJoin, is_evaluation_span, llm_call_of
+from agentstream.streams.join import RolloutJoin, is_evaluation_span, llm_call_of, reward_event_of
 
 DATA = Path(__file__).parent.parent / "data" / "otlp"
 BASE_NS = 1_760_000_000_000_000_000
@@ -142,19 +141,7 @@ def _credits(
         join = joins.setdefault(rollout_id, RolloutJoin(rollout_id, strategy))
         for kind, datum in items:
             if kind == "reward":
-                join.add_reward(
-                    RewardEvent(
-                        reward_id=datum["reward_id"],
-                        attempt_id=datum["attempt_id"],
-                        value=float(datum["value"]),
-                        timestamp_us=datum["timestamp"],
-                        sequence_id=datum["sequence_id"],
-                        span_id=datum["span_id"],
-                        response_id=datum["response_id"],
-                        feedback=datum["feedback"],
-                        name=datum["name"],
-                    )
-                )
+                join.add_reward(reward_event_of(datum))
             elif datum["kind"] == "llm":
                 join.add_call(llm_call_of(datum))
             else:
