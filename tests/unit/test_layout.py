@@ -119,3 +119,22 @@ def test_the_package_guard_sees_a_package_left_out_and_one_gone(tree: Path) -> N
     assert packages_on_disk(tree) == {"agentstream", "agentstream.a", "agentstream.a.b"}
     (tree / "a" / "__init__.py").unlink()
     assert "agentstream.a" not in packages_on_disk(tree)
+
+
+def _shared_test_basenames(tests: Path) -> dict[str, list[str]]:
+    by_name: dict[str, list[str]] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        by_name.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    return {name: paths for name, paths in by_name.items() if len(paths) > 1}
+
+
+def test_test_modules_have_unique_basenames(tmp_path: Path) -> None:
+    """pytest imports test modules by basename (no __init__.py): two of one name stop the collection
+    of the whole suite, which running each folder alone does not show."""
+    assert _shared_test_basenames(ROOT / "tests") == {}
+    for folder in ("unit", "integration"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test_same.py").write_text("")
+    assert _shared_test_basenames(tmp_path) == {
+        "test_same.py": ["integration/test_same.py", "unit/test_same.py"]
+    }
