@@ -20,6 +20,7 @@ from agentstream.cli.dead_letters import dead_letters_app
 from agentstream.cli.doctor import doctor
 from agentstream.cli.forget import forget
 from agentstream.cli.imports import import_files
+from agentstream.cli.kafka import kafka_app
 from agentstream.cli.otlp import otlp
 from agentstream.cli.rejoin import rejoin
 from agentstream.cli.resources import resources_app
@@ -95,6 +96,7 @@ for command in (
     app.command()(command)
 app.command(name="import")(import_files)
 app.add_typer(topics_app, name="topics")
+app.add_typer(kafka_app, name="kafka")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(resources_app, name="resources")
 app.add_typer(analytics.export_app, name="export")

@@ -53,6 +53,8 @@ COMMANDS = {
     ("export", "triplets"),
     ("dead-letters", "list"),
     ("dead-letters", "replay"),
+    ("kafka", "fetch"),
+    ("kafka", "run"),
     ("train", "sft"),
     ("train", "kto"),
     ("train", "dpo"),
