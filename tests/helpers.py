@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from agentstream.deploy.apache_kafka import KafkaCluster
+from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.producers.tracer import ActiveSpan, Rollout
 from agentstream.schemas import AvroDeserializer
 from agentstream.settings import Settings
@@ -48,6 +51,42 @@ def read_topic(
     finally:
         consumer.close()
     return records
+
+
+Broker: TypeAlias = EmbeddedBroker | KafkaCluster
+"""What the ``broker`` fixture is: the embedded Tansu or a 1-node Apache Kafka (``--broker``)."""
+
+
+def own_broker(kind: str, directory: Path, port: int = 0) -> Broker:
+    """A broker of the session's kind (``broker_kind``), not started, for a test that kills or
+    restarts it: ``.start()`` it or use it as a context manager.
+
+    ``port`` is its client port (0: a free one), e.g. the port a client was given before the
+    broker existed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if kind == "apache":
+        return KafkaCluster(brokers=1, data_dir=directory / "kafka", port=port)
+    return EmbeddedBroker(port, log_path=directory / "broker.log")
+
+
+def kill_broker(broker: Broker) -> None:
+    """SIGKILL the broker: Tansu loses its memory-only log, an Apache node keeps its storage."""
+    if isinstance(broker, KafkaCluster):
+        for node in broker.nodes:
+            broker.kill_node(node.node_id)
+    else:
+        broker.kill()
+
+
+def restart_broker(broker: Broker) -> None:
+    """Start a killed broker again on the same address; returns once it answers metadata."""
+    if isinstance(broker, KafkaCluster):
+        for node in broker.nodes:
+            if not node.is_running():
+                broker.start_node(node.node_id)
+    else:
+        broker.restart()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from agentstream.clickhouse.connect import connect
-from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
 from tests.analytics_scenario import (
@@ -20,7 +19,7 @@ from tests.analytics_scenario import (
     ScenarioFacts,
     run_scenario,
 )
-from tests.helpers import SinkProcess, WorkerProcess, wait_for
+from tests.helpers import Broker, SinkProcess, WorkerProcess, wait_for
 
 
 @dataclass
@@ -36,9 +35,7 @@ class AnalyticsData:
 
 
 @pytest.fixture(scope="session")
-def analytics_data(
-    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AnalyticsData]:
+def analytics_data(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyticsData]:
     """The analytics scenario sent through broker, stream worker and sink into chDB, once per session."""
     settings = Settings(
         bootstrap_servers=broker.bootstrap_servers,

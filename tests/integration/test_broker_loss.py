@@ -1,15 +1,17 @@
-"""State is right after the embedded broker loses its log (it keeps it in memory only).
+"""State is right after the broker is SIGKILLed and comes back.
 
-Rollouts run across a broker restart: their pre-outage calls, states and metric partials are gone
-from Kafka (and from the stream workers' tables) but were landed in ClickHouse. Afterwards the
-rollouts read as ended, rewards for pre-outage calls become triplets, and the window's metrics
-count every rollout once.
+Rollouts run across a broker restart. The embedded Tansu keeps its log in memory only: the
+pre-outage calls, states and metric partials are gone from Kafka (and from the stream workers'
+tables) but were landed in ClickHouse. An Apache Kafka node keeps its storage: the workers resume
+from their changelogs and committed offsets. Either way the rollouts read as ended afterwards,
+rewards for pre-outage calls become triplets, and the window's metrics count every rollout once.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from agentstream.clickhouse.connect import connect
 from agentstream.deploy.stack import Stack
 from agentstream.producers.client import AgentStream
 from agentstream.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import kill_broker, own_broker, restart_broker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +37,9 @@ def _call(client: AgentStream) -> str:
         return span.span_id
 
 
-def test_rollouts_rewards_and_metrics_survive_a_broker_that_lost_its_log(tmp_path: Path) -> None:
-    settings = Settings(
+def _settings(tmp_path: Path, bootstrap_servers: str | None = None) -> Settings:
+    return Settings(
+        bootstrap_servers=bootstrap_servers,
         data_dir=tmp_path / "data",
         topic_prefix="loss.",
         partitions=2,
@@ -53,6 +56,31 @@ def test_rollouts_rewards_and_metrics_survive_a_broker_that_lost_its_log(tmp_pat
         },
         promotion={"interval_seconds": 3600},
     )
+
+
+# Tansu keeps its log in memory only: a SIGKILL loses it (an Apache node keeps its storage)
+@pytest.mark.tansu_only
+def test_rollouts_rewards_and_metrics_survive_a_broker_that_lost_its_log(tmp_path: Path) -> None:
+    def outage(stack: Stack) -> None:
+        # the stack's embedded broker: the stack restarts it, on the same address, with an empty log
+        os.kill(stack.broker.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        assert wait_for(lambda: stack.broker_status.restarts == 1, timeout=60)
+
+    _rollouts_across_an_outage(_settings(tmp_path), outage)
+
+
+@pytest.mark.apache_only
+def test_rollouts_rewards_and_metrics_survive_an_apache_broker_restart(tmp_path: Path) -> None:
+    with own_broker("apache", tmp_path / "broker") as broker:
+
+        def outage(stack: Stack) -> None:
+            kill_broker(broker)  # SIGKILL: storage kept, as after a machine crash
+            restart_broker(broker)
+
+        _rollouts_across_an_outage(_settings(tmp_path, broker.bootstrap_servers), outage)
+
+
+def _rollouts_across_an_outage(settings: Settings, outage: Callable[[Stack], None]) -> None:
     with Stack(settings, workers=1, promoter=False, dashboard=False) as stack:
         stack.wait_ready()
         resolved = stack.resolved_settings()
@@ -87,8 +115,7 @@ def test_rollouts_rewards_and_metrics_survive_a_broker_that_lost_its_log(tmp_pat
                 timeout=90,
             ), ch.query(landed).result_rows
 
-            os.kill(stack.broker.pid, signal.SIGKILL)  # type: ignore[union-attr]
-            assert wait_for(lambda: stack.broker_status.restarts == 1, timeout=60)
+            outage(stack)
             assert wait_for(lambda: all(c.status.state == "running" for c in stack.children), timeout=60)
 
             # after the outage: each rollout's calls get a reward, and the rollouts end

@@ -26,12 +26,11 @@ from agentstream.analytics.dashboard_auth import dashboard_token
 from agentstream.analytics.doctor import diagnose
 from agentstream.cli.app import app
 from agentstream.clickhouse.connect import connect
-from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.producers.client import AgentStream
 from agentstream.schemas import genai
 from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
-from tests.helpers import SinkProcess, wait_for
+from tests.helpers import Broker, SinkProcess, wait_for
 from tests.integration.test_analytics_docs import doc_queries
 
 pytestmark = pytest.mark.integration
@@ -167,7 +166,7 @@ def _insert_triplets(settings: Settings, sent: Sent) -> None:
 
 
 @pytest.fixture(scope="module")
-def landed(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landed]:
+def landed(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landed]:
     settings = Settings(
         bootstrap_servers=broker.bootstrap_servers,
         data_dir=tmp_path_factory.mktemp("doctor") / "data",

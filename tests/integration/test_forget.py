@@ -19,16 +19,16 @@ from typer.testing import CliRunner
 
 from agentstream.cli import app
 from agentstream.clickhouse.connect import connect
-from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.producers.client import AgentStream
 from agentstream.producers.tracer import Rollout
 from agentstream.schemas import genai
 from agentstream.settings import Settings
 from agentstream.sinks.forget import DEAD_LETTERS_TABLE, USER_ID_KEY, forget, rollout_tables, tombstone_topics
+from agentstream.sinks.metrics import sink_topics
 from agentstream.sinks.retention import current_ttl
 from agentstream.topics.admin import ensure_topics
 from agentstream.topics.catalogue import SPANS, changelog_topics
-from tests.helpers import SinkProcess, WorkerProcess, read_topic, settings_env, wait_for
+from tests.helpers import Broker, SinkProcess, WorkerProcess, read_topic, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +122,23 @@ def _sink_read_all_of(settings: Settings, topic: str) -> bool:
         consumer.close()
 
 
+def _sink_caught_up(settings: Settings) -> bool:
+    """Whether the sink's group committed every record of every topic it consumes (empty partitions too)."""
+    consumer = Consumer(settings.consumer_config(settings.sink.group_id))
+    try:
+        for topic in sink_topics(settings):
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10):
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                if high > low and tp.offset < high:
+                    return False
+        return True
+    finally:
+        consumer.close()
+
+
 @pytest.fixture(scope="module")
-def pipeline(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     settings = Settings(
         bootstrap_servers=broker.bootstrap_servers,
         data_dir=tmp_path_factory.mktemp("forget") / "data",
@@ -161,6 +176,9 @@ def pipeline(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
             f"rollouts did not land:\n{sink.log.read_text()[-2000:]}\n{worker.log.read_text()[-2000:]}"
         )
         worker.stop()
+        # every table holds its rollouts' rows in full (e.g. the final state versions the worker wrote
+        # last), so that the rows of rollouts a test does not forget no longer change under it
+        assert wait_for(lambda: _sink_caught_up(settings), 60), sink.log.read_text()[-2000:]
         yield Pipeline(settings, ids)
     finally:
         worker.stop()

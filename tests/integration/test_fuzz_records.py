@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from agentstream.clickhouse.connect import connect
-from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.schemas import AvroDeserializer, AvroSchema, AvroSerializer, load_schema
 from agentstream.schemas.serde import SOE_MAGIC
 from agentstream.settings import Settings
@@ -41,7 +40,7 @@ from agentstream.topics.catalogue import (
     SPANS,
     TRIPLETS,
 )
-from tests.helpers import SinkProcess, WorkerProcess, wait_for
+from tests.helpers import Broker, SinkProcess, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +88,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = Settings(
         bootstrap_servers=broker.bootstrap_servers,
         data_dir=Path(tmp_path_factory.mktemp("fuzz")) / "data",

@@ -13,14 +13,13 @@ import pytest
 
 import agentstream
 from agentstream.clickhouse.connect import connect
-from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.process.ports import free_port
 from agentstream.producers.client import AgentStream
 from agentstream.producers.spool import Spool, SpooledRecord
 from agentstream.schemas import Span
 from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
-from tests.helpers import SinkProcess, read_topic, wait_for
+from tests.helpers import SinkProcess, own_broker, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +181,7 @@ def test_oversized_payloads_are_truncated_with_a_marker(settings: Settings) -> N
     assert huge.response_token_ids == [1, 2, 3]
 
 
-def test_unreachable_broker_spools_and_replays_in_order(tmp_path: Path) -> None:
+def test_unreachable_broker_spools_and_replays_in_order(broker_kind: str, tmp_path: Path) -> None:
     """Emitting with no broker neither blocks nor loses: records wait in the spool until it comes."""
     port = free_port()
     settings = Settings(
@@ -201,7 +200,7 @@ def test_unreachable_broker_spools_and_replays_in_order(tmp_path: Path) -> None:
         time.sleep(1.5)
         assert client.stats.spooled >= 300 and not client.flush(0.2)
         assert any(settings.spool_dir.rglob("*.seg"))
-        with EmbeddedBroker(port):
+        with own_broker(broker_kind, tmp_path / "broker", port):
             ensure_topics(settings)
             assert client.flush(30), client.stats
             spans = [Span.from_avro(r) for r in read_topic(settings, "spool.spans", expected=301)]
@@ -280,7 +279,7 @@ def test_oversized_records_are_data_errors_not_outages(settings: Settings, clien
 
 
 def test_an_outage_stays_within_the_spool_bound_and_delivery_resumes(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    broker_kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With Kafka unreachable and a small spool bound, the spool stops growing at the bound: the
     oldest records are kept, the newest dropped, counted and warned about once; when Kafka is back,
@@ -308,7 +307,7 @@ def test_an_outage_stays_within_the_spool_bound_and_delivery_resumes(
         full = [r for r in caplog.records if "is full" in r.getMessage()]
         assert len(full) == 1, [r.getMessage() for r in full]
         kept_spans = stats.spooled - 1  # the attempt_started event went first
-        with EmbeddedBroker(port):
+        with own_broker(broker_kind, tmp_path / "broker", port):
             ensure_topics(settings)
             assert wait_for(lambda: client.stats.connected, 30)  # until then, the spool is still full
             with client.span("after the outage"):

@@ -16,7 +16,10 @@ from agentstream.producers.client import AgentStream
 from agentstream.settings import Settings
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.integration
+# `agentstream up` with no bootstrap_servers starts and supervises the embedded Tansu, whatever
+# --broker says; on Apache Kafka the stack's members meet an external broker (test_dashboard.py and
+# test_security_*.py run stacks on the session broker).
+pytestmark = [pytest.mark.integration, pytest.mark.tansu_only]
 
 
 def _emit(client: AgentStream, n: int) -> None:
