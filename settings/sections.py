@@ -119,6 +119,14 @@ class StreamSettings(BaseModel):
         description="Fetch long-poll wait; Faust hard-codes 1500 ms, which is the live latency floor.",
     )
     producer_linger_ms: int = Field(10, ge=0)
+    output_timeout_seconds: float = Field(
+        120.0,
+        ge=1,
+        description=(
+            "How long an output record (triplet, task, changelog) may wait for Kafka, and a commit for "
+            "its outputs: longer than a leader failover or a broker restart, so the worker waits instead of crashing."
+        ),
+    )
     session_timeout_ms: int = Field(6_000, ge=1_000, description="Group session; joins take half of it.")
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     commit_interval_seconds: float = Field(1.0, gt=0)

@@ -28,6 +28,9 @@ latency floor on a broker whose fetch is a sleep-poll loop; we use 50 ms), no tr
 idempotent aiokafka producer (the broker rejects InitProducerId v0), short sessions (joins are held
 for half of the session timeout), ``producer_linger`` so the broker is not flooded with tiny
 batches, and a per-app data directory.
+
+On Apache Kafka none of these defences acts (docs/architecture.md, "On Apache Kafka: the Tansu
+workarounds"); they stay because they cost little there.
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ class GapGuard:
     positions: dict[TP, _Position] = field(default_factory=dict)
     rereads: int = 0
     duplicates_dropped: int = 0
+    #: gaps handed on after ``verify_seconds`` (compacted or deleted records; never on a plain log)
+    gaps_accepted: int = 0
+    #: commits refused by :meth:`TansuSafeConsumer._new_offset` (counted here with the other
+    #: workaround counters, which the worker's status file reports)
+    commits_refused: int = 0
 
     def seek(self, tp: TP, offset: int | None) -> None:
         self.positions[tp] = _Position(expected=offset if offset is not None and offset >= 0 else None)
@@ -114,6 +122,7 @@ class GapGuard:
                     now - pos.gap_since,
                 )
                 pos.gaps_accepted += 1
+                self.gaps_accepted += 1
                 pos.gap_since = None
                 accepted.append(record)
                 pos.expected = offset + 1
@@ -202,13 +211,15 @@ class TansuSafeConsumer(faust_aiokafka.Consumer):
             for interval in gaps.overlap(0, max(acked) + 1) if gaps else ():
                 covered.update(range(interval.begin, interval.end))
             if min(covered) > committed:
+                self.gap_guard.commits_refused += 1
                 return None
         return super()._new_offset(tp)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         outputs: OutputSink | None = getattr(self.app, "outputs", None)
         if outputs is not None:
-            await asyncio.get_running_loop().run_in_executor(None, outputs.flush)
+            timeout = cast(StreamApp, self.app).agentstream.streams.output_timeout_seconds
+            await asyncio.get_running_loop().run_in_executor(None, outputs.flush, timeout)
         return await super()._commit(offsets)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
@@ -322,9 +333,13 @@ def create_app(
     )
     app.agentstream = settings
     app.gap_guard = GapGuard(streams.gap_verify_seconds, set(guarded_topics))
-    app.outputs = (
-        outputs
-        if outputs is not None
-        else OutputProducer(settings.producer_config(**{"linger.ms": streams.producer_linger_ms}))
+    # Not the SDK's delivery timeout (seconds, then its spool): a worker has no spool, and an output
+    # that times out crashes it. Outputs outlast a leader failover (tests/integration/test_broker_faults.py).
+    producer_config = settings.producer_config(
+        **{
+            "linger.ms": streams.producer_linger_ms,
+            "message.timeout.ms": int(streams.output_timeout_seconds * 1000),
+        }
     )
+    app.outputs = outputs if outputs is not None else OutputProducer(producer_config)
     return app

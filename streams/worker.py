@@ -92,6 +92,8 @@ class StreamWorker:
             "assigned_partitions": assigned,
             "gap_rereads": app.gap_guard.rereads,
             "duplicates_dropped": app.gap_guard.duplicates_dropped,
+            "gaps_accepted": app.gap_guard.gaps_accepted,
+            "commits_refused": app.gap_guard.commits_refused,
             "span_rereads": self.joiner.calls.rereads,
             "calls_read_back": self.joiner.archive.calls_found,
             "metric_recounts": self.metrics.recount.recounts,

@@ -26,6 +26,19 @@ class TopicStatus:
     detail: str = ""
 
 
+def topic_config(settings: Settings, spec: TopicSpec) -> dict[str, str]:
+    """The topic-level configuration ``ensure_topics`` creates ``spec`` with.
+
+    ``min.insync.replicas`` comes from ``settings.min_insync_replicas`` for every topic alike (event
+    topics, control-plane topics, the stream workers' changelogs), so an ``acks=all`` write is only
+    acknowledged once that many replicas hold it; unset, the broker's default applies.
+    """
+    config = spec.config()
+    if settings.min_insync_replicas is not None:
+        config["min.insync.replicas"] = str(settings.min_insync_replicas)
+    return config
+
+
 def ensure_topics(
     settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE, timeout: float = 15.0
 ) -> list[TopicStatus]:
@@ -41,7 +54,7 @@ def ensure_topics(
             name,
             num_partitions=spec.partition_count(settings.partitions),
             replication_factor=settings.replication_factor,
-            config=spec.config(),
+            config=topic_config(settings, spec),
         )
         for name, spec in wanted.items()
         if name not in existing
