@@ -10,7 +10,14 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from agentstream.cli.context import console, err_console, resolved_settings, state, stop_event
+from agentstream.cli.context import (
+    console,
+    err_console,
+    kafka_refusal_exits,
+    resolved_settings,
+    state,
+    stop_event,
+)
 
 __all__ = ["broker", "migrate", "promoter", "sink", "status", "up", "worker"]
 
@@ -36,7 +43,8 @@ def sink() -> None:
     from agentstream.sinks.service import run_sink
 
     stop = stop_event()
-    run_sink(resolved_settings(), stop)
+    with kafka_refusal_exits():
+        run_sink(resolved_settings(), stop)
 
 
 def worker(
@@ -50,7 +58,8 @@ def worker(
     from agentstream.streams.service import run_worker
 
     settings = resolved_settings()
-    run_worker(settings, loglevel=loglevel.upper(), archive=ClickHouseArchive.for_settings(settings))
+    with kafka_refusal_exits():
+        run_worker(settings, loglevel=loglevel.upper(), archive=ClickHouseArchive.for_settings(settings))
 
 
 def promoter() -> None:

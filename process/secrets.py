@@ -61,3 +61,17 @@ def ensure_secret(path: Path, nbytes: int = 32) -> str:
     with os.fdopen(fd, "w") as file:
         file.write(value + "\n")
     return value
+
+
+def write_secret(path: Path, value: str) -> Path:
+    """Keep ``value`` in ``path`` (0600, in a 0700 directory), replacing what was there; returns ``path``.
+
+    For a secret that was given, not generated (a Kafka password from the settings): the file is
+    made private before the value is written, so it is never readable by others.
+    """
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as file:
+        file.write(value + "\n")
+    return path

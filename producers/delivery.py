@@ -27,6 +27,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from agentstream.topics.auth import RefusalLog
 from agentstream.topics.catalogue import HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_EVENT_ID
 
 from .delivery_stats import DeliveryStats
@@ -107,6 +108,7 @@ class DeliveryWorker:
         self._purge_pending = False
         self._deferred_dead_letters: list[tuple[SpooledRecord, str]] = []
         self._waiting_logged = False
+        self._refusals = RefusalLog(logger, self._producer_config, " Records are spooled meanwhile.")
         # event id (the agentstream-id header) -> callback run once Kafka acknowledged that record
         self._waiters: dict[bytes, Callable[[], None]] = {}
         self._thread = threading.Thread(target=self._run, name=f"agentstream-delivery-{name}", daemon=True)
@@ -266,6 +268,7 @@ class DeliveryWorker:
         if self._refused(record, err):
             return
         self._note_error(f"{err.name()}: {err.str()}")
+        self._refusals.note(err, f"topic {record.topic}")
         if respool:
             self._spool_append(record)
         self._mark_disconnected(err)
@@ -291,6 +294,7 @@ class DeliveryWorker:
 
     def _on_error(self, err: KafkaError) -> None:
         self._note_error(f"{err.name()}: {err.str()}")
+        self._refusals.note(err)  # a wrong password: one clear ERROR naming broker and principal
         if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
             self._mark_disconnected(err)
 
@@ -366,6 +370,7 @@ class DeliveryWorker:
                 self._waiting_logged = True
         except Exception as e:
             self._note_error(f"probe: {e}")
+            self._refusals.note(e)
         return None
 
     def _publish_schemas(self) -> None:

@@ -12,9 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentstream.process.secrets import read_secret, secret_path, write_secret
 from agentstream.process.status import StackState
 
 
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra librdkafka properties for every client (security.protocol, sasl.*, ...).",
     )
+    kafka_password_file: Path | None = Field(
+        None,
+        description="A 0600 file holding the SASL password (sasl.password of `kafka`), read when the settings "
+        "are built. Processes agentstream starts are given this path, never the password.",
+    )
     clickhouse_dsn: str | None = Field(
         None,
         description="clickhouse-connect DSN (http(s)://host:8123 or chdb:///path); default chdb under data_dir.",
@@ -91,6 +97,14 @@ class Settings(BaseSettings):
     topic_prefix: str = "agentstream."
     partitions: int = Field(8, ge=1, description="Partitions of the per-rollout event topics.")
     replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "min.insync.replicas of every topic agentstream creates (with acks=all, a write needs this many "
+            "replicas); unset keeps the broker's default. At most replication_factor."
+        ),
+    )
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
     sdk: SdkSettings = Field(default_factory=SdkSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
@@ -108,6 +122,24 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _kafka_password_from_file(self) -> Settings:
+        # resolved here, at the edge: every client (librdkafka, the workers' aiokafka) reads settings.kafka
+        if self.kafka_password_file is not None and "sasl.password" not in self.kafka:
+            self.kafka = {**self.kafka, "sasl.password": read_secret(self.kafka_password_file.expanduser())}
+        return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        # more in-sync replicas than replicas: every acks=all write would fail with NotEnoughReplicas
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) must be at most replication_factor "
+                f"({self.replication_factor}): set AGENTSTREAM_MIN_INSYNC_REPLICAS lower or "
+                "AGENTSTREAM_REPLICATION_FACTOR higher"
+            )
+        return self
 
     # ---- derived locations -------------------------------------------------------------------
     @property
@@ -130,7 +162,7 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         # Secrets never go to a child's environment (any process of the user reads /proc/<pid>/environ):
         # the dashboard token reaches a stack's dashboard as its token_file (see Stack.start).
-        secret = {"dashboard": {"token"}}
+        secret: dict[str, Any] = {"dashboard": {"token"}, "kafka": {"sasl.password"}}
         for name, value in self.model_dump(mode="json", exclude_none=True, exclude=secret).items():
             key = f"AGENTSTREAM_{name.upper()}"
             if isinstance(value, dict) and isinstance(getattr(self, name), BaseModel):  # a settings group
@@ -139,7 +171,22 @@ class Settings(BaseSettings):
                         env[f"{key}__{sub.upper()}"] = _env_value(sub_value)
             else:
                 env[key] = _env_value(value)
+        password = self.kafka.get("sasl.password")
+        if password:  # the Kafka password reaches a child as a file it reads (see kafka_password_file)
+            env["AGENTSTREAM_KAFKA_PASSWORD_FILE"] = str(self._kafka_password_path(password))
         return env
+
+    def _kafka_password_path(self, password: str) -> Path:
+        """A 0600 file holding ``password``: ``kafka_password_file`` when it holds it, else one written
+        under ``<data_dir>/secrets/``."""
+        given = self.kafka_password_file
+        if given is not None:
+            try:
+                if read_secret(given.expanduser()) == password:
+                    return given
+            except (OSError, ValueError):
+                pass
+        return write_secret(secret_path(self.data_dir, "kafka.password"), password)
 
     # ---- the running stack ---------------------------------------------------------------------
     def running_stack(self) -> StackState | None:

@@ -11,6 +11,7 @@ from agentstream.clickhouse.credentials import ensure_credentials, token_file
 from agentstream.clickhouse.gateway import ClickHouseGateway
 from agentstream.process.secrets import private_dir
 from agentstream.settings import Settings
+from agentstream.topics.auth import check_credentials
 
 from .clickhouse import ClickHouseSink
 from .metrics import start_sink_ops
@@ -28,6 +29,7 @@ def run_sink(settings: Settings, stop: threading.Event) -> None:
     `agentstream up` has not already). The data directory and all it creates are private (0700/0600).
     """
     os.umask(0o077)  # chDB's files and whatever else this process creates: the owner's alone
+    check_credentials(settings.admin_config())  # a wrong password: exit naming broker and principal
     private_dir(settings.data_dir)
     chdb_path = chdb_path_of(settings.default_clickhouse_dsn)
     if chdb_path is not None:

@@ -6,6 +6,7 @@ import logging
 
 from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
+from agentstream.topics.auth import check_credentials
 from agentstream.topics.catalogue import changelog_topics
 
 from .archive import Archive
@@ -23,6 +24,7 @@ def run_worker(settings: Settings, *, loglevel: str = "WARNING", archive: Archiv
 
     # The tables' changelogs exist before anything can write to them: a producer's first write
     # would let the broker auto-create them with its default partition count.
+    check_credentials(settings.admin_config())  # a wrong password: exit naming broker and principal
     ensure_topics(settings, changelog_topics(settings.streams.app_id))
     stream_worker = build_worker(settings, archive=archive)
     app = stream_worker.app
