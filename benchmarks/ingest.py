@@ -1,8 +1,11 @@
 """Ingest benchmark: LLM-call-sized spans from several agent processes into ClickHouse.
 
     python benchmarks/ingest.py --spans 100000 --json results/ingest.json
+    python benchmarks/ingest.py --broker apache --json results/ingest-apache.json
 
-Runs on the embedded default (Tansu + chDB) in a temporary data directory:
+Runs on the embedded default (Tansu + chDB) in a temporary data directory, or with
+``--broker apache`` on a one-node Apache Kafka (KRaft, ``agentstream.deploy.apache_kafka``; jars
+from Maven Central on first use) that the benchmark starts beside chDB:
 
 1. ``raw_produce_per_s``: librdkafka alone (the SDK's producer settings) sending records of the
    same size from the same number of processes: the ceiling for the SDK.
@@ -17,6 +20,7 @@ Runs on the embedded default (Tansu + chDB) in a temporary data directory:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -203,6 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--freshness-seconds", type=float, default=20.0)
     parser.add_argument("--freshness-rate", type=float, default=5_000, help="spans/s of the steady load")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--broker", choices=("tansu", "apache"), default="tansu", help="embedded Tansu or Apache Kafka"
+    )
     args = parser.parse_args(argv)
 
     from agentstream.clickhouse.connect import connect
@@ -212,10 +219,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agentstream.topics.catalogue import TopicSpec
 
     n, p = args.spans, args.producers
-    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp, contextlib.ExitStack() as brokers:
         data_dir = Path(tmp)
+        external, external_pid = _start_broker(args.broker, data_dir, brokers)
         with Stack(
-            Settings(data_dir=data_dir / "stack", topic_prefix="bench.", partitions=8), workers=0
+            Settings(
+                data_dir=data_dir / "stack", topic_prefix="bench.", partitions=8, bootstrap_servers=external
+            ),
+            workers=0,
         ) as stack:
             stack.wait_ready()
             bootstrap = stack.bootstrap_servers
@@ -249,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "ingested_at) / 1e6), 3) FROM spans WHERE " + where + " GROUP BY s ORDER BY s"
             ).result_rows
             print("freshness per second (spans, p99 s):", [(n, p99) for _, n, p99 in timeline])
-            sink_pid, broker_pid = stack.children[0].status.pid, stack.broker.pid if stack.broker else None
+            sink_pid = stack.children[0].status.pid
+            broker_pid = stack.broker.pid if stack.broker else external_pid
             cpu_sink, cpu_broker = _cpu_seconds(sink_pid), _cpu_seconds(broker_pid)
             began, results = _run_processes(
                 _sdk_producer, lambda i: (bootstrap, str(data_dir), "tput", i, n // p, 0.0), p
@@ -283,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print("sink gap events:", _gap_log(stack))
 
     figures = {
+        "broker": args.broker,
         "spans": total,
         "producers": p,
         "record_bytes": size,
@@ -308,6 +321,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))
     return figures
+
+
+def _start_broker(kind: str, data_dir: Path, stack: contextlib.ExitStack) -> tuple[str | None, int | None]:
+    """``(bootstrap servers, broker pid)`` of an Apache Kafka node started for the run, or
+    ``(None, None)`` for Tansu, which the agentstream stack embeds."""
+    if kind == "tansu":
+        return None, None
+    from agentstream.deploy.apache_kafka import KafkaCluster
+
+    cluster = stack.enter_context(KafkaCluster(brokers=1, data_dir=data_dir / "kafka"))
+    process = cluster.nodes[0].process
+    return cluster.bootstrap_servers, process.pid if process is not None else None
 
 
 def _diagnose(ch: Any, settings: Any, stack: Any) -> None:

@@ -1,6 +1,10 @@
 """Stream-worker benchmark on the embedded broker.
 
     python benchmarks/streams.py --json results/streams.json
+    python benchmarks/streams.py --broker apache --json results/streams-apache.json
+
+``--broker apache`` runs it on a one-node Apache Kafka (KRaft) that the benchmark starts
+(``agentstream.deploy.apache_kafka``) instead of the embedded broker.
 
 Measures (JSON keys):
 
@@ -15,6 +19,7 @@ Measures (JSON keys):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -204,6 +209,16 @@ def bench_rollouts_per_s(settings: Settings, rollouts: int, concurrency: int) ->
         runner.stop(30)
 
 
+def start_broker(kind: str, data_dir: Path, stack: contextlib.ExitStack) -> str | None:
+    """Bootstrap servers of an Apache Kafka node started for the run; None for Tansu, which the
+    agentstream stack embeds."""
+    if kind == "tansu":
+        return None
+    from agentstream.deploy.apache_kafka import KafkaCluster
+
+    return stack.enter_context(KafkaCluster(brokers=1, data_dir=data_dir / "kafka")).bootstrap_servers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,11 +229,15 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--latency-rate", type=float, default=100.0, help="rollouts/s during the latency run")
     parser.add_argument("--concurrency", type=int, default=32, help="runner concurrency")
+    parser.add_argument(
+        "--broker", choices=("tansu", "apache"), default="tansu", help="embedded Tansu or Apache Kafka"
+    )
     args = parser.parse_args()
 
-    figures: dict[str, Any] = {"cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
+    figures: dict[str, Any] = {"cpus": os.cpu_count(), "broker": args.broker}
+    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp, contextlib.ExitStack() as brokers:
         base = Settings(
+            bootstrap_servers=start_broker(args.broker, Path(tmp), brokers),
             data_dir=Path(tmp) / "stack",
             partitions=8,
             streams={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},

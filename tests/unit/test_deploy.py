@@ -15,6 +15,7 @@ import yaml
 
 from agentstream.settings import Settings
 from agentstream.streams.app import broker_credentials
+from tests.unit.test_deploy_kafka import helm_binary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -60,11 +61,11 @@ def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch, 
     for name, value in {**env, **produced}.items():
         monkeypatch.setenv(name, str(value))
     settings = Settings()
-    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.bootstrap_servers == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
     assert settings.clickhouse_dsn == "http://agentstream:ch-pw_2@clickhouse:8123/default"
     assert settings.kafka == {
         "security.protocol": "SASL_SSL",
-        "sasl.mechanisms": "PLAIN",
+        "sasl.mechanisms": "SCRAM-SHA-512",
         "sasl.username": "agentstream",
         "sasl.password": "kafka-pw_1",
         "ssl.ca.location": f"{secrets}/ca.crt",
@@ -85,25 +86,29 @@ def test_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch, 
     assert broker_credentials({}) is None
 
 
-def test_compose_publishes_no_plaintext_listener_and_only_on_loopback() -> None:
+def test_compose_publishes_no_plaintext_listener_and_only_on_loopback(tmp_path: Path) -> None:
+    from tests.unit.test_deploy_kafka import _compose_nodes
+
     services = _compose()["services"]
-    kafka = services["kafka"]["environment"]
-    protocols = dict(item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    listeners = {
-        name: address
-        for name, _, address in (item.partition("://") for item in kafka["KAFKA_LISTENERS"].split(","))
-    }
-    published = {int(port.rsplit(":", 1)[1]) for port in services["kafka"]["ports"]}
-    for name, address in listeners.items():
-        port = int(address.rsplit(":", 1)[1])
-        if protocols[name] != "SASL_SSL":  # only the controller, on the container's loopback
-            assert address.startswith("localhost:") and port not in published, name
-    assert {protocols[n] for n, a in listeners.items() if int(a.rsplit(":", 1)[1]) in published} == {
-        "SASL_SSL"
-    }
-    for advertised in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","):
-        assert protocols[advertised.partition("://")[0]] == "SASL_SSL", advertised
-    assert kafka["KAFKA_INTER_BROKER_LISTENER_NAME"] in {n for n, p in protocols.items() if p == "SASL_SSL"}
+    configs, _ = _compose_nodes(tmp_path)
+    for node, kafka in configs.items():
+        protocols = dict(item.split(":") for item in kafka["listener.security.protocol.map"].split(","))
+        listeners = {
+            name: address
+            for name, _, address in (item.partition("://") for item in kafka["listeners"].split(","))
+        }
+        published = {int(port.rsplit(":", 1)[1]) for port in services[node]["ports"]}
+        for name, address in listeners.items():
+            port = int(address.rsplit(":", 1)[1])
+            if protocols[name] != "SASL_SSL":  # only the controllers' mutual TLS, never published
+                assert protocols[name] == "SSL" and port not in published, name
+                assert kafka[f"listener.name.{name.lower()}.ssl.client.auth"] == "required", name
+        assert {protocols[n] for n, a in listeners.items() if int(a.rsplit(":", 1)[1]) in published} == {
+            "SASL_SSL"
+        }
+        for advertised in kafka["advertised.listeners"].split(","):
+            assert protocols[advertised.partition("://")[0]] == "SASL_SSL", advertised
+        assert protocols[kafka["inter.broker.listener.name"]] == "SASL_SSL"
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
@@ -122,7 +127,7 @@ def test_compose_has_no_literal_password() -> None:
     assert "/dev/urandom" in generator and "openssl req -x509" in generator
     for password in ("keystore.password", "broker.password", "agentstream.password", "clickhouse/password"):
         assert re.search(rf"password > /secrets/\S*{re.escape(password)}", generator), password
-    for service in ("kafka", "clickhouse"):
+    for service in ("kafka-1", "kafka-2", "kafka-3", "clickhouse"):
         assert compose["services"][service]["depends_on"]["secrets"] == {
             "condition": "service_completed_successfully"
         }
@@ -152,11 +157,12 @@ def test_helm_chart_sets_only_known_settings() -> None:
 def test_helm_kafka_is_sasl_ssl_with_generated_secrets() -> None:
     templates = _templates()
     kafka = templates["kafka.yaml"]
-    protocol_map = re.search(r"KAFKA_LISTENER_SECURITY_PROTOCOL_MAP, value: \"([^\"]+)\"", kafka)
+    protocol_map = re.search(r"listener\.security\.protocol\.map=(\S+)", kafka)
     assert protocol_map is not None
     protocols = dict(item.split(":") for item in protocol_map.group(1).split(","))
     assert "PLAINTEXT" not in protocols.values() and "SASL_PLAINTEXT" not in protocols.values()
-    assert "PLAINTEXT://" not in kafka and "KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH" in kafka
+    assert "PLAINTEXT://" not in kafka and "listener.name.controller.ssl.client.auth=required" in kafka
+    assert "sasl.enabled.mechanisms=SCRAM-SHA-512" in kafka and "--add-scram" in kafka
     secrets = templates["kafka-secrets.yaml"]
     for function in ("genCA", "genSignedCert", "randAlphaNum", "lookup"):
         assert function in secrets, function
@@ -184,10 +190,12 @@ def test_helm_agentstream_pods_have_probes_on_the_operations_port() -> None:
     assert "AGENTSTREAM_METRICS__HOST" in templates["_helpers.tpl"]  # reachable by the kubelet
 
 
-@pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not installed")
+@pytest.mark.skipif(helm_binary() is None, reason="helm is not installed")
 def test_helm_template_renders_probes_and_no_plaintext(tmp_path: Path) -> None:
+    helm = helm_binary()
+    assert helm is not None
     rendered = subprocess.run(
-        ["helm", "template", "rel", str(HELM)], capture_output=True, text=True, check=True
+        [helm, "template", "rel", str(HELM)], capture_output=True, text=True, check=True
     ).stdout
     documents = [d for d in yaml.safe_load_all(rendered) if d]
     deployments = [d for d in documents if d["kind"] == "Deployment"]
@@ -199,8 +207,9 @@ def test_helm_template_renders_probes_and_no_plaintext(tmp_path: Path) -> None:
     (kafka,) = [
         d for d in documents if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-kafka")
     ]
-    env = {e["name"]: e.get("value") for e in kafka["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "PLAINTEXT" not in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].replace("SASL_", "")
+    script = kafka["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    (protocol_map,) = re.findall(r"listener\.security\.protocol\.map=(\S+)", script)
+    assert "PLAINTEXT" not in protocol_map.replace("SASL_", "")
 
 
 def test_ci_runs_the_readme_test_command() -> None:

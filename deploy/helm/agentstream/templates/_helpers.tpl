@@ -33,6 +33,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.topics.partitions | quote }}
 - name: AGENTSTREAM_REPLICATION_FACTOR
   value: {{ .Values.topics.replicationFactor | quote }}
+- name: AGENTSTREAM_MIN_INSYNC_REPLICAS
+  value: {{ .Values.topics.minInsyncReplicas | quote }}
 {{- if .Values.kafka.enabled }}
 {{- /* Kafka credentials as env from a Secret, the Kubernetes norm: the value lives only in the
 container's environment (its own PID namespace: no other user's process can read it), and the
