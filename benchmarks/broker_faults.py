@@ -70,12 +70,16 @@ def run(agents: int, calls: int, pace_s: float, partitions: int, down_s: float) 
                     client.close()
                 console.print(f"faults done in {time.perf_counter() - started:.0f}s; waiting for ClickHouse")
                 sent = [s for loop in loops for s in loop.sent]
-                landed = wait_landed(settings, sent, 300)
+                waited = time.perf_counter()
+                # until everything landed, or no count grew for 120 s (stuck, not merely behind)
+                landed = wait_landed(settings, sent, 1800, stall_s=120)
+                waited = time.perf_counter() - waited
                 return {
                     "agents": agents,
                     "partitions": partitions,
                     "flushed": flushed,
                     "landed": landed,
+                    "landed_wait_s": round(waited, 1),
                     "counts": count(settings, sent),
                     "emits": emit_figures(loops, outages),
                     "sdk": {

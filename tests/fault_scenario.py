@@ -269,16 +269,33 @@ def _query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
         client.close()
 
 
-def wait_landed(settings: Settings, sent: list[Sent], timeout: float) -> bool:
-    """Until ClickHouse holds every sent LLM call and a credited triplet for each (or ``timeout``)."""
+def wait_landed(settings: Settings, sent: list[Sent], timeout: float, stall_s: float | None = None) -> bool:
+    """Until ClickHouse holds every sent LLM call and a credited triplet for each (or ``timeout``).
+
+    With ``stall_s``, also give up once neither count has grown for that long: a benchmark tells a
+    worker that is behind (counts still growing) from one that is stuck.
+    """
     calls = sum(len(s.span_ids) for s in sent)
+    last_counts, last_growth = (-1, -1), time.monotonic()
 
     def landed() -> bool:
+        nonlocal last_counts, last_growth
         spans = _query(settings, "SELECT uniqExact(span_id) FROM spans WHERE kind = 'llm'")[0][0]
         triplets = _query(settings, "SELECT count() FROM triplets FINAL WHERE reward IS NOT NULL")[0][0]
+        if (spans, triplets) != last_counts:
+            last_counts, last_growth = (spans, triplets), time.monotonic()
+        elif stall_s is not None and time.monotonic() - last_growth > stall_s:
+            raise _Stalled
         return bool(spans >= calls and triplets >= calls)
 
-    return bool(wait_for(landed, timeout, interval=1.0))
+    try:
+        return bool(wait_for(landed, timeout, interval=1.0))
+    except _Stalled:
+        return False
+
+
+class _Stalled(Exception):
+    """No progress for ``stall_s``."""
 
 
 def count(settings: Settings, sent: list[Sent]) -> dict[str, dict[str, int]]:

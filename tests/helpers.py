@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from agentstream.deploy.apache_kafka import KafkaCluster
 from agentstream.deploy.broker import EmbeddedBroker
 from agentstream.producers.tracer import ActiveSpan, Rollout
-from agentstream.schemas import AvroDeserializer
+from agentstream.schemas import AvroDeserializer, genai
 from agentstream.settings import Settings
 
 
@@ -253,3 +254,22 @@ class RecordingEmitter:
 
     def rollout_finished(self, rollout: Rollout) -> None:
         self.lifecycle.append("finished")
+
+
+def llm_call(client: Any, rollout: Rollout, prompt: str, response: str, **attributes: Any) -> str:
+    """Emit one LLM-call span (GenAI messages, model, token ids, the prompt resource v1) of
+    ``rollout`` through ``client`` (an ``AgentStream``); returns its span id."""
+    with client.span("chat", kind="llm", rollout=rollout) as span:
+        span.set_attribute(
+            genai.INPUT_MESSAGES,
+            json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
+        )
+        span.set_attribute(
+            genai.OUTPUT_MESSAGES,
+            json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": response}]}]),
+        )
+        span.set_attribute(genai.REQUEST_MODEL, "test-model")
+        span.set_attributes(attributes)
+        span.set_token_ids([1, 2, 3], [4, 5])
+        span.set_resource("prompt", "v1")
+        return str(span.span_id)

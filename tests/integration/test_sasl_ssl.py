@@ -28,7 +28,6 @@ from agentstream.deploy.apache_kafka.security import PRODUCE, SaslSslListener, a
 from agentstream.producers.client import AgentStream
 from agentstream.producers.runner import Runner
 from agentstream.resources.store import ResourceStore
-from agentstream.schemas import genai
 from agentstream.settings import Settings
 from agentstream.streams.promotion import PromotionController
 from agentstream.streams.promotion_policy import PromotionPolicy
@@ -36,7 +35,7 @@ from agentstream.topics.admin import ensure_topics
 from agentstream.topics.auth import auth_problem
 from agentstream.topics.catalogue import DEAD_LETTER, REWARDS, ROLLOUT_EVENTS, SCHEMAS, SPANS
 from agentstream.trainers.stream import TripletStream
-from tests.helpers import SinkProcess, WorkerProcess, wait_for
+from tests.helpers import SinkProcess, WorkerProcess, llm_call, wait_for
 
 pytestmark = pytest.mark.integration
 apache_only = pytest.mark.apache_only  # the tests on the module's SASL_SSL cluster
@@ -111,20 +110,6 @@ def prefix() -> str:
     return f"s{uuid.uuid4().hex[:10]}."
 
 
-def _chat(client: AgentStream, rollout: Any, prompt: str, response: str) -> None:
-    with client.span("chat", kind="llm", rollout=rollout) as span:
-        span.set_attribute(
-            genai.INPUT_MESSAGES,
-            json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
-        )
-        span.set_attribute(
-            genai.OUTPUT_MESSAGES,
-            json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": response}]}]),
-        )
-        span.set_attribute(genai.REQUEST_MODEL, "test-model")
-        span.set_token_ids([1, 2, 3], [4, 5])
-
-
 def _process_secrets(pid: int) -> tuple[bytes, bytes]:
     """What others can see of a process: its environment and its argv."""
     return Path(f"/proc/{pid}/environ").read_bytes(), Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -156,7 +141,7 @@ def test_every_client_runs_the_loop_over_sasl_ssl(secure: Secure, prefix: str, t
 
             def agent(task: dict[str, Any], rollout: Any) -> float:
                 prompt = rollout.resource("prompt").render(ticket=task["t"])
-                _chat(client, rollout, prompt, f"answer {task['t']}")
+                llm_call(client, rollout, prompt, f"answer {task['t']}")
                 return 1.0
 
             # runner: tasks and resources as the platform, its rollouts through the SDK principal
@@ -232,7 +217,7 @@ def test_the_sdk_principal_may_only_write_its_topics(secure: Secure, prefix: str
 
     with AgentStream(sdk) as client:
         with client.rollout({"q": 1}) as rollout:
-            _chat(client, rollout, "hello", "hi")
+            llm_call(client, rollout, "hello", "hi")
             rollout.emit_reward(1.0)
         assert client.flush(30), client.stats
     assert client.stats.delivered >= 4  # started, root span, chat span, reward, finished
@@ -278,7 +263,7 @@ def test_a_wrong_password_is_one_clear_error_and_never_reaches_the_agent(
     try:
         for i in range(3):  # the agent carries on: nothing raises, records go to the spool
             with client.rollout({"q": i}) as rollout:
-                _chat(client, rollout, "hello", "hi")
+                llm_call(client, rollout, "hello", "hi")
                 rollout.emit_reward(1.0)
 
         def refused() -> list[logging.LogRecord]:

@@ -13,9 +13,8 @@ import pytest
 
 from agentstream.producers.client import AgentStream
 from agentstream.producers.tracer import Rollout
-from agentstream.schemas import genai
 from agentstream.settings import Settings
-from tests.helpers import SinkProcess, WorkerProcess, latest_by, read_topic, wait_for
+from tests.helpers import SinkProcess, WorkerProcess, latest_by, llm_call, read_topic, wait_for
 
 
 @pytest.fixture
@@ -63,23 +62,6 @@ def wait_states(settings: Settings, predicate: Any, timeout: float = 30.0) -> di
         if predicate(current) or time.monotonic() > deadline:
             return current
         time.sleep(0.3)
-
-
-def llm_call(client: AgentStream, rollout: Rollout, prompt: str, response: str, **attributes: Any) -> str:
-    with client.span("chat", kind="llm", rollout=rollout) as span:
-        span.set_attribute(
-            genai.INPUT_MESSAGES,
-            json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
-        )
-        span.set_attribute(
-            genai.OUTPUT_MESSAGES,
-            json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": response}]}]),
-        )
-        span.set_attribute(genai.REQUEST_MODEL, "test-model")
-        span.set_attributes(attributes)
-        span.set_token_ids([1, 2, 3], [4, 5])
-        span.set_resource("prompt", "v1")
-        return span.span_id
 
 
 def test_lifecycle_retries_timeouts_unresponsive_and_cancel(

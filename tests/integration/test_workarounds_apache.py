@@ -9,7 +9,6 @@ on record, so that the day Tansu fixes it the workaround can go.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +21,9 @@ from faust.types import TP
 
 from agentstream.producers.client import AgentStream
 from agentstream.producers.tracer import Rollout
-from agentstream.schemas import genai
 from agentstream.settings import Settings
 from agentstream.streams.app import GapGuard, fetch_end_offsets
-from tests.helpers import WorkerProcess, latest_by, read_topic, wait_for
+from tests.helpers import WorkerProcess, latest_by, llm_call, read_topic, wait_for
 
 PARTITIONS = 4
 
@@ -113,19 +111,6 @@ def workers(stream_settings: Settings) -> Iterator[list[WorkerProcess]]:
             worker.stop()
 
 
-def _llm_call(client: AgentStream, rollout: Rollout, prompt: str) -> None:
-    with client.span("chat", kind="llm", rollout=rollout) as span:
-        span.set_attribute(
-            genai.INPUT_MESSAGES,
-            json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
-        )
-        span.set_attribute(
-            genai.OUTPUT_MESSAGES,
-            json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "a"}]}]),
-        )
-        span.set_attribute(genai.REQUEST_MODEL, "test-model")
-
-
 @pytest.mark.apache_only
 def test_gap_and_commit_guards_stay_idle_on_apache(
     stream_settings: Settings, workers: list[WorkerProcess]
@@ -142,7 +127,7 @@ def test_gap_and_commit_guards_stay_idle_on_apache(
                 rollout_id = f"g{i:05d}"
                 client.enqueue({"rollout_id": rollout_id})
                 rollout = Rollout(client, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
-                _llm_call(client, rollout, f"q{i}")
+                llm_call(client, rollout, f"q{i}", "a")
                 client.emit_rollout_event(
                     rollout_id,
                     "attempt_finished",
