@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -273,3 +273,19 @@ def llm_call(client: Any, rollout: Rollout, prompt: str, response: str, **attrib
         span.set_token_ids([1, 2, 3], [4, 5])
         span.set_resource("prompt", "v1")
         return str(span.span_id)
+
+
+def emit_finished_rollout(
+    client: Any, rollout_id: str, prompts: Sequence[tuple[str, str]], reward: float = 1.0
+) -> None:
+    """Enqueue ``rollout_id`` and emit its one attempt through ``client``: an LLM call per (prompt,
+    response), ``attempt_finished`` (succeeded) and a reward on the attempt."""
+    attempt_id = f"{rollout_id}#1"
+    client.enqueue({"rollout_id": rollout_id})
+    rollout = Rollout(client, rollout_id=rollout_id, attempt_id=attempt_id)
+    for prompt, response in prompts:
+        llm_call(client, rollout, prompt, response)
+    client.emit_rollout_event(
+        rollout_id, "attempt_finished", attempt_id=attempt_id, attempt_number=1, status="succeeded"
+    )
+    client.emit_reward(reward, rollout_id=rollout_id, attempt_id=attempt_id)

@@ -14,7 +14,15 @@ import pytest
 from agentstream.producers.client import AgentStream
 from agentstream.producers.tracer import Rollout
 from agentstream.settings import Settings
-from tests.helpers import SinkProcess, WorkerProcess, latest_by, llm_call, read_topic, wait_for
+from tests.helpers import (
+    SinkProcess,
+    WorkerProcess,
+    emit_finished_rollout,
+    latest_by,
+    llm_call,
+    read_topic,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -259,19 +267,7 @@ def test_worker_sigkill_recovers_tables_without_loss_or_duplicates(stream_settin
     def produce() -> None:
         with AgentStream(settings) as client:
             for i in range(n):
-                rollout_id = f"k{i:05d}"
-                client.enqueue({"rollout_id": rollout_id, "i": i})
-                rollout = Rollout(client, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
-                llm_call(client, rollout, f"q{i}", "a")
-                llm_call(client, rollout, f"q{i} again", "b")
-                client.emit_rollout_event(
-                    rollout_id,
-                    "attempt_finished",
-                    attempt_id=f"{rollout_id}#1",
-                    attempt_number=1,
-                    status="succeeded",
-                )
-                client.emit_reward(1.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
+                emit_finished_rollout(client, f"k{i:05d}", [(f"q{i}", "a"), (f"q{i} again", "b")])
                 if i % 50 == 0:
                     time.sleep(0.25)  # ~200 rollouts/s: the kills land mid-stream
                 if stop.is_set():

@@ -20,10 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
 from agentstream.producers.client import AgentStream
-from agentstream.producers.tracer import Rollout
 from agentstream.settings import Settings
 from agentstream.streams.app import GapGuard, fetch_end_offsets
-from tests.helpers import WorkerProcess, latest_by, llm_call, read_topic, wait_for
+from tests.helpers import WorkerProcess, emit_finished_rollout, latest_by, read_topic, wait_for
 
 PARTITIONS = 4
 
@@ -124,18 +123,7 @@ def test_gap_and_commit_guards_stay_idle_on_apache(
     def produce(start: int) -> None:
         with AgentStream(settings) as client:
             for i in range(start, n, 2):
-                rollout_id = f"g{i:05d}"
-                client.enqueue({"rollout_id": rollout_id})
-                rollout = Rollout(client, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
-                llm_call(client, rollout, f"q{i}", "a")
-                client.emit_rollout_event(
-                    rollout_id,
-                    "attempt_finished",
-                    attempt_id=f"{rollout_id}#1",
-                    attempt_number=1,
-                    status="succeeded",
-                )
-                client.emit_reward(1.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
+                emit_finished_rollout(client, f"g{i:05d}", [(f"q{i}", "a")])
                 if i % 40 == 0:
                     time.sleep(0.1)
             client.flush(30)
