@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentstream.schemas.rollout_event import RolloutStatus
+from agentstream.schemas.version_metrics import TRAFFIC_MODES
 
 from .waterfall import Waterfall, build_waterfall
 
@@ -396,12 +398,14 @@ class DashboardQueries:
         )
         return [row["resource_name"] for row in rows]
 
-    def ab(self, resource: str, since: datetime | None = None) -> dict[str, Any]:
+    def ab(
+        self, resource: str, since: datetime | None = None, modes: Sequence[str] = TRAFFIC_MODES
+    ) -> dict[str, Any]:
         """Per version of ``resource``: outcomes since ``since`` (all time when None), labels, decisions.
 
         A version row has rollouts, succeeded, failed, success_rate, reward_mean, handoff_rate,
-        latency p50/p95/p99 (ms), llm_calls, tokens, cost and the labels pointing at it.
-        """
+        latency p50/p95/p99 (ms), llm_calls, tokens, cost and the labels pointing at it. Counts the
+        rollouts of ``modes``: the A/B traffic by default, not the pinned ``val`` / ``test`` ones."""
         versions = self._rows(
             """
             SELECT
@@ -412,11 +416,13 @@ class DashboardQueries:
                 max(created_at) AS last_seen
             FROM rollout_outcomes
             WHERE resource_name = {resource:String} AND created_at >= {since:DateTime64(6, 'UTC')}
+              AND mode IN {modes:Array(String)}
             GROUP BY resource_version
             ORDER BY toInt64OrZero(resource_version), resource_version
-            """,  # the same figures as the version_summary view, over a time range
+            """,  # the same figures as the version_summary view, over a time range and modes
             resource=resource,
             since=since or _EPOCH,
+            modes=list(modes),
         )
         labels = self._current(self._labels(resource)).get(resource, {})
         for row in versions:
@@ -435,29 +441,39 @@ class DashboardQueries:
         return {
             "resource": resource,
             "since": since,
+            "modes": list(modes),
             "labels": labels,
             "versions": versions,
             "decisions": decisions,
         }
 
-    def ab_series(self, resource: str, since: datetime | None = None) -> dict[str, Any]:
-        """The live per-window metrics of every version of ``resource`` (version_metrics_by_window)."""
+    def ab_series(
+        self, resource: str, since: datetime | None = None, modes: Sequence[str] = TRAFFIC_MODES
+    ) -> dict[str, Any]:
+        """The live per-window metrics of every version of ``resource`` over ``modes`` (as in :meth:`ab`)."""
         rows = self._rows(
             """
-            SELECT resource_version AS version, window_start, window_end, rollouts, succeeded, failed,
-                   success_rate, rewards, reward_mean, latency_ms_mean, latency_ms_max, llm_calls,
-                   input_tokens, output_tokens
-            FROM version_metrics_by_window
-            WHERE resource_name = {resource:String} AND window_start >= {since:DateTime64(6, 'UTC')}
+            SELECT version, window_start, window_end, n AS rollouts, ok AS succeeded, bad AS failed,
+                   if(n > 0, ok / n, NULL) AS success_rate, r AS rewards, if(r > 0, r_sum / r, NULL) AS
+                   reward_mean, if(n > 0, l_sum / n, NULL) AS latency_ms_mean, l_max AS latency_ms_max,
+                   calls AS llm_calls, tokens_in AS input_tokens, tokens_out AS output_tokens
+            FROM (SELECT resource_version AS version, window_start, any(window_end) AS window_end,
+                    sum(rollouts) AS n, sum(succeeded) AS ok, sum(failed) AS bad, sum(rewards) AS r,
+                    sum(reward_sum) AS r_sum, sum(latency_ms_sum) AS l_sum, max(latency_ms_max) AS l_max,
+                    sum(llm_calls) AS calls, sum(input_tokens) AS tokens_in, sum(output_tokens) AS tokens_out
+                  FROM version_metrics_by_window WHERE resource_name = {resource:String} AND
+                    window_start >= {since:DateTime64(6, 'UTC')} AND mode IN {modes:Array(String)}
+                  GROUP BY resource_version, window_start)
             ORDER BY window_start, version
             """,
             resource=resource,
             since=since or _EPOCH,
+            modes=list(modes),
         )
         series: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             series.setdefault(row.pop("version"), []).append(row)
-        return {"resource": resource, "since": since, "series": series}
+        return {"resource": resource, "since": since, "modes": list(modes), "series": series}
 
 
 def _content(version: dict[str, Any]) -> str:

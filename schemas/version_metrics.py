@@ -9,6 +9,10 @@ from pydantic import Field
 
 from .record import AvroRecord, TimestampMicros
 
+#: The rollout modes that are A/B traffic, split between a resource's ``production`` and
+#: ``candidate`` labels; pinned evaluation rollouts run as ``val`` or ``test``.
+TRAFFIC_MODES: tuple[str, ...] = ("train", "prod")
+
 #: Upper bounds (ms) of the latency histogram buckets; the last bucket counts everything above.
 LATENCY_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
 
@@ -21,6 +25,8 @@ class VersionMetrics(AvroRecord):
     window_start: TimestampMicros
     window_end: TimestampMicros
     source_partition: int = 0
+    #: the rollouts' mode (train, prod, val, test); "" in partials from before modes were counted apart
+    mode: str = ""
     revision: int = 0
     rollouts: int = 0
     succeeded: int = 0

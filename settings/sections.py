@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agentstream.process.secrets import secret_path
+from agentstream.schemas.version_metrics import TRAFFIC_MODES
 
 
 class SdkSettings(BaseModel):
@@ -192,7 +193,25 @@ class PromotionSettings(BaseModel):
     margin: float = Field(
         0.0, ge=-1, lt=1, description="Candidate must beat production by more than this (rate)."
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="Per-look significance level of the one-sided tests.")
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Significance level: over the whole experiment for the mSPRT, per look for the z-test.",
+    )
+    test: Literal["msprt", "z"] = Field(
+        "msprt",
+        description="msprt: the sequential test, valid however often the controller looks (always-valid "
+        "p-value); z: a one-sided z-test whose alpha holds per look only (see streams/promotion_policy.py).",
+    )
+    tau: float = Field(
+        0.2, gt=0, lt=1, description="The mSPRT's mixing spread: the gain (rate) it detects quickest."
+    )
+    modes: list[str] = Field(
+        list(TRAFFIC_MODES),
+        min_length=1,
+        description="Rollout modes that count as A/B traffic; pinned evaluations (val, test) do not.",
+    )
     min_samples: int = Field(30, ge=1, description="Rollouts per arm before any promote or rollback.")
     max_samples: int | None = Field(
         None, ge=1, description="Candidate rollouts after which an undecided test keeps production."

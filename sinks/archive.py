@@ -29,7 +29,7 @@ ORDER BY start_time, span_id
 
 #: the newest stored state of each rollout of a source partition that ended in a window
 _ENDED_STATES = """
-SELECT rollout_id, status, resources, reward_count, reward_sum, reward_sum_squares, llm_calls,
+SELECT rollout_id, status, mode, resources, reward_count, reward_sum, reward_sum_squares, llm_calls,
        input_tokens, output_tokens, created_at, ended_at, length(attempts) AS attempt_count,
        tupleElement(attempts[-1], 'started_at') AS attempt_started_at,
        tupleElement(attempts[-1], 'ended_at') AS attempt_ended_at,
@@ -146,6 +146,7 @@ def _ended_state(row: dict[str, Any]) -> RolloutState:
     return RolloutState(
         rollout_id=row["rollout_id"],
         status=row["status"],
+        mode=row["mode"],
         resources=dict(row["resources"]),
         attempts=attempts,
         created_at=row["created_at"],

@@ -123,7 +123,7 @@ class MetricsRecount:
         archive = self._asker.archive
         if archive is None:
             return None
-        name, version, start, partition = version_metrics.parse_key(key)
+        name, version, start, partition, mode = version_metrics.parse_key(key)
         _, end = version_metrics.window_of(start, self._window_seconds)
         what = f"the metrics partial {name}/{version}@{start}/p{partition}"
         stored = self._asker.ask(archive.stored_revision, name, version, start, partition, what=what)
@@ -138,7 +138,7 @@ class MetricsRecount:
             ended = state.ended_at
             if ended is None or not start <= ended < end:
                 continue  # its newest state ended elsewhere (or not at all)
-            if (name, version) in version_metrics.rollout_versions(state):
+            if (name, version) in version_metrics.rollout_versions(state) and mode in ("", state.mode):
                 version_metrics.add_outcome(partial, state)
                 counted.append(state.rollout_id)
         partial["revision"] = stored + 1

@@ -2,10 +2,14 @@
 
 Rollouts are keyed by rollout id, metrics by resource version: instead of repartitioning every event
 by version, each worker aggregates the rollouts of its own partitions into *partials* keyed by
-(resource, version, window, partition) and emits each partial with a growing ``revision``. A reader
-keeps the highest revision of every partial and sums the partials of a window (the ClickHouse view
-does exactly that). Re-emitting a partial is idempotent, so redelivery and restarts cannot double
+(resource, version, window, partition, mode) and emits each partial with a growing ``revision``. A
+reader keeps the highest revision of every partial and sums the partials of a window (the ClickHouse
+view does exactly that). Re-emitting a partial is idempotent, so redelivery and restarts cannot double
 count.
+
+The rollout's mode is part of the key so that readers can count traffic (``train``, ``prod``) apart
+from pinned evaluation rollouts (``val``, ``test``), which must not weigh in an A/B test. Keys written
+before modes were counted apart have four parts and read back with mode ``""``.
 """
 
 from __future__ import annotations
@@ -29,13 +33,18 @@ def window_of(timestamp_us: int, window_seconds: float) -> tuple[int, int]:
     return start, start + size
 
 
-def partial_key(resource_name: str, resource_version: str, window_start: int, partition: int) -> str:
-    return SEP.join((resource_name, resource_version, str(window_start), str(partition)))
+def partial_key(
+    resource_name: str, resource_version: str, window_start: int, partition: int, mode: str = ""
+) -> str:
+    """The table key of a partial; without a mode, the four-part key of before modes were counted."""
+    parts = (resource_name, resource_version, str(window_start), str(partition))
+    return SEP.join((*parts, mode) if mode else parts)
 
 
-def parse_key(key: str) -> tuple[str, str, int, int]:
-    name, version, start, partition = key.split(SEP)
-    return name, version, int(start), int(partition)
+def parse_key(key: str) -> tuple[str, str, int, int, str]:
+    """(resource, version, window_start, partition, mode) of a :func:`partial_key`."""
+    name, version, start, partition, *mode = key.split(SEP)
+    return name, version, int(start), int(partition), mode[0] if mode else ""
 
 
 def rollout_versions(state: RolloutState) -> list[tuple[str, str]]:
@@ -94,7 +103,7 @@ def add_reward(partial: dict[str, Any], value: float) -> None:
 
 
 def to_record(key: str, partial: dict[str, Any], emitted_at_us: int) -> VersionMetrics:
-    name, version, start, partition = parse_key(key)
+    name, version, start, partition, mode = parse_key(key)
     fields = {k: v for k, v in partial.items() if k not in ("window_end", RECOUNTED)}
     return VersionMetrics(
         resource_name=name,
@@ -102,6 +111,7 @@ def to_record(key: str, partial: dict[str, Any], emitted_at_us: int) -> VersionM
         window_start=start,
         window_end=partial["window_end"],
         source_partition=partition,
+        mode=mode,
         emitted_at=emitted_at_us,
         **fields,
     )

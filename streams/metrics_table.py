@@ -77,10 +77,11 @@ class MetricsHop:
         self._update(state, partition, lambda partial: version_metrics.add_reward(partial, value))
 
     def _update(self, state: RolloutState, partition: int, update: Callable[[Partial], None]) -> None:
-        """Apply ``update(partial)`` to the partials of the rollout's versions in its end window."""
+        """Apply ``update(partial)`` to the partials of the rollout's versions and mode in its end
+        window."""
         start, end = version_metrics.window_of(state.ended_at or now_us(), self._window_seconds)
         for name, version in version_metrics.rollout_versions(state):
-            key = version_metrics.partial_key(name, version, start, partition)
+            key = version_metrics.partial_key(name, version, start, partition, state.mode)
             partial = self.metric_partials.get(key)
             if partial is None and start < self._started_us:
                 # A window that began before this worker did may have had a partial the worker lost

@@ -7,7 +7,10 @@ moves labels.
 For each resource with both a ``production`` and a ``candidate`` label on different versions, both
 arms are compared over the same period: the windows since the candidate label was last moved
 (runners split traffic between the two labels by their weights, so both arms saw the same mix of
-tasks over that period). The test is in :mod:`.promotion_policy`.
+tasks over that period). Only traffic counts: the rollout modes of ``promotion.modes`` (``train``,
+``prod``), not the pinned evaluation rollouts (``val``, ``test``) a trainer runs against a version,
+which do not follow the split. The test is in :mod:`.promotion_policy`: by default an mSPRT, whose
+error rate holds however often this controller looks.
 
 Every decision is a ``PromotionDecision`` on the decisions topic before any label moves, and the
 label move names the decision: promote points ``production`` at the candidate and removes the
@@ -42,7 +45,7 @@ from agentstream.topics.catalogue import DECISIONS, METRICS, TopicSpec
 from agentstream.topics.io import RecordWriter, TopicReader
 
 from .metrics_export import start_promoter_ops
-from .promotion_policy import TEST_NAME, ArmStats, MetricsBook, PromotionPolicy
+from .promotion_policy import ArmStats, MetricsBook, PromotionPolicy, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +81,12 @@ class PromotionController:
             min_samples=config.min_samples,
             max_samples=config.max_samples,
             rollback_margin=config.rollback_margin,
+            test=config.test,
+            tau=config.tau,
         )
         self._owns_store = store is None
         self.store = store or ResourceStore(self.settings, who="promoter")
-        self.book = MetricsBook()
+        self.book = MetricsBook(modes=config.modes)
         self._book_lock = threading.Lock()
         self._metrics = TopicReader(self.settings, (METRICS,), self._on_metrics, name="promoter-metrics")
         self._experiments: dict[tuple[str, int, int], _Experiment] = {}
@@ -183,7 +188,7 @@ class PromotionController:
         cand: ArmStats,
         prod: ArmStats,
         since: int,
-        verdict: Any,
+        verdict: Verdict,
     ) -> PromotionDecision:
         decision = PromotionDecision(
             decision_id=f"{name}:v{candidate}:vs:v{production}:{action}:{cand.n}:{prod.n}",
@@ -192,7 +197,7 @@ class PromotionController:
             candidate_version=candidate,
             production_version=production,
             metric=METRIC,
-            test=TEST_NAME,
+            test=verdict.test,
             candidate_n=cand.n,
             candidate_successes=cand.successes,
             production_n=prod.n,

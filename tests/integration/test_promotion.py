@@ -14,7 +14,7 @@ from agentstream.resources.store import ResourceStore
 from agentstream.schemas import AvroSerializer, VersionMetrics
 from agentstream.settings import Settings
 from agentstream.streams.promotion import PromotionController
-from agentstream.streams.promotion_policy import TEST_NAME, PromotionPolicy
+from agentstream.streams.promotion_policy import TEST_NAME, ArmStats, PromotionPolicy
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -22,8 +22,11 @@ pytestmark = pytest.mark.integration
 WINDOW_US = 10_000_000
 
 
-def send_metrics(settings: Settings, name: str, version: int, n: int, successes: int, since_us: int) -> None:
-    """Spread n rollouts over windows and partitions as partials, each sent with two revisions."""
+def send_metrics(
+    settings: Settings, name: str, version: int, n: int, successes: int, since_us: int, mode: str = "train"
+) -> None:
+    """Spread n rollouts of ``mode`` over windows and partitions as partials, each sent with two
+    revisions."""
     serializer = AvroSerializer(VersionMetrics.avro_schema())
     producer = Producer(settings.producer_config())
     rng = random.Random(version)
@@ -43,12 +46,13 @@ def send_metrics(settings: Settings, name: str, version: int, n: int, successes:
                 window_start=start + w * WINDOW_US,
                 window_end=start + (w + 1) * WINDOW_US,
                 source_partition=p,
+                mode=mode,
                 revision=revision,
                 rollouts=int(cell_n * share),
                 succeeded=int(cell_s * share),
                 emitted_at=start,
             )
-            key = f"{name}/{version}/{record.window_start}/{p}".encode()
+            key = f"{name}/{version}/{record.window_start}/{p}/{mode}".encode()
             producer.produce(settings.topic("metrics"), serializer(record.to_avro()), key)
         if rng.random() < 0.5:
             producer.poll(0)
@@ -81,8 +85,17 @@ def test_controller_promotes_holds_and_rolls_back(settings: Settings) -> None:
             # too little evidence: hold, and the labels stay
             send_metrics(settings, "prompt", 1, 20, 10, good.moved_at)
             send_metrics(settings, "prompt", 2, 20, 16, good.moved_at)
+            # pinned evaluations (mode val) of both versions are not A/B traffic: they do not count
+            send_metrics(settings, "prompt", 1, 500, 250, good.moved_at, mode="val")
+            send_metrics(settings, "prompt", 2, 500, 500, good.moved_at, mode="val")
             hold = wait_decision(controller, "hold")
             assert hold.p_value is None and "at least 50" in hold.reason
+            deadline = time.monotonic() + 20
+            while len(controller.book) < 4 * 6 and time.monotonic() < deadline:  # 6 partials per send
+                time.sleep(0.1)
+            assert len(controller.book) == 4 * 6
+            assert controller.book.stats("prompt", 2, good.moved_at) == ArmStats(20, 16)
+            assert all(d.action == "hold" for d in controller.evaluate())
             assert store.labels("prompt") == {"production": 1, "candidate": 2}
 
             # earlier windows do not count: metrics before the candidate label are ignored

@@ -410,5 +410,8 @@ def test_per_version_metrics_reach_the_metrics_topic_and_clickhouse(
         assert rows == expected, sink_query(stream_settings, query)
         records = read_topic(stream_settings, stream_settings.topic("metrics"), timeout=5)
         assert {r["resource_version"] for r in records} == {"v1", "v2"}
+        # counted by the rollouts' mode (traffic: enqueued without one), which lands as a column
+        assert {r["mode"] for r in records} == {"train"}
+        assert sink_query(stream_settings, "SELECT DISTINCT mode FROM version_metrics") == [("train",)]
     finally:
         sink.stop()

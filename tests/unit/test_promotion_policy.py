@@ -43,6 +43,7 @@ def partials(
     windows: Iterable[int] = range(3),
     partitions: int = 4,
     name: str = NAME,
+    mode: str = "train",
 ) -> list[VersionMetrics]:
     """Every revision of the partials of ``version``: ``successes`` of ``n`` rollouts spread over
     ``windows`` (indexes from T0) x ``partitions``; each partial's last revision holds its totals."""
@@ -61,6 +62,7 @@ def partials(
                     window_start=T0 + window * WINDOW_US,
                     window_end=T0 + (window + 1) * WINDOW_US,
                     source_partition=partition,
+                    mode=mode,
                     revision=rollouts + step + 1,
                     rollouts=rollouts,
                     succeeded=succeeded,
@@ -152,6 +154,27 @@ def test_book_separates_versions_and_resources() -> None:
     assert book.stats("other-prompt", 4, T0) == ArmStats(40, 10)
 
 
+def test_book_counts_traffic_modes_only_by_default() -> None:
+    """Pinned evaluations (val, test) of the same version, window and partition are partials of
+    their own and are left out; so are partials from before modes were recorded (mode "")."""
+    rng = random.Random(4)
+    by_mode = {"train": (100, 50), "prod": (60, 40), "val": (200, 200), "test": (90, 0), "": (30, 30)}
+    records = [r for mode, (n, x) in by_mode.items() for r in partials(rng, CANDIDATE, n, x, mode=mode)]
+    book = MetricsBook()
+    for record in records:
+        book.add(record)
+    assert len(book) == 5 * 3 * 4
+    assert book.stats(NAME, CANDIDATE, T0) == ArmStats(160, 90)
+    every = MetricsBook(modes=None)
+    for record in records:
+        every.add(record)
+    assert every.stats(NAME, CANDIDATE, T0) == ArmStats(480, 320)
+    evaluations = MetricsBook(modes=["val"])
+    for record in records:
+        evaluations.add(record)
+    assert evaluations.stats(NAME, CANDIDATE, T0) == ArmStats(200, 200)
+
+
 def test_since_excludes_earlier_windows() -> None:
     rng = random.Random(3)
     # The candidate was broken in windows 0-1 and fixed from window 2 on.
@@ -193,11 +216,13 @@ def test_clearly_better_candidate_is_promoted() -> None:
 
 
 def test_equal_arms_hold() -> None:
-    verdict = PromotionPolicy().decide(*experiment(11, (400, 260), (400, 260)))
+    arms = experiment(11, (400, 260), (400, 260))
+    verdict = PromotionPolicy().decide(*arms)
     assert verdict.action == "hold"
     assert verdict.difference == 0.0
-    assert verdict.p_value == pytest.approx(0.5)
+    assert verdict.p_value == 1.0  # no difference beyond the margin: no evidence for promotion
     assert "no significant difference" in verdict.reason
+    assert PromotionPolicy(test="z").decide(*arms).p_value == pytest.approx(0.5)
 
 
 def test_clearly_worse_candidate_is_rolled_back() -> None:
@@ -248,11 +273,15 @@ def test_max_samples_ends_an_inconclusive_test_with_rollback() -> None:
 def test_agresti_caffo_tames_extreme_small_arms() -> None:
     # A plain Wald test promotes 30/30 over 27/30 (z = 1.83); with one success and one failure
     # added to each arm the evidence is too thin.
-    verdict = PromotionPolicy().decide(ArmStats(30, 30), ArmStats(30, 27))
+    verdict = PromotionPolicy(test="z").decide(ArmStats(30, 30), ArmStats(30, 27))
     assert verdict.action == "hold"
     assert verdict.difference == pytest.approx(0.1)
     assert verdict.statistic == pytest.approx(1.4201, abs=1e-3)
-    assert math.isfinite(PromotionPolicy().decide(ArmStats(30, 0), ArmStats(30, 0)).statistic or 0.0)
+    for test in ("z", "msprt"):
+        policy = PromotionPolicy(test=test)  # type: ignore[arg-type]
+        assert policy.decide(ArmStats(30, 30), ArmStats(30, 27)).action == "hold"
+        assert math.isfinite(policy.decide(ArmStats(30, 0), ArmStats(30, 0)).statistic or 0.0)
+        assert math.isfinite(policy.decide(ArmStats(30, 30), ArmStats(30, 30)).statistic or 0.0)
 
 
 def test_parameters_are_validated() -> None:
@@ -271,7 +300,7 @@ def test_parameters_are_validated() -> None:
         ArmStats(10, 11)
 
 
-# -- Calibration ---------------------------------------------------------------------------------
+# -- Calibration of one look (whole sequential experiments: test_promotion_sequential.py) ----------
 
 
 def test_false_promotion_rate_in_simulated_aa_experiments() -> None:
@@ -306,16 +335,19 @@ def exact_rate(
     )
 
 
+@pytest.mark.parametrize("test", ["msprt", "z"])
 @pytest.mark.parametrize("rate", [0.02, 0.1, 0.3, 0.5, 0.8, 0.97])
 @pytest.mark.parametrize("n", [30, 200])
-def test_exact_false_promotion_rate(n: int, rate: float) -> None:
-    assert exact_rate(PromotionPolicy(), "promote", n, rate, rate) <= 0.05 + 0.02
+def test_exact_false_promotion_rate(n: int, rate: float, test: str) -> None:
+    policy = PromotionPolicy(test=test)  # type: ignore[arg-type]
+    assert exact_rate(policy, "promote", n, rate, rate) <= 0.05 + 0.02
 
 
 def test_power_in_simulated_experiments() -> None:
-    """A true +20-point improvement (60% -> 80%) at 100 rollouts per arm is promoted > 90% of the time."""
+    """A true +20-point improvement (60% -> 80%) at 100 rollouts per arm is promoted > 90% of the
+    time by one z-test look."""
     rng = random.Random(99)
-    policy = PromotionPolicy()
+    policy = PromotionPolicy(test="z")
     runs, n = 500, 100
     promoted = sum(
         policy.decide(ArmStats(n, binomial(rng, n, 0.8)), ArmStats(n, binomial(rng, n, 0.6))).action
@@ -330,7 +362,17 @@ def test_power_in_simulated_experiments() -> None:
 )
 def test_exact_power_of_a_20_point_improvement(production: float, at_least: float) -> None:
     # Near 50% (the largest variance) 100 rollouts per arm give about 89.5% power, above 90% elsewhere.
-    assert exact_rate(PromotionPolicy(), "promote", 100, production + 0.2, production) >= at_least
+    policy = PromotionPolicy(test="z")
+    assert exact_rate(policy, "promote", 100, production + 0.2, production) >= at_least
+
+
+@pytest.mark.parametrize(
+    ("production", "at_least"), [(0.1, 0.97), (0.3, 0.85), (0.5, 0.85), (0.6, 0.9), (0.7, 0.97)]
+)
+def test_exact_power_of_one_msprt_look(production: float, at_least: float) -> None:
+    # The always-valid test pays for its many looks: one look needs 200 rollouts per arm (not 100)
+    # for the z-test's power on a 20-point gain.
+    assert exact_rate(PromotionPolicy(), "promote", 200, production + 0.2, production) >= at_least
 
 
 def test_normal_sf() -> None:

@@ -68,6 +68,15 @@ def test_a_lost_partial_is_recounted_above_the_stored_revision_from_its_window_a
     assert record.rollouts == 2
 
 
+def test_a_recount_counts_the_rollouts_of_its_partials_mode_only() -> None:
+    val = ended("v", START + 40).model_copy(update={"mode": "val"})
+    recount = MetricsRecount(MemoryArchive(revision=3, states=[ended("a", START + 10), val]), 3600)
+    partial = recount.partial(version_metrics.partial_key("prompt", "v1", START, 0, "val"))
+    assert partial is not None and partial[version_metrics.RECOUNTED] == ["v"]
+    partial = recount.partial(version_metrics.partial_key("prompt", "v1", START, 0, "train"))
+    assert partial is not None and partial[version_metrics.RECOUNTED] == ["a"]
+
+
 def test_a_new_window_or_no_archive_means_no_recount() -> None:
     key = version_metrics.partial_key("prompt", "v1", START, 0)
     assert MetricsRecount(MemoryArchive(revision=0, states=[ended("a", START)]), 3600).partial(key) is None
