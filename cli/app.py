@@ -89,6 +89,7 @@ for command in (
     demo.demo,
     tasks.runner,
     train.apo,
+    train.curate,
     analytics.report,
     analytics.dashboard,
     serve.serve_model,

@@ -136,6 +136,13 @@ def apo(
         str, typer.Option(help="Ranking reward: sum (of the dimensions), primary, or a dimension name.")
     ] = "sum",
     task_type: Annotated[str, typer.Option(help="Task type of the validation rollouts.")] = "",
+    retrieval_pool: Annotated[
+        str | None,
+        typer.Option(
+            help="A demonstration pool (kept by `agentstream curate`): also propose prompts that retrieve "
+            "their demonstrations from it per request."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Improve a prompt resource from its triplets; candidates are scored by validation rollouts (runners and
@@ -148,7 +155,13 @@ def apo(
 
     items = [json.loads(line) for line in val_file.read_text().splitlines() if line.strip()]
     optimizer = None
-    if optimizer_base_url is not None:
+    if optimizer_base_url is None:
+        console.print(
+            "Textual gradients: off, no --optimizer-base-url. They need a model that follows "
+            "instructions to critique and rewrite the prompt (a base model such as the bundled Gemma "
+            "cannot); candidates come from retrieval and demonstration bootstrapping only."
+        )
+    else:
         import openai
 
         optimizer = openai.OpenAI(
@@ -165,6 +178,7 @@ def apo(
         reward_of=reward_of,
         optimizer_model=optimizer_model,
         optimizer_api=optimizer_api,
+        retrieval_pool=retrieval_pool,
         seed=seed,
     )
     settings = resolved_settings()
@@ -189,3 +203,52 @@ def apo(
         f"Published {resource} v{result.winner.version} (validation {result.winner_score:.1%} vs "
         f"{result.baseline.score:.1%}), labelled {config.label}."
     )
+
+
+def curate(
+    prompt_resource: Annotated[
+        str, typer.Argument(help="The prompt-template resource whose good calls to keep.")
+    ],
+    pool: Annotated[str | None, typer.Option(help="The pool resource (default <prompt>.demos).")] = None,
+    min_reward: Annotated[float, typer.Option(help="The least reward a call needs to join the pool.")] = 1.0,
+    reward_of: Annotated[
+        str, typer.Option(help="Which reward: sum (of the dimensions), primary, or a dimension name.")
+    ] = "sum",
+    max_size: Annotated[
+        int, typer.Option(min=1, help="Demonstrations kept (best-rewarded, then newest).")
+    ] = 400,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between pool versions at most.")] = 10.0,
+) -> None:
+    """Keep a demonstration pool from the triplets: every call rewarded at least --min-reward (human handoffs
+    included) joins a new pool version, labelled production, which retrieving prompts read per request."""
+    import signal
+    import threading
+
+    from agentstream.resources.store import ResourceStore
+    from agentstream.trainers.demonstrations import CuratorConfig, DemonstrationCurator
+
+    config = CuratorConfig(
+        prompt_resource,
+        pool or "",
+        min_reward=min_reward,
+        reward_of=reward_of,
+        max_size=max_size,
+        interval_s=interval,
+    )
+    settings = resolved_settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ResourceStore(settings, who="curator") as store:
+        curator = DemonstrationCurator(config, settings, store).start()
+        console.print(
+            f"Curating {config.pool_resource} from the good calls of {prompt_resource} "
+            f"({reward_of} reward >= {min_reward:g}); Ctrl-C to stop."
+        )
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            curator.stop()
+    console.print(f"Published {curator.published} pool version(s).")

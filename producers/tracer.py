@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from agentstream.schemas import SpanKind, StatusCode, genai, new_rollout_id, now_us
 
 from .attributes import attribute_value, to_json
+from .prompts import Prompt, render_prompt
 
 _current_span: contextvars.ContextVar[ActiveSpan | None] = contextvars.ContextVar(
     "agentstream_span", default=None
@@ -231,6 +232,11 @@ class Rollout:
             raise KeyError(
                 f"resource {name!r} was not resolved for this rollout; resolved: {known}"
             ) from None
+
+    def render(self, name: str, **values: Any) -> Prompt:
+        """Resource ``name`` (a prompt template) rendered with ``values``, its retrieved
+        demonstrations and response prefix; see :mod:`agentstream.producers.prompts`."""
+        return render_prompt(self.resolved, name, values)
 
     def fail(self, error: str) -> None:
         """Mark the attempt failed without raising (e.g. the agent gave up)."""

@@ -58,13 +58,17 @@ def split_template(template: str) -> tuple[str, str]:
     raise TemplateError("the template has no variable line")
 
 
-def template_regex(template: str) -> re.Pattern[str]:
-    """A pattern that recovers the variable values of a rendered template."""
+def template_regex(template: str, greedy: Sequence[str] = ("demonstrations",)) -> re.Pattern[str]:
+    """A pattern that recovers the variable values of a rendered template.
+
+    Variables match as little as they can, except those in ``greedy``: retrieved demonstrations
+    repeat the query that follows them, so they extend to its last occurrence."""
     parts, last, seen = [], 0, set()
     for match in _VARIABLE_LINE.finditer(template):
         parts.append(re.escape(template[last : match.start()]))
         name = match.group(0).strip("{} ")
-        parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+        group = ".*" if name in greedy else ".*?"
+        parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>{group})")
         seen.add(name)
         last = match.end()
     parts.append(re.escape(template[last:]))

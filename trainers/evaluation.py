@@ -47,6 +47,16 @@ class Evaluation:
     def score(self) -> float:
         return sum(self.scores) / len(self.scores) if self.scores else 0.0
 
+    def score_by(self, groups: Sequence[str]) -> dict[str, float]:
+        """The success rate per group, ``groups[i]`` being item ``i``'s (e.g. its true queue), so a
+        version that answers one class for everything shows it."""
+        if len(groups) != len(self.scores):
+            raise ValueError(f"{len(groups)} groups for {len(self.scores)} scores")
+        totals: dict[str, list[float]] = {}
+        for group, score in zip(groups, self.scores, strict=True):
+            totals.setdefault(group, []).append(score)
+        return {group: sum(s) / len(s) for group, s in totals.items()}
+
 
 class RolloutEvaluator:
     """Runs items as rollouts pinned to a resource version and collects their outcomes.

@@ -1,6 +1,7 @@
 """APO end to end on a small split: a real stream worker, a runner executing the support agent on the
 bundled Gemma model behind llama.cpp's OpenAI-compatible server, triplets from real traffic (with
-human handoffs), candidates scored by real validation rollouts, and the winner published."""
+human handoffs), the demonstration pool curated from them live, candidates (retrieval, bootstrapped
+demonstrations, textual gradients) scored by real validation rollouts, and the winner published."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ from agentstream.examples.tickets import QUEUES, load_tickets
 from agentstream.producers.client import AgentStream
 from agentstream.producers.runner import Runner
 from agentstream.resources.store import ResourceStore
+from agentstream.retrieval import DemonstrationPool
 from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
 from agentstream.settings import Settings
 from agentstream.trainers.apo import APOConfig, APOTrainer, split_template, template_regex
+from agentstream.trainers.apo_templates import message_text
+from agentstream.trainers.demonstrations import CuratorConfig, DemonstrationCurator
 from agentstream.trainers.evaluation import RolloutEvaluator
 from tests.helpers import WorkerProcess, read_topic
 
@@ -79,6 +83,10 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
     client = AgentStream(settings)
     store = ResourceStore(settings, who="test").open()
     business = BusinessEvents(client, seed=1, delay=(0.05, 0.2))
+    pool_name = f"{PROMPT_RESOURCE}.demos"
+    curator = DemonstrationCurator(
+        CuratorConfig(PROMPT_RESOURCE, min_reward=DEMO_MIN_REWARD, interval_s=1.0), settings, store
+    )
     runner = Runner(
         SupportAgent(llm.base_url, GEMMA_MODEL, business=business),
         settings,
@@ -89,6 +97,7 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
     try:
         worker.wait_ready()
         runner.start()
+        curator.start()
         seed = store.publish(PROMPT_RESOURCE, template=SEED_PROMPT, labels=["production"])
         with RolloutEvaluator(settings, client, timeout=300) as evaluator:
             # production traffic on the seed: the base model fails, humans file the escalations
@@ -99,6 +108,15 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
             business.close()
             assert business.handoffs > 0
             client.flush()
+            # the handoffs' triplets reach the pool live, as versions of a resource of its own
+            assert store.wait_for(
+                lambda s: pool_name in s.names() and "production" in s.labels(pool_name), 60
+            )
+            pool = DemonstrationPool.from_version(store.get(pool_name, "production"))
+            assert pool.examples and {d.source for d in pool.examples} >= {"human"}
+            assert all(d.reward >= DEMO_MIN_REWARD for d in pool.examples)
+            pool_lineage = store.get(pool_name, "production").lineage
+            assert pool_lineage["trainer"] == "curator" and int(pool_lineage["triplets.count"]) > 0
 
             events: list[tuple[str, dict[str, Any]]] = []
             val = [task(t, 0.0) for t in stratified("val", 2)]
@@ -106,9 +124,11 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
                 APOConfig(
                     resource_name=PROMPT_RESOURCE,
                     beam_width=1,
-                    branch_factor=2,
+                    branch_factor=3,
                     rounds=1,
                     demos=4,
+                    retrieval_pool=pool_name,
+                    retrieval_grid=("k=4",),
                     demo_min_reward=DEMO_MIN_REWARD,
                     optimizer_model=GEMMA_MODEL,
                     optimizer_api="completions",
@@ -123,6 +143,7 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
             )
             result = trainer.train()
     finally:
+        curator.stop()
         runner.stop()
         store.close()
         client.close()
@@ -142,6 +163,12 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
         assert set(candidate.evaluation.versions) == {str(candidate.version.version)}  # pinned
     demos = next(c for c in result.candidates if c.strategy == "demos")
     assert demos.version.template.count("Action: create_ticket(") >= 2  # demonstrations from handoffs
+    # the retrieval candidate: demonstrations chosen per request from the pool, the call primed
+    retrieving = next(c for c in result.candidates if c.strategy == "retrieval")
+    config = retrieving.version.config
+    assert config["retrieval.pool"] == pool_name and config["retrieval.k"] == "4"
+    assert config["response_prefix"] == ' create_ticket({"queue": "'
+    assert "{{demonstrations}}" in retrieving.version.template
 
     # accepted only when better than the parent; the winner is published as candidate with lineage
     accepted = [f for k, f in events if k == "candidate" and f["accepted"]]
@@ -158,3 +185,13 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
     # nothing was learned from the evaluation splits
     triplets = read_topic(settings, settings.topic("triplets"), quiet=0.5, timeout=5)
     assert {t["mode"] for t in triplets} >= {"train", "val"}
+    # each validation request of the retrieval candidate saw its own demonstrations, and ended primed
+    prompts = {
+        message_text(t["prompt_messages"])
+        for t in triplets
+        if t["resource_version"] == str(retrieving.version.version) and t["mode"] == "val"
+    }
+    assert len(prompts) == len(val)
+    for prompt in prompts:
+        assert prompt is not None and prompt.count("Action: create_ticket(") >= 2
+        assert prompt.endswith('Action: create_ticket({"queue": "'), prompt[-200:]

@@ -38,6 +38,7 @@ COMMANDS = {
     ("demo",),
     ("runner",),
     ("apo",),
+    ("curate",),
     ("report",),
     ("dashboard",),
     ("serve-model",),
@@ -255,3 +256,12 @@ def test_config_options_needs_a_config_parameter() -> None:
         config_options(StreamSFTConfig)(no_config)
     with pytest.raises(TypeError, match="seed"):
         config_options(StreamSFTConfig)(clash)
+
+
+def test_demo_refuses_a_bad_tickets_file_before_starting_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "tickets.jsonl"
+    bad.write_text('{"text": "x", "queue": "it", "split": "train"}\n{"text": "y"}\n')
+    result = _invoke("--data-dir", str(tmp_path / "data"), "demo", "--tickets", str(bad))
+    assert result.exit_code == 2, result.output
+    assert "tickets.jsonl:2: needs non-empty string fields 'text' and 'queue'" in " ".join(result.output.split())
+    assert not (tmp_path / "data" / "demo").exists()  # nothing was started
