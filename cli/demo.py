@@ -25,12 +25,52 @@ def demo(
     test_items: Annotated[
         int | None, typer.Option(help="Test tickets in the final report (default: all 100).")
     ] = None,
+    tickets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own tickets instead of the bundled ones: JSONL, one object per line with text, "
+            "queue and split (train/val/test), optionally priority and ticket_id.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    test_tickets: Annotated[
+        Path | None,
+        typer.Option(
+            help="An external test file (same JSONL, split not needed): scored on the seed and the final version.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    optimizer_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An OpenAI-compatible endpoint whose model writes textual gradients (critique and rewrite); "
+            "its key comes from OPENAI_API_KEY. Without one, APO says so and proposes retrieval and "
+            "demonstration candidates only."
+        ),
+    ] = None,
+    optimizer_model: Annotated[str, typer.Option(help="The optimizer endpoint's model.")] = "gpt-4.1-mini",
 ) -> None:
     """The improvement loop on the embedded default: a support agent on a local Gemma model gets better by
     itself (APO from its triplets, A/B promotion), with every version recorded."""
     from agentstream.examples.improvement_loop import DemoConfig, run_demo
+    from agentstream.examples.tickets import TicketFileError
 
-    config = DemoConfig(seed=seed, rounds=rounds, val_items=val_items, test_items=test_items)
-    report = run_demo(state.settings, config, console, plot, json_path)
+    config = DemoConfig(
+        seed=seed,
+        rounds=rounds,
+        val_items=val_items,
+        test_items=test_items,
+        tickets=tickets,
+        test_tickets=test_tickets,
+        optimizer_url=optimizer_url,
+        optimizer_model=optimizer_model,
+    )
+    try:
+        report = run_demo(state.settings, config, console, plot, json_path)
+    except TicketFileError as e:
+        err_console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
     if report.test_final_success <= report.test_seed_success:
         err_console.print("[yellow]The final prompt did not beat the seed on the test split.[/]")

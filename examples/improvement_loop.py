@@ -6,12 +6,18 @@
 2. The seed prompt is published as ``support-prompt`` v1, labelled ``production``.
 3. Traffic: training tickets run as rollouts; rewards arrive (rules at once, business events later);
    the joiner turns them into triplets.
-4. Each round, APO reads the triplets, proposes candidates, scores them with validation rollouts,
-   and publishes the winner as ``candidate``. Runners pick it up live and split traffic 50/50;
-   the promotion controller promotes it (or rolls it back) from the per-version metrics.
-5. The test split - used only here - scores the seed and the final production prompt.
+   A curator (:mod:`agentstream.trainers.demonstrations`) turns every high-reward triplet (human
+   handoffs included) into a demonstration of the pool ``support-prompt.demos``, published live.
+4. Each round, APO reads the triplets, proposes candidates (a prompt that retrieves the nearest
+   demonstrations per request, with settings from a grid; bootstrapped demonstrations; textual
+   gradients when an optimizer endpoint is given), scores them with validation rollouts, and
+   publishes the winner as ``candidate``. Runners pick it up live and split traffic 50/50; the
+   promotion controller promotes it (or rolls it back) from the per-version metrics.
+5. The test split - used only here - scores the seed and the final production prompt, per queue
+   (and an external test file's tickets, with ``--test-tickets``).
 
-Ends with a table of versions, a PNG plot of success rate per version over time, and the figures.
+Ends with a table of versions, a PNG plot (success per version with 95% bands, the phases marked,
+the test split per queue), and the figures.
 """
 
 from __future__ import annotations
@@ -20,14 +26,11 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from agentstream.deploy.stack import Stack
 from agentstream.producers.client import AgentStream
@@ -37,87 +40,25 @@ from agentstream.schemas import CANDIDATE, PRODUCTION
 from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
 from agentstream.settings import Settings
 from agentstream.trainers.apo import APOConfig, APOTrainer
+from agentstream.trainers.demonstrations import CuratorConfig, DemonstrationCurator
 from agentstream.trainers.evaluation import Evaluation, RolloutEvaluator
 
-from .demo_results import per_version, plot_success, promotion_decisions
-from .support_agent import DEMO_MIN_REWARD, PROMPT_RESOURCE, SEED_PROMPT, BusinessEvents, SupportAgent
-from .tickets import Ticket, load_tickets
+from .demo_config import DemoConfig, DemoData, DemoReport, demo_settings, task_of
+from .demo_progress import apo_printer, with_progress
+from .demo_results import Phase, plot_demo, version_table
+from .support_agent import DEMO_MIN_REWARD, PROMPT_RESOURCE, BusinessEvents, SupportAgent, seed_prompt
+from .tickets import Ticket
 
+#: The demonstration pool the curator builds and retrieval candidates read.
+POOL_RESOURCE = f"{PROMPT_RESOURCE}.demos"
 
-@dataclass
-class DemoConfig:
-    """The demo's knobs (sized for 2 cores and under 15 minutes)."""
-
-    seed: int = 7
-    rounds: int = 2
-    #: training tickets per traffic batch (the A/B runs batches until the controller decides)
-    traffic_batch: int = 40
-    max_ab_batches: int = 2
-    #: 2 of 60 validation tickets: a one-ticket "win" is noise
-    min_gain: float = 0.03
-    beam_width: int = 1
-    branch_factor: int = 3
-    demos: int = 6
-    val_items: int | None = None
-    test_items: int | None = None
-    concurrency: int = 2
-    traffic_temperature: float = 0.7
-
-
-@dataclass
-class DemoReport:
-    seed_success: float = 0.0
-    final_success: float = 0.0
-    test_seed_success: float = 0.0
-    test_final_success: float = 0.0
-    versions: int = 0
-    rollouts: int = 0
-    wall_s: float = 0.0
-    final_version: int = 1
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    plot: str = ""
-
-    def figures(self) -> dict[str, Any]:
-        return {
-            "seed_success": self.seed_success,
-            "final_success": self.final_success,
-            "test_seed_success": self.test_seed_success,
-            "test_final_success": self.test_final_success,
-            "versions": self.versions,
-            "rollouts": self.rollouts,
-            "wall_s": round(self.wall_s, 1),
-            "final_version": self.final_version,
-            "rounds": self.rounds,
-            "decisions": self.decisions,
-            "plot": self.plot,
-        }
-
-
-def demo_settings(settings: Settings) -> Settings:
-    """The stack's settings for the demo: its own data directory, short metric windows, a 50/50 split."""
-    data_dir = settings.data_dir / "demo"
-    return settings.model_copy(
-        update={
-            "data_dir": data_dir,
-            "partitions": 4,
-            "streams": settings.streams.model_copy(update={"workers": 1, "metrics_window_seconds": 10.0}),
-            "runner": settings.runner.model_copy(update={"traffic": {PRODUCTION: 0.5, CANDIDATE: 0.5}}),
-            "promotion": settings.promotion.model_copy(
-                update={"min_samples": 30, "interval_seconds": 2.0, "max_samples": 150}
-            ),
-        }
-    )
-
-
-def _task(ticket: Ticket, temperature: float, seed: int) -> dict[str, Any]:
-    return {
-        "ticket_id": ticket.ticket_id,
-        "text": ticket.text,
-        "queue": ticket.queue,
-        "temperature": temperature,
-        "seed": seed,
-    }
+#: Why APO proposes no textual-gradient candidates without an optimizer endpoint.
+NO_OPTIMIZER = (
+    "Textual gradients: off. No optimizer endpoint was given (--optimizer-url): the bundled Gemma 3 "
+    "270M is a base model, which continues text instead of following the critique and rewrite "
+    "instructions (its rewrites scored 0% on validation), so APO proposes retrieval and "
+    "demonstration candidates only."
+)
 
 
 class ImprovementLoop:
@@ -130,17 +71,14 @@ class ImprovementLoop:
         self.evaluations: list[tuple[str, Evaluation]] = []
         #: validation results per version (APO's, shared across rounds)
         self.scored: dict[int, Evaluation] = {}
+        self.started = time.monotonic()
 
     def run(self, plot_path: Path) -> DemoReport:
-        started = time.monotonic()
+        self.started = time.monotonic()
         cfg = self.config
+        data = DemoData.load(cfg, self.rng)  # a bad tickets file fails here, before anything starts
         settings = demo_settings(self.base_settings)
         shutil.rmtree(settings.data_dir, ignore_errors=True)  # the demo's own directory: start clean
-        tickets = {split: load_tickets(split) for split in ("train", "val", "test")}
-        val = tickets["val"][: cfg.val_items] if cfg.val_items else tickets["val"]
-        test = tickets["test"][: cfg.test_items] if cfg.test_items else tickets["test"]
-        train = list(tickets["train"])
-        self.rng.shuffle(train)
         console = self.console
         with console.status("Starting Kafka, stream worker, ClickHouse sink, promotion controller..."):
             stack = Stack(settings).start()
@@ -153,18 +91,24 @@ class ImprovementLoop:
             client = AgentStream(settings)
             business = BusinessEvents(client, cfg.seed)
             store = ResourceStore(settings, who="demo").open()
-            agent = SupportAgent(llm.base_url, GEMMA_MODEL, business=business)
+            agent = SupportAgent(llm.base_url, GEMMA_MODEL, business=business, queues=data.queues)
             runner = Runner(
                 agent, settings, client=client, concurrency=cfg.concurrency, resources=store
             ).start()
             evaluator = RolloutEvaluator(settings, client).open()
+            curator = DemonstrationCurator(
+                CuratorConfig(PROMPT_RESOURCE, POOL_RESOURCE, min_reward=DEMO_MIN_REWARD, interval_s=5.0),
+                settings,
+                store,
+            ).start()
             try:
-                self._loop(settings, store, evaluator, llm, train, val, test)
+                self._loop(settings, store, evaluator, curator, data)
                 business.close()
                 client.flush()
-                self.report.wall_s = time.monotonic() - started
-                self._summarise(stack, store, plot_path)
+                self.report.wall_s = time.monotonic() - self.started
+                self._summarise(stack, store, plot_path, data)
             finally:
+                curator.stop()
                 evaluator.close()
                 runner.stop()
                 store.close()
@@ -181,23 +125,22 @@ class ImprovementLoop:
         settings: Settings,
         store: ResourceStore,
         evaluator: RolloutEvaluator,
-        llm: LocalLLMServer,
-        train: list[Ticket],
-        val: list[Ticket],
-        test: list[Ticket],
+        curator: DemonstrationCurator,
+        data: DemoData,
     ) -> None:
         cfg, console, report = self.config, self.console, self.report
-        seed = store.publish(PROMPT_RESOURCE, template=SEED_PROMPT, labels=[PRODUCTION], reason="seed prompt")
+        seed = store.publish(
+            PROMPT_RESOURCE, template=seed_prompt(data.queues), labels=[PRODUCTION], reason="seed prompt"
+        )
         console.print(f"Published the seed prompt as {PROMPT_RESOURCE} v{seed.version} (production).")
-        cursor = 0
+        train, cursor = data.train, 0
 
-        def traffic(batch: int, title: str) -> Evaluation:
+        def traffic(batch: int, title: str, phase: str) -> Evaluation:
             nonlocal cursor
             chosen = [train[(cursor + i) % len(train)] for i in range(batch)]
             cursor += batch
-            items = [_task(t, cfg.traffic_temperature, self.rng.randrange(2**31)) for t in chosen]
-            return self._run(
-                evaluator,
+            items = [task_of(t, cfg.traffic_temperature, self.rng.randrange(2**31)) for t in chosen]
+            evaluation = self._run(
                 title,
                 lambda p: evaluator.run(
                     items,
@@ -208,26 +151,41 @@ class ImprovementLoop:
                     resource_name=PROMPT_RESOURCE,
                 ),
             )
+            for version in sorted(set(evaluation.versions)):
+                mine = [
+                    sc for sc, v in zip(evaluation.scores, evaluation.versions, strict=True) if v == version
+                ]
+                self._phase(phase, "traffic", version, len(mine), int(sum(mine)))
+            return evaluation
 
-        def evaluate(version: int, items: list[Ticket], mode: str, title: str) -> Evaluation:
-            tasks = [_task(t, 0.0, 0) for t in items]
-            return self._run(
-                evaluator,
-                title,
-                lambda p: evaluator.evaluate(PROMPT_RESOURCE, version, tasks, mode=mode, on_progress=p),
+        def evaluate(version: int, items: list[Ticket], mode: str, title: str, phase: str) -> Evaluation:
+            tasks = [task_of(t, 0.0, 0) for t in items]
+            evaluation = self._run(
+                title, lambda p: evaluator.evaluate(PROMPT_RESOURCE, version, tasks, mode=mode, on_progress=p)
             )
+            self._phase(phase, mode, str(version), evaluation.n, int(sum(evaluation.scores)))
+            return evaluation
 
-        traffic(cfg.traffic_batch, f"Traffic on v{seed.version} (training tickets)")
-        test_seed = evaluate(seed.version, test, "test", f"Test split on the seed v{seed.version}")
+        traffic(cfg.warmup_traffic, f"Traffic on v{seed.version} (training tickets)", "seed traffic")
+        test_seed = evaluate(
+            seed.version, data.test, "test", f"Test split on the seed v{seed.version}", "test"
+        )
         report.test_seed_success = test_seed.score
+        report.test_seed_by_queue = test_seed.score_by([t.queue for t in data.test])
+        if data.external_test:
+            external = evaluate(
+                seed.version, data.external_test, "test", "External test file on the seed", "test"
+            )
+            report.external_test_seed_success = external.score
+            report.external_test_seed_by_queue = external.score_by([t.queue for t in data.external_test])
+        optimizer = self._optimizer()
         val_seed: float | None = None
-        import openai
-
-        optimizer = openai.OpenAI(base_url=llm.base_url, api_key="local")
-        scored = self.scored
         for round_index in range(1, cfg.rounds + 1):
+            pool = self._pool_ready(curator, store)
             production = store.get(PROMPT_RESOURCE, PRODUCTION)
-            console.rule(f"Round {round_index}: APO from v{production.version}")
+            console.rule(
+                f"Round {round_index}: APO from v{production.version} ({pool} demonstrations in the pool)"
+            )
             apo = APOTrainer(
                 APOConfig(
                     resource_name=PROMPT_RESOURCE,
@@ -237,17 +195,18 @@ class ImprovementLoop:
                     demos=cfg.demos,
                     demo_min_reward=DEMO_MIN_REWARD,
                     min_gain=cfg.min_gain,
-                    optimizer_model=GEMMA_MODEL,
-                    optimizer_api="completions",
+                    optimizer_model=cfg.optimizer_model,
+                    optimizer_api="chat",
+                    retrieval_pool=POOL_RESOURCE,
                     seed=cfg.seed + round_index,
                 ),
                 settings,
                 evaluator=evaluator,
-                val_items=[_task(t, 0.0, 0) for t in val],
+                val_items=[task_of(t, 0.0, 0) for t in data.val],
                 optimizer=optimizer,
                 store=store,
-                on_event=self._apo_event(),
-                scored=scored,
+                on_event=apo_printer(console, self._on_scored(f"APO round {round_index}")),
+                scored=self.scored,
             )
             result = apo.train()
             if val_seed is None:
@@ -255,6 +214,7 @@ class ImprovementLoop:
             round_info: dict[str, Any] = {
                 "round": round_index,
                 "from_version": production.version,
+                "pool": pool,
                 "val_from": result.baseline.score,
                 "candidates": [
                     {"version": c.version.version, "strategy": c.strategy, "val": c.score}
@@ -273,7 +233,7 @@ class ImprovementLoop:
             )
             decided = None
             for batch in range(cfg.max_ab_batches):
-                traffic(cfg.traffic_batch, f"A/B traffic, batch {batch + 1}")
+                traffic(cfg.traffic_batch, f"A/B traffic, batch {batch + 1}", f"A/B round {round_index}")
                 decided = self._await_decision(store, result.winner.version, timeout=10.0)
                 if decided is not None:
                     break
@@ -288,12 +248,78 @@ class ImprovementLoop:
         report.seed_success = val_seed or 0.0
         # a winner is re-published under a new number: its validation score is in its lineage
         report.final_success = float(final.lineage.get("val.score", report.seed_success))
-        if final.version == seed.version:
-            report.test_final_success = report.test_seed_success
-        else:
-            report.test_final_success = evaluate(
-                final.version, test, "test", f"Test split on the final production v{final.version}"
-            ).score
+        test_final = (
+            test_seed
+            if final.version == seed.version
+            else evaluate(
+                final.version,
+                data.test,
+                "test",
+                f"Test split on the final production v{final.version}",
+                "test",
+            )
+        )
+        report.test_final_success = test_final.score
+        report.test_final_by_queue = test_final.score_by([t.queue for t in data.test])
+        if data.external_test:
+            external = evaluate(
+                final.version, data.external_test, "test", "External test file on the final version", "test"
+            )
+            report.external_test_final_success = external.score
+            report.external_test_final_by_queue = external.score_by([t.queue for t in data.external_test])
+
+    def _optimizer(self) -> Any:
+        """The textual-gradient optimizer client, or ``None`` (and the console says why)."""
+        if self.config.optimizer_url is None:
+            self.console.print(NO_OPTIMIZER)
+            return None
+        import os
+
+        import openai
+
+        self.console.print(
+            f"Textual gradients: {self.config.optimizer_model} at {self.config.optimizer_url}."
+        )
+        # the key comes from OPENAI_API_KEY, as the openai client reads it; never from the command line
+        return openai.OpenAI(
+            base_url=self.config.optimizer_url, api_key=os.environ.get("OPENAI_API_KEY", "none")
+        )
+
+    def _pool_ready(self, curator: DemonstrationCurator, store: ResourceStore, timeout: float = 60.0) -> int:
+        """Fold what the curator has seen into the pool now; its size (the warm-up's escalations are
+        answered by humans a few seconds after their rollouts end, so wait for the pool to grow)."""
+        deadline = time.monotonic() + timeout
+        size = last = -1
+        while time.monotonic() < deadline:
+            curator.publish_now()
+            size = (
+                int(store.get(POOL_RESOURCE, PRODUCTION).config.get("size", "0"))
+                if (POOL_RESOURCE in store.names() and PRODUCTION in store.labels(POOL_RESOURCE))
+                else 0
+            )
+            if size > 0 and size == last:
+                break
+            last = size
+            time.sleep(3.0)
+        return max(size, 0)
+
+    def _phase(self, phase: str, kind: str, version: str, n: int, successes: int) -> None:
+        self.report.phases.append(
+            Phase(phase, kind, version, n, successes, round(time.monotonic() - self.started, 1))
+        )
+
+    def _on_scored(self, phase: str) -> Callable[[dict[str, Any]], None]:
+        def scored(fields: dict[str, Any]) -> None:
+            self.report.rollouts += fields["n"]
+            evaluation = self.scored.get(fields["version"])
+            successes = (
+                int(sum(evaluation.scores))
+                if evaluation is not None
+                else round(fields["score"] * fields["n"])
+            )
+            self._phase(phase, "val", str(fields["version"]), fields["n"], successes)
+
+        return scored
 
     def _await_decision(self, store: ResourceStore, version: int, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
@@ -306,122 +332,59 @@ class ImprovementLoop:
             time.sleep(0.5)
         return None
 
-    def _run(
-        self,
-        evaluator: RolloutEvaluator,
-        title: str,
-        call: Callable[[Callable[[int, int], None]], Evaluation],
-    ) -> Evaluation:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[rate]}"),
-            console=self.console,
-            transient=False,
-        ) as progress:
-            task = progress.add_task(title, total=None, rate="")
-
-            def update(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            evaluation = call(update)
-            progress.update(task, rate=f"success {evaluation.score:.0%}")
+    def _run(self, title: str, call: Callable[[Callable[[int, int], None]], Evaluation]) -> Evaluation:
+        evaluation = with_progress(self.console, title, call)
         self.evaluations.append((title, evaluation))
         self.report.rollouts += evaluation.n
         return evaluation
 
-    def _apo_event(self) -> Any:
-        console = self.console
-        bars: dict[str, Any] = {}
-
-        def on_event(kind: str, fields: dict[str, Any]) -> None:
-            if kind == "triplets":
-                console.print(f"APO: {fields['count']} triplets of the resource to learn from.")
-            elif kind == "progress":
-                progress = bars.get("p")
-                if progress is None:
-                    progress = Progress(
-                        TextColumn("{task.description}"),
-                        BarColumn(),
-                        MofNCompleteColumn(),
-                        TimeElapsedColumn(),
-                        console=console,
-                    )
-                    progress.start()
-                    bars["p"] = progress
-                    bars["t"] = progress.add_task(f"  validating v{fields['version']}", total=fields["total"])
-                progress.update(bars["t"], completed=fields["done"], total=fields["total"])
-            elif kind == "scored":
-                progress = bars.pop("p", None)
-                if progress is not None:
-                    progress.stop()
-                self.report.rollouts += fields["n"]
-                console.print(
-                    f"  v{fields['version']} ({fields['strategy']}): validation success "
-                    f"{fields['score']:.0%} over {fields['n']} rollouts in {fields['wall_s']:.0f}s"
-                )
-            elif kind == "candidate":
-                verdict = "[green]accepted[/]" if fields["accepted"] else "[red]rejected[/]"
-                console.print(
-                    f"  candidate v{fields['version']} {verdict} ({fields['score']:.0%} vs parent "
-                    f"{fields['parent_score']:.0%})"
-                )
-            elif kind == "skip":
-                console.print(f"  skipped a {fields['strategy']} proposal: {fields['reason']}")
-
-        return on_event
-
     # ---- the end -------------------------------------------------------------------------------------
-    def _summarise(self, stack: Stack, store: ResourceStore, plot_path: Path) -> None:
+    def _summarise(self, stack: Stack, store: ResourceStore, plot_path: Path, data: DemoData) -> None:
         report, console = self.report, self.console
         state = store.state(PROMPT_RESOURCE)
         report.versions = len(state.versions)
-        history = promotion_decisions(stack)
-        report.decisions = history
-        rows = per_version(stack)
-        table = Table(
-            "version",
-            "labels",
-            "made by",
-            "parent",
-            "rollouts",
-            "success",
-            "val",
-            "test",
-            title=f"{PROMPT_RESOURCE}: versions and their success rates",
-        )
-        for number, version in sorted(state.versions.items()):
-            row = rows.get(str(number), {})
-            val = self.scored[number].score if number in self.scored else None
-            test = next(
-                (e.score for _, e in self.evaluations if e.mode == "test" and e.version == number), None
-            )
-            made = version.lineage.get("apo.strategy", "seed" if number == 1 else "")
-            stage = version.lineage.get("apo.stage", "")
-            table.add_row(
-                f"v{number}",
-                ", ".join(state.labels_of(number)),
-                f"{made} {stage}".strip(),
-                f"v{version.parent_version}" if version.parent_version else "",
-                str(row.get("rollouts", 0)),
-                f"{row['success']:.0%}" if row.get("success") is not None else "",
-                f"{val:.0%}" if val is not None else "",
-                f"{test:.0%}" if test is not None else "",
-            )
+        if POOL_RESOURCE in store.names():
+            pool = store.state(POOL_RESOURCE)
+            report.pool_versions = len(pool.versions)
+            report.pool_size = int(pool.versions[pool.latest].config.get("size", "0"))
+        table, decisions = version_table(stack, state, self.scored, self.evaluations)
+        report.decisions = decisions
         console.print(table)
-        for decision in history:
+        for decision in decisions:
             console.print(
                 f"decision: {decision['action']} v{decision['candidate_version']} vs "
                 f"v{decision['production_version']}: {decision['reason']}"
             )
-        report.plot = str(plot_success(stack, plot_path))
+        report.plot = str(
+            plot_demo(report.phases, report.test_seed_by_queue, report.test_final_by_queue, plot_path)
+        )
+        console.print(
+            _per_queue_line("Test split", report.test_seed_by_queue, report.test_final_by_queue, data.queues)
+        )
+        if report.external_test_final_success is not None:
+            console.print(
+                _per_queue_line(
+                    "External test file",
+                    report.external_test_seed_by_queue,
+                    report.external_test_final_by_queue,
+                    data.queues,
+                )
+            )
         console.print(
             f"Test split: seed {report.test_seed_success:.0%} -> final v{report.final_version} "
             f"{report.test_final_success:.0%} ({(report.test_final_success - report.test_seed_success) * 100:+.0f} "
-            f"points); {report.rollouts} rollouts in {report.wall_s:.0f}s. Plot: {report.plot}"
+            f"points); {report.rollouts} rollouts in {report.wall_s:.0f}s; pool {report.pool_size} "
+            f"demonstrations in {report.pool_versions} versions. Plot: {report.plot}"
         )
+
+
+def _per_queue_line(
+    title: str, seed: dict[str, float], final: dict[str, float], queues: Sequence[str]
+) -> str:
+    parts = [
+        f"{q} {seed.get(q, 0.0):.0%} -> {final.get(q, 0.0):.0%}" for q in queues if q in seed or q in final
+    ]
+    return f"{title} per queue (seed -> final): " + ", ".join(parts)
 
 
 def run_demo(

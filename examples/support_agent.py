@@ -33,10 +33,12 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import agentstream
 from agentstream.producers.client import AgentStream
+from agentstream.producers.prompts import Prompt
 from agentstream.producers.tracer import Rollout
 from agentstream.schemas import genai
 
@@ -49,13 +51,20 @@ PROMPT_RESOURCE = "support-prompt"
 DEMO_MIN_REWARD = 2.0
 PRIORITIES = ("low", "normal", "high")
 
+
 #: The prompt a developer writes first: an instruction, as an instruction-tuned model would want it.
 #: A base model does not follow it (it produces no parseable call); APO has to find what works.
-SEED_PROMPT = """You are a customer-support agent. Read the ticket and file it in the right queue \
-(billing, technical, shipping or account) by calling create_ticket with JSON arguments queue and priority.
+def seed_prompt(queues: Sequence[str]) -> str:
+    """The seed prompt for a set of queues (the demo's, or those of ``demo --tickets FILE``)."""
+    names = ", ".join(queues[:-1]) + f" or {queues[-1]}" if len(queues) > 1 else queues[0]
+    return (
+        "You are a customer-support agent. Read the ticket and file it in the right queue "
+        f"({names}) by calling create_ticket with JSON arguments queue and priority.\n\n"
+        "Ticket: {{ticket}}\nAction:"
+    )
 
-Ticket: {{ticket}}
-Action:"""
+
+SEED_PROMPT = seed_prompt(QUEUES)
 
 _CALL = re.compile(r"create_ticket\((\{.*?\})\)", re.S)
 
@@ -74,12 +83,12 @@ def parse_call(text: str) -> dict[str, Any]:
     return arguments
 
 
-def create_ticket(arguments: dict[str, Any]) -> dict[str, Any]:
+def create_ticket(arguments: dict[str, Any], queues: Sequence[str] = QUEUES) -> dict[str, Any]:
     """The tool: validates its JSON arguments like a real ticketing API would."""
     missing = [k for k in ("queue", "priority") if k not in arguments]
     if missing:
         raise ValueError(f"create_ticket: missing {missing}")
-    if arguments["queue"] not in QUEUES:
+    if arguments["queue"] not in queues:
         raise ValueError(f"create_ticket: unknown queue {arguments['queue']!r}")
     if arguments["priority"] not in PRIORITIES:
         raise ValueError(f"create_ticket: unknown priority {arguments['priority']!r}")
@@ -98,7 +107,8 @@ class SupportAgent:
 
     Args:
         base_url: an OpenAI-compatible server (llama.cpp, vLLM, OpenAI).
-        model: the model name to request.
+        model: the model name to request, or a function of the rollout giving it (e.g. the version of
+            an LLM resource the runner resolved: :func:`~agentstream.examples.sft_stage.model_for`).
         business: where delayed business outcomes are scheduled; ``None``: none are sent.
         max_tokens: the call is short; generation stops at the end of the line.
     """
@@ -106,11 +116,12 @@ class SupportAgent:
     def __init__(
         self,
         base_url: str,
-        model: str,
+        model: str | Callable[[Rollout], str],
         *,
         business: BusinessEvents | None = None,
         max_tokens: int = 40,
         api_key: str = "local",
+        queues: Sequence[str] = QUEUES,
     ) -> None:
         import openai
 
@@ -119,18 +130,20 @@ class SupportAgent:
         self.model = model
         self.business = business
         self.max_tokens = max_tokens
+        self.queues = tuple(queues)
 
     def __call__(self, task: dict[str, Any], rollout: agentstream.producers.Rollout) -> None:
-        prompt = rollout.resource(PROMPT_RESOURCE).render(ticket=task["text"])
+        # the template, its retrieved demonstrations and the response prefix the model continues
+        prompt = rollout.render(PROMPT_RESOURCE, ticket=task["text"])
         completion = self.client.completions.create(
-            model=self.model,
-            prompt=prompt,
+            model=self.model(rollout) if callable(self.model) else self.model,
+            prompt=prompt.text,
             max_tokens=self.max_tokens,
             temperature=float(task.get("temperature", 0.7)),
             stop=["\n"],
             seed=int(task.get("seed", 0)),
         )
-        output = completion.choices[0].text
+        output = prompt.response(completion.choices[0].text)
         expected = task["queue"]
         valid, queue, problem = True, None, None
         with agentstream.span(
@@ -144,7 +157,9 @@ class SupportAgent:
             try:
                 arguments = parse_call(output)
                 call.set_attribute("gen_ai.tool.call.arguments", json.dumps(arguments))
-                call.set_attribute("gen_ai.tool.call.result", json.dumps(create_ticket(arguments)))
+                call.set_attribute(
+                    "gen_ai.tool.call.result", json.dumps(create_ticket(arguments, self.queues))
+                )
                 queue = arguments["queue"]
             except ValueError as e:
                 valid, problem = False, str(e)
@@ -181,14 +196,17 @@ class Handoff:
 
     __slots__ = ("task", "prompt", "prompt_version")
 
-    def __init__(self, task: dict[str, Any], prompt: str, prompt_version: str) -> None:
+    def __init__(self, task: dict[str, Any], prompt: Prompt, prompt_version: str) -> None:
         self.task, self.prompt, self.prompt_version = task, prompt, prompt_version
 
 
 def record_human_handoff(client: AgentStream, handoff: Handoff, escalated_from: str) -> str:
     """The human files the ticket correctly; recorded as a rollout with one human-answered call."""
     task = handoff.task
-    call = format_call(task["queue"], task.get("priority", "normal"))
+    # the human continues the prompt the model was given, as the model should have
+    call = (" " + format_call(task["queue"], task.get("priority", "normal"))).removeprefix(
+        handoff.prompt.response_prefix
+    )
     with Rollout(client, {"ticket_id": task.get("ticket_id"), "escalated_from": escalated_from}) as rollout:
         with rollout.span(
             "human_agent",
@@ -197,13 +215,13 @@ def record_human_handoff(client: AgentStream, handoff: Handoff, escalated_from: 
                 genai.OPERATION_NAME: "text_completion",
                 genai.REQUEST_MODEL: "human",
                 genai.INPUT_MESSAGES: json.dumps(
-                    [{"role": "user", "parts": [{"type": "text", "content": handoff.prompt}]}]
+                    [{"role": "user", "parts": [{"type": "text", "content": handoff.prompt.text}]}]
                 ),
                 genai.OUTPUT_MESSAGES: json.dumps(
                     [
                         {
                             "role": "assistant",
-                            "parts": [{"type": "text", "content": " " + call}],
+                            "parts": [{"type": "text", "content": call}],
                             "finish_reason": "stop",
                         }
                     ]

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 QUEUES = ("billing", "technical", "shipping", "account")
 PRIORITIES = ("low", "normal", "high")
@@ -56,6 +57,64 @@ def load_tickets(split: str | None = None) -> list[Ticket]:
     return [ticket for ticket in _all_tickets() if split is None or ticket.split == split]
 
 
+class TicketFileError(ValueError):
+    """A tickets file that cannot be used, with the line at fault."""
+
+
+def read_ticket_file(path: Path, *, require_splits: bool = True) -> list[Ticket]:
+    """Tickets from a JSONL file of your own: one object per line with ``text`` and ``queue``
+    (required), ``split`` (``train``/``val``/``test``; required unless ``require_splits`` is off,
+    e.g. for an external test file), ``priority`` (default ``normal``), ``ticket_id`` (default
+    ``<file stem>-<line>``) and ``customer_tier`` (default ``pro``).
+
+    Raises :class:`TicketFileError` naming the line of the first bad row, and when a split the
+    loop needs (train and val) is empty.
+    """
+    tickets: list[Ticket] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TicketFileError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise TicketFileError(f"{path}:{number}: expected a JSON object")
+        text, queue = row.get("text"), row.get("queue")
+        if not isinstance(text, str) or not text.strip() or not isinstance(queue, str) or not queue.strip():
+            raise TicketFileError(f"{path}:{number}: needs non-empty string fields 'text' and 'queue'")
+        split = row.get("split", "test" if not require_splits else None)
+        if split not in SPLITS:
+            raise TicketFileError(f"{path}:{number}: split {split!r} is not one of {SPLITS}")
+        priority = row.get("priority", "normal")
+        if priority not in PRIORITIES:
+            raise TicketFileError(f"{path}:{number}: priority {priority!r} is not one of {PRIORITIES}")
+        tickets.append(
+            Ticket(
+                ticket_id=str(row.get("ticket_id") or f"{path.stem}-{number}"),
+                text=text.strip(),
+                queue=queue.strip(),
+                priority=priority,
+                customer_tier=str(row.get("customer_tier", "pro")),
+                split=split,
+            )
+        )
+    if require_splits:
+        for needed in ("train", "val"):
+            if not any(t.split == needed for t in tickets):
+                raise TicketFileError(
+                    f"{path}: no {needed!r} tickets (the loop learns from train, scores on val)"
+                )
+    elif not tickets:
+        raise TicketFileError(f"{path}: no tickets")
+    return tickets
+
+
+def queues_of(tickets: Iterable[Ticket]) -> tuple[str, ...]:
+    """The queues that occur, in order of first appearance."""
+    return tuple(dict.fromkeys(t.queue for t in tickets))
+
+
 def label_mix(tickets: Iterable[Ticket]) -> dict[str, float]:
     """Share of each queue in ``tickets``, keyed in ``QUEUES`` order; all zeros for no tickets."""
     counts = dict.fromkeys(QUEUES, 0)
@@ -65,4 +124,15 @@ def label_mix(tickets: Iterable[Ticket]) -> dict[str, float]:
     return {queue: (count / total if total else 0.0) for queue, count in counts.items()}
 
 
-__all__ = ["PRIORITIES", "QUEUES", "SPLITS", "TIERS", "Ticket", "label_mix", "load_tickets"]
+__all__ = [
+    "PRIORITIES",
+    "QUEUES",
+    "SPLITS",
+    "TIERS",
+    "Ticket",
+    "TicketFileError",
+    "label_mix",
+    "load_tickets",
+    "queues_of",
+    "read_ticket_file",
+]

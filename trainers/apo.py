@@ -42,7 +42,7 @@ from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceVersion, Template
 from agentstream.schemas.resource_version import content_hash
 from agentstream.settings import Settings
 
-from .apo_retrieval import RETRIEVAL_KEYS, grid_entry, retrieval_config
+from .apo_retrieval import RETRIEVAL_KEYS, grid_entry, retrieval_config, retrieval_unavailable
 from .apo_templates import (
     CRITIQUE_PROMPT,
     EDIT_PROMPT,
@@ -298,17 +298,20 @@ class APOTrainer:
         retrieval = {k: v for k, v in parent.version.config.items() if k.startswith(RETRIEVAL_KEYS)}
         if strategy == "retrieval":
             good = [e for e in examples if e.reward is not None and e.reward >= cfg.demo_min_reward]
-            reason = self._retrieval_unavailable(good)
+            reason = retrieval_unavailable(self.store, cfg.retrieval_pool, good)
             if reason is not None:
                 self.on_event("skip", {"strategy": strategy, "reason": reason})
                 return None
             assert cfg.retrieval_pool is not None
-            entry = cfg.retrieval_grid[self._grid_turn % len(cfg.retrieval_grid)]
-            self._grid_turn += 1
-            retrieval = retrieval_config(entry, cfg.retrieval_pool, good, prime=cfg.prime_response)
-            demos = []  # retrieved per request instead
-            if grid_entry(entry).get("instruction") == "0":
-                instruction = ""  # a base model follows the examples; the instruction may only bias it
+            for _ in cfg.retrieval_grid:  # the next setting that is not the parent's own
+                entry = cfg.retrieval_grid[self._grid_turn % len(cfg.retrieval_grid)]
+                self._grid_turn += 1
+                proposed = retrieval_config(entry, cfg.retrieval_pool, good, prime=cfg.prime_response)
+                # instruction=0: a base model follows the examples; the instruction may only bias it
+                kept = "" if grid_entry(entry).get("instruction") == "0" else parent.instruction
+                if (proposed, kept) != (retrieval, parent.instruction):
+                    break
+            retrieval, instruction, demos = proposed, kept, []  # demonstrations: retrieved per request
             lineage["apo.retrieval"] = entry
         elif strategy == "demos":
             demos = self._bootstrap_demos(parent, examples)
@@ -358,17 +361,6 @@ class APOTrainer:
         )
         seen.add(version.content_hash)
         return Candidate(version, instruction, demos, parent.query, strategy, parent.version.version)
-
-    def _retrieval_unavailable(self, good: list[Example]) -> str | None:
-        """Why a retrieval candidate cannot be proposed now, or ``None``."""
-        pool = self.config.retrieval_pool
-        if pool is None:
-            return "no retrieval_pool configured"
-        if not good:
-            return "no high-reward triplets to learn from"
-        if pool not in self.store.names() or PRODUCTION not in self.store.labels(pool):
-            return f"the demonstration pool {pool} has no production version yet (is a curator running?)"
-        return None
 
     def _bootstrap_demos(self, parent: Candidate, examples: list[Example]) -> list[str]:
         good = [e for e in examples if e.reward is not None and e.reward >= self.config.demo_min_reward]

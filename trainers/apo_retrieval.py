@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from agentstream.resources.store import ResourceStore
 from agentstream.retrieval import RetrievalSettings
+from agentstream.schemas import PRODUCTION
 
 from .apo_templates import response_class
 from .demonstrations import Example
 
-__all__ = ["RETRIEVAL_KEYS", "grid_entry", "response_prefix", "retrieval_config"]
+__all__ = ["RETRIEVAL_KEYS", "grid_entry", "response_prefix", "retrieval_config", "retrieval_unavailable"]
 
 #: The config keys a retrieving prompt carries (kept when other strategies edit it).
 RETRIEVAL_KEYS = ("retrieval.", "response_prefix")
@@ -46,6 +48,17 @@ def retrieval_config(entry: str, pool: str, good: Sequence[Example], *, prime: b
     if prefix:
         config["response_prefix"] = prefix
     return config
+
+
+def retrieval_unavailable(store: ResourceStore, pool: str | None, good: Sequence[Example]) -> str | None:
+    """Why a retrieval candidate cannot be proposed now, or ``None``."""
+    if pool is None:
+        return "no retrieval_pool configured"
+    if not good:
+        return "no high-reward triplets to learn from"
+    if pool not in store.names() or PRODUCTION not in store.labels(pool):
+        return f"the demonstration pool {pool} has no production version yet (is a curator running?)"
+    return None
 
 
 def response_prefix(responses: Sequence[str]) -> str:

@@ -159,3 +159,44 @@ def test_generator_has_enough_handwritten_templates() -> None:
     for queue in QUEUES:
         plain = [tpl for tpl in generator.TEMPLATES[queue] if not tpl.ambiguous]
         assert len(plain) >= 25, queue
+
+
+def test_your_own_tickets_file_is_read_with_defaults_and_its_queues(tmp_path: Path) -> None:
+    from agentstream.examples.tickets import queues_of, read_ticket_file
+
+    path = tmp_path / "mine.jsonl"
+    rows = [
+        {"text": "VPN drops every hour", "queue": "it", "split": "train"},
+        {"text": "new laptop please", "queue": "procurement", "split": "train", "priority": "low"},
+        {"text": "VPN again", "queue": "it", "split": "val", "ticket_id": "t-9"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    tickets = read_ticket_file(path)
+    assert [t.ticket_id for t in tickets] == ["mine-1", "mine-2", "t-9"]
+    assert tickets[0].priority == "normal" and tickets[1].priority == "low"
+    assert queues_of(tickets) == ("it", "procurement")
+    external = tmp_path / "external.jsonl"
+    external.write_text(json.dumps({"text": "printer jam", "queue": "it"}) + "\n")
+    assert read_ticket_file(external, require_splits=False)[0].split == "test"
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"text": "x", "queue": "a", "split": "train"}', "not json"], r"mine.jsonl:2: not JSON"),
+        (['{"text": "", "queue": "a", "split": "train"}'], r":1: needs non-empty string fields"),
+        (['{"text": "x", "queue": "a", "split": "dev"}'], r":1: split 'dev' is not one of"),
+        (['{"text": "x", "queue": "a", "split": "train", "priority": "urgent"}'], r"priority 'urgent'"),
+        (['{"text": "x", "queue": "a", "split": "train"}'], r"no 'val' tickets"),
+        (["[1, 2]"], r":1: expected a JSON object"),
+    ],
+)
+def test_a_bad_tickets_file_is_refused_naming_the_line(
+    tmp_path: Path, lines: list[str], message: str
+) -> None:
+    from agentstream.examples.tickets import TicketFileError, read_ticket_file
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TicketFileError, match=message):
+        read_ticket_file(path)
