@@ -263,5 +263,7 @@ def test_demo_refuses_a_bad_tickets_file_before_starting_anything(tmp_path: Path
     bad.write_text('{"text": "x", "queue": "it", "split": "train"}\n{"text": "y"}\n')
     result = _invoke("--data-dir", str(tmp_path / "data"), "demo", "--tickets", str(bad))
     assert result.exit_code == 2, result.output
-    assert "tickets.jsonl:2: needs non-empty string fields 'text' and 'queue'" in " ".join(result.output.split())
+    assert "tickets.jsonl:2: needs non-empty string fields 'text' and 'queue'" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "data" / "demo").exists()  # nothing was started
