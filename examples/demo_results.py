@@ -92,7 +92,8 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # rounding can put a bound a hair past the rate at 0% and 100%; the band always holds the rate
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def version_table(
@@ -157,7 +158,7 @@ def plot_demo(
         ax.errorbar(
             x,
             rate,
-            yerr=[[rate - low], [high - rate]],
+            yerr=[[max(0.0, rate - low)], [max(0.0, high - rate)]],
             fmt=markers.get(p.kind, "o"),
             color=colours[p.version],
             capsize=3,

@@ -355,9 +355,12 @@ class ImprovementLoop:
                 f"decision: {decision['action']} v{decision['candidate_version']} vs "
                 f"v{decision['production_version']}: {decision['reason']}"
             )
-        report.plot = str(
-            plot_demo(report.phases, report.test_seed_by_queue, report.test_final_by_queue, plot_path)
-        )
+        try:
+            report.plot = str(
+                plot_demo(report.phases, report.test_seed_by_queue, report.test_final_by_queue, plot_path)
+            )
+        except (ValueError, OSError) as e:  # a drawing problem must not cost the run its figures
+            console.print(f"[yellow]The plot could not be drawn: {e}[/]")
         console.print(
             _per_queue_line("Test split", report.test_seed_by_queue, report.test_final_by_queue, data.queues)
         )
