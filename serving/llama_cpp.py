@@ -58,6 +58,9 @@ class LocalLLMServer:
         threads: inference threads (the demo machine has 2 cores).
         context: context window in tokens.
         log_path: where the server's output goes.
+        logprobs: serve log-probabilities (``logprobs=`` in a request). Off by default: the server
+            then computes the output layer for every prompt token, which with Gemma's 262k-token
+            vocabulary made prompts about 3x slower to read (8.2 against 2.8 ms per token, 2 cores).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class LocalLLMServer:
         context: int = 4096,
         log_path: Path | None = None,
         model_alias: str = GEMMA_MODEL,
+        logprobs: bool = False,
     ) -> None:
         self.model_path = model_path
         self.port = port
@@ -76,6 +80,7 @@ class LocalLLMServer:
         self.context = context
         self.log_path = log_path
         self.model_alias = model_alias
+        self.logprobs = logprobs
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -113,6 +118,8 @@ class LocalLLMServer:
                 str(self.context),
                 "--chat_format",
                 "gemma",
+                "--logits_all",  # llama_cpp.server's default is on
+                "true" if self.logprobs else "false",
             ]
             if self.log_path is not None:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
