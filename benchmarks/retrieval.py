@@ -10,7 +10,9 @@ nearest. Measures (JSON keys, per retriever):
 * ``nn1_accuracy``: the nearest example's queue is the ticket's (no LLM);
 * ``knn_vote_accuracy``: the majority queue of the k nearest is the ticket's (no LLM);
 * ``index_s`` / ``query_ms``: building the index over the pool; one query;
-* with ``--llm``: ``val_success`` and ``val_by_queue``: the bundled Gemma 3 270M on llama.cpp,
+* with ``--split test``: the test split's tickets retrieve instead of the validation split's;
+* with ``--llm``: ``val_success`` and ``val_by_queue`` (``test_...`` with ``--split test``): the
+  bundled Gemma 3 270M on llama.cpp,
   prompted with the k demonstrations and primed up to the queue value (what the loop's retrieval
   candidates do), greedy; and ``llm_s_per_ticket``.
 
@@ -64,7 +66,13 @@ def minilm(pool: list[Ticket], folder: Path) -> Nearest:
 
 
 def measure(
-    name: str, build: Callable[[], Nearest], pool: list[Ticket], val: list[Ticket], k: int, llm: Any
+    name: str,
+    build: Callable[[], Nearest],
+    pool: list[Ticket],
+    val: list[Ticket],
+    k: int,
+    llm: Any,
+    split: str = "val",
 ) -> dict[str, Any]:
     started = time.perf_counter()
     nearest = build()
@@ -100,8 +108,8 @@ def measure(
             total[t.queue] += 1
             ok[t.queue] += out.choices[0].text.strip() == t.queue
         figures["llm_s_per_ticket"] = round((time.perf_counter() - started) / len(val), 2)
-        figures["val_success"] = round(sum(ok.values()) / len(val), 3)
-        figures["val_by_queue"] = {q: round(ok[q] / total[q], 2) for q in QUEUES if total[q]}
+        figures[f"{split}_success"] = round(sum(ok.values()) / len(val), 3)
+        figures[f"{split}_by_queue"] = {q: round(ok[q] / total[q], 2) for q in QUEUES if total[q]}
     print(f"{name}: {figures}", file=sys.stderr)
     return figures
 
@@ -115,9 +123,12 @@ def main() -> None:
     parser.add_argument(
         "--llm", action="store_true", help="also score the bundled LLM with each retriever's demos"
     )
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="val", help="the tickets that retrieve (default val)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    pool, val = load_tickets("train"), load_tickets("val")
+    pool, val = load_tickets("train"), load_tickets(args.split)
     llm_server = llm = None
     if args.llm:
         import openai
@@ -130,11 +141,13 @@ def main() -> None:
         results = {
             "k": args.k,
             "pool": len(pool),
-            "val": len(val),
-            "bm25": measure("bm25", lambda: bm25(pool), pool, val, args.k, llm),
+            args.split: len(val),
+            "bm25": measure("bm25", lambda: bm25(pool), pool, val, args.k, llm, args.split),
         }
         if args.minilm is not None:
-            results["minilm"] = measure("minilm", lambda: minilm(pool, args.minilm), pool, val, args.k, llm)
+            results["minilm"] = measure(
+                "minilm", lambda: minilm(pool, args.minilm), pool, val, args.k, llm, args.split
+            )
     finally:
         if llm_server is not None:
             llm_server.stop()

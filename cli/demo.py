@@ -14,7 +14,7 @@ __all__ = ["demo"]
 
 def demo(
     seed: Annotated[int, typer.Option(help="Random seed (tickets order, sampling, APO).")] = 7,
-    rounds: Annotated[int, typer.Option(help="APO rounds (each: candidates, validation, A/B).")] = 2,
+    rounds: Annotated[int, typer.Option(help="APO rounds (each: candidates, validation, A/B).")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON here.")] = None,
     plot: Annotated[Path, typer.Option(help="Where the PNG plot of success rate per version goes.")] = Path(
         "agentstream-demo.png"

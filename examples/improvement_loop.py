@@ -13,7 +13,8 @@
    gradients when an optimizer endpoint is given), scores them with validation rollouts, and
    publishes the winner as ``candidate``. Runners pick it up live and split traffic 50/50; the
    promotion controller promotes it (or rolls it back) from the per-version metrics.
-5. The test split - used only here - scores the seed and the final production prompt, per queue
+5. Production traffic runs on the final version; its good answers keep filling the pool.
+6. The test split - used only here - scores the seed and the final production prompt, per queue
    (and an external test file's tickets, with ``--test-tickets``).
 
 Ends with a table of versions, a PNG plot (success per version with 95% bands, the phases marked,
@@ -81,7 +82,7 @@ class ImprovementLoop:
         shutil.rmtree(settings.data_dir, ignore_errors=True)  # the demo's own directory: start clean
         console = self.console
         with console.status("Starting Kafka, stream worker, ClickHouse sink, promotion controller..."):
-            stack = Stack(settings).start()
+            stack = Stack(settings, nice=cfg.stack_nice).start()
         try:
             stack.wait_ready(120)
             settings = stack.resolved_settings()
@@ -244,6 +245,11 @@ class ImprovementLoop:
             if decided is None:  # leave no candidate behind for the next round
                 store.label(PROMPT_RESOURCE, CANDIDATE, None, reason="demo round ended undecided")
         final = store.get(PROMPT_RESOURCE, PRODUCTION)
+        if cfg.production_traffic and final.version != seed.version:
+            # production keeps running: its good answers join the pool the final version retrieves from
+            traffic(cfg.production_traffic, f"Production traffic on v{final.version}", "production")
+            pool = self._pool_ready(curator, store)
+            console.print(f"{pool} demonstrations in the pool after production traffic.")
         report.final_version = final.version
         report.seed_success = val_seed or 0.0
         # a winner is re-published under a new number: its validation score is in its lineage

@@ -29,6 +29,18 @@ def _emit(client: AgentStream, n: int) -> None:
                 pass
 
 
+def _lowered(pid: int, by: int) -> bool:
+    """Whether the process runs ``by`` below our priority: its main thread does, and no thread was
+    left at ours (chDB raises its own memory worker to -20 on purpose; that one is not ours to set).
+    Nice values: field 19 of /proc/<pid>/task/<tid>/stat."""
+    ours = os.nice(0)
+    nice = {
+        int(stat.parent.name): int(stat.read_text().rsplit(")", 1)[1].split()[16])
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat")
+    }
+    return nice[pid] == ours + by and ours not in nice.values()
+
+
 def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -38,8 +50,11 @@ def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
         streams={"session_timeout_ms": 2000, "heartbeat_interval_ms": 400},
         sdk={"delivery_timeout_ms": 3000},
     )
-    with Stack(settings, workers=1) as stack:
+    with Stack(settings, workers=1, nice=5) as stack:
         stack.wait_ready()
+        # the members and the broker run below the default priority, every thread of them
+        for pid in [stack.broker.pid, *(c.status.pid for c in stack.children)]:  # type: ignore[union-attr]
+            assert _lowered(pid, 5), pid  # type: ignore[arg-type]
         advertised = StackState.load(settings.data_dir)
         assert advertised is not None and advertised.bootstrap_servers == stack.bootstrap_servers
         resolved = Settings(data_dir=settings.data_dir, topic_prefix="stack.").resolved()
@@ -52,11 +67,13 @@ def test_stack_restarts_its_members_and_loses_nothing(tmp_path: Path) -> None:
             sink = stack.children[0]
             os.kill(sink.status.pid, signal.SIGKILL)  # type: ignore[arg-type]
             assert wait_for(lambda: sink.status.restarts == 1 and stack.sink_status(), timeout=60)
+            assert _lowered(sink.status.pid, 5)  # type: ignore[arg-type]
             _emit(client, 50)
 
             address = stack.bootstrap_servers
             os.kill(stack.broker.pid, signal.SIGKILL)  # type: ignore[union-attr]
             assert wait_for(lambda: stack.broker_status.restarts == 1, timeout=60)
+            assert _lowered(stack.broker.pid, 5)  # type: ignore[union-attr, arg-type]
             assert stack.bootstrap_servers == address  # same address: clients just reconnect
             topics = AdminClient({"bootstrap.servers": address}).list_topics(timeout=10).topics
             assert {"stack.spans", "stack.rewards", "stack.dead-letter"} <= set(topics)
