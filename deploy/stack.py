@@ -197,21 +197,20 @@ class Stack:
             from agentstream.analytics.dashboard_auth import token_file_env
 
             env.update(token_file_env(self.settings))
+
+        def member(name: str, command: str) -> ChildProcess:
+            return ChildProcess(name, [command], env, self.logs / f"{name}.log", self.nice)
+
         if self._want_sink:
-            self.children.append(ChildProcess("sink", ["sink"], env, self.logs / "sink.log", self.nice))
+            self.children.append(member("sink", "sink"))
         for index in range(self._workers):
-            name = f"worker-{index + 1}"
-            self.children.append(ChildProcess(name, ["worker"], env, self.logs / f"{name}.log", self.nice))
+            self.children.append(member(f"worker-{index + 1}", "worker"))
         if self._want_promoter:
-            self.children.append(
-                ChildProcess("promoter", ["promoter"], env, self.logs / "promoter.log", self.nice)
-            )
+            self.children.append(member("promoter", "promoter"))
         if self._want_otlp:  # makes its bearer token file itself (<data_dir>/secrets/otlp.token)
-            self.children.append(ChildProcess("otlp", ["otlp"], env, self.logs / "otlp.log", self.nice))
+            self.children.append(member("otlp", "otlp"))
         if self._want_dashboard:  # reads through the sink's gateway; answers 503 until the sink is up
-            self.children.append(
-                ChildProcess("dashboard", ["dashboard"], env, self.logs / "dashboard.log", self.nice)
-            )
+            self.children.append(member("dashboard", "dashboard"))
         for child in self.children:
             child.start()
         self._monitor = threading.Thread(target=self._supervise, name="agentstream-stack", daemon=True)

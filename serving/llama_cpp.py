@@ -58,9 +58,10 @@ class LocalLLMServer:
         threads: inference threads (the demo machine has 2 cores).
         context: context window in tokens.
         log_path: where the server's output goes.
-        logprobs: serve log-probabilities (``logprobs=`` in a request). Off by default: the server
-            then computes the output layer for every prompt token, which with Gemma's 262k-token
-            vocabulary made prompts about 3x slower to read (8.2 against 2.8 ms per token, 2 cores).
+        logprobs: serve log-probabilities (``logprobs=`` in a request). Off by default: serving
+            them makes the server compute the output layer for every prompt token, which with
+            Gemma's 262k-token vocabulary made prompts about 3x slower to read (8.2 against 2.8 ms
+            per token, 2 cores).
     """
 
     def __init__(
