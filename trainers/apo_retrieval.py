@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 
 from agentstream.resources.store import ResourceStore
-from agentstream.retrieval import RetrievalSettings
+from agentstream.retrieval import INDEXES, RetrievalSettings
 from agentstream.schemas import PRODUCTION
 
 from .apo_templates import response_class
@@ -24,10 +24,10 @@ def grid_entry(entry: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for part in entry.split(","):
         name, sep, value = part.partition("=")
-        if not sep or name.strip() not in ("k", "per_outcome", "min_reward", "instruction"):
+        if not sep or name.strip() not in ("k", "per_outcome", "min_reward", "instruction", "index"):
             raise ValueError(
                 f"bad retrieval_grid entry {entry!r}: expected k=.., per_outcome=.., min_reward=.., "
-                "instruction=0|1"
+                "instruction=0|1, index=bm25|minilm"
             )
         fields[name.strip()] = value.strip()
     return fields
@@ -42,7 +42,10 @@ def retrieval_config(entry: str, pool: str, good: Sequence[Example], *, prime: b
         k=int(fields.get("k", "8")),
         per_outcome=int(fields.get("per_outcome", "0")),
         min_reward=float(fields.get("min_reward", "0")),
+        index=fields.get("index", "bm25"),
     )
+    if settings.index not in INDEXES:
+        raise ValueError(f"bad retrieval_grid entry {entry!r}: index is one of {', '.join(INDEXES)}")
     config = settings.to_config()
     prefix = response_prefix([e.response for e in good]) if prime else ""
     if prefix:
