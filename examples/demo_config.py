@@ -34,7 +34,7 @@ class DemoConfig:
     #: 2 of 60 validation tickets: a one-ticket "win" is noise
     min_gain: float = 0.03
     beam_width: int = 1
-    #: without an optimizer: a retrieval candidate (k=8), a bootstrapped-demos one, a second retrieval one (k=4)
+    #: without an optimizer: a retrieval candidate (k=4), a bootstrapped-demos one, a second retrieval one (k=8)
     branch_factor: int = 3
     demos: int = 6
     val_items: int | None = None

@@ -116,10 +116,10 @@ class DemonstrationPool:
         return None if model is None else EmbeddingIndex([query_text(e.values) for e in self.examples], model)
 
     def nearest(
-        self, values: Mapping[str, Any], n: int, index: str = "bm25"
+        self, values: Mapping[str, Any], n: int, index: str = "minilm"
     ) -> list[tuple[Demonstration, float]]:
-        """Up to ``n`` examples nearest to an input, best first, by ``index``: ``bm25`` or
-        ``minilm`` (BM25 where the embedding model is not installed)."""
+        """Up to ``n`` examples nearest to an input, best first, by ``index``: ``minilm`` (BM25
+        where the embedding model is not installed) or ``bm25``."""
         chosen: BM25Index | EmbeddingIndex = self._index
         if index == "minilm":
             chosen = self._embedding_index or self._index

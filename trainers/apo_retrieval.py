@@ -42,7 +42,7 @@ def retrieval_config(entry: str, pool: str, good: Sequence[Example], *, prime: b
         k=int(fields.get("k", "8")),
         per_outcome=int(fields.get("per_outcome", "0")),
         min_reward=float(fields.get("min_reward", "0")),
-        index=fields.get("index", "bm25"),
+        index=fields.get("index", "minilm"),
     )
     if settings.index not in INDEXES:
         raise ValueError(f"bad retrieval_grid entry {entry!r}: index is one of {', '.join(INDEXES)}")

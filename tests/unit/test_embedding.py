@@ -83,3 +83,10 @@ def test_an_unknown_index_is_refused_with_the_choices() -> None:
         RetrievalSettings.from_config({"retrieval.pool": "p", "retrieval.index": "faiss"})
     settings = RetrievalSettings.from_config({"retrieval.pool": "p", "retrieval.index": "minilm"})
     assert settings is not None and settings.to_config()["retrieval.index"] == "minilm"
+
+
+def test_meaning_is_the_default_index_and_bm25_a_choice() -> None:
+    default = RetrievalSettings.from_config({"retrieval.pool": "p"})
+    assert default is not None and default.index == "minilm"
+    chosen = RetrievalSettings.from_config({"retrieval.pool": "p", "retrieval.index": "bm25"})
+    assert chosen is not None and chosen.to_config()["retrieval.index"] == "bm25"

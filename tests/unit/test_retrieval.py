@@ -78,22 +78,30 @@ def test_bm25_ranks_the_texts_sharing_rare_terms_first() -> None:
     assert BM25Index([]).nearest("anything", 3) == []
 
 
-def test_the_nearest_examples_are_chosen_nearest_last_without_the_request_itself() -> None:
-    settings = RetrievalSettings(pool="p", k=2)
-    chosen = select(POOL, {"ticket": "double charge on my invoice, please refund"}, settings)
-    assert [d.values["ticket"] for d in chosen][-1] == "refund for the double charge on my card"
+@pytest.mark.parametrize("index", ["bm25", "minilm"])
+def test_the_nearest_examples_are_chosen_nearest_last_without_the_request_itself(index: str) -> None:
+    query = {"ticket": "double charge on my invoice, please refund"}
+    chosen = select(POOL, query, RetrievalSettings(pool="p", k=2, index=index))
+    [(nearest, _)] = POOL.nearest(query, 1, index)
+    assert chosen[-1] is nearest  # nearest last: next to the query the model completes
     assert all(d.outcome == call("billing") for d in chosen)
-    own = select(POOL, {"ticket": "the app crashes when I upload a file"}, RetrievalSettings(pool="p", k=1))
-    assert own[0].values["ticket"] != "the app crashes when I upload a file"  # never the answer itself
+    ticket = "the app crashes when I upload a file"
+    own = select(POOL, {"ticket": ticket}, RetrievalSettings(pool="p", k=1, index=index))
+    assert own and own[0].values["ticket"] != ticket  # never the answer itself
 
 
-def test_pool_filters_and_the_outcome_cap_spread_the_choice() -> None:
+@pytest.mark.parametrize("index", ["bm25", "minilm"])
+def test_pool_filters_and_the_outcome_cap_spread_the_choice(index: str) -> None:
     query = {"ticket": "invoice charged twice, crashes too"}
-    capped = select(POOL, query, RetrievalSettings(pool="p", k=4, per_outcome=1))
-    assert len({d.outcome for d in capped}) == len(capped)
-    strict = select(POOL, {"ticket": "invoice plan price"}, RetrievalSettings(pool="p", k=5, min_reward=2.0))
-    assert all(d.reward >= 2.0 for d in strict)
-    humans = select(POOL, {"ticket": "crash"}, RetrievalSettings(pool="p", k=5, sources=("human",)))
+    capped = select(POOL, query, RetrievalSettings(pool="p", k=4, per_outcome=1, index=index))
+    assert len({d.outcome for d in capped}) == len(capped) == 4
+    strict = select(
+        POOL, {"ticket": "invoice plan price"}, RetrievalSettings(pool="p", k=5, min_reward=2.0, index=index)
+    )
+    assert strict and all(d.reward >= 2.0 for d in strict)
+    humans = select(
+        POOL, {"ticket": "crash"}, RetrievalSettings(pool="p", k=5, sources=("human",), index=index)
+    )
     assert [d.source for d in humans] == ["human"]
 
 
