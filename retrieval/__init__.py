@@ -9,10 +9,11 @@ published as versions of a resource of its own; runners render a prompt template
 """
 
 from .bm25 import BM25Index
-from .pool import POOL_FORMAT, Demonstration, DemonstrationPool, PoolError
-from .select import INDEXES, RetrievalSettings, render_demonstrations, select
+from .pool import DEFAULT_INDEX, INDEXES, POOL_FORMAT, Demonstration, DemonstrationPool, PoolError
+from .select import RetrievalSettings, render_demonstrations, select
 
 __all__ = [
+    "DEFAULT_INDEX",
     "INDEXES",
     "POOL_FORMAT",
     "BM25Index",

@@ -20,7 +20,20 @@ from agentstream.schemas import ResourceVersion
 from .bm25 import BM25Index
 from .embedding import EmbeddingIndex, minilm
 
-__all__ = ["POOL_FORMAT", "POOL_URI", "Demonstration", "DemonstrationPool", "PoolError"]
+__all__ = [
+    "DEFAULT_INDEX",
+    "INDEXES",
+    "POOL_FORMAT",
+    "POOL_URI",
+    "Demonstration",
+    "DemonstrationPool",
+    "PoolError",
+]
+
+#: The indexes a pool can be searched with (see :meth:`DemonstrationPool.nearest`).
+INDEXES = ("bm25", "minilm")
+#: MiniLM finds the right neighbours more often (see :mod:`.select`); BM25 where it is not installed.
+DEFAULT_INDEX = "minilm"
 
 #: ``config["format"]`` of a pool version; the examples are ``config["examples"]`` (a JSON list).
 POOL_FORMAT = "agentstream.demonstration-pool/v1"
@@ -116,7 +129,7 @@ class DemonstrationPool:
         return None if model is None else EmbeddingIndex([query_text(e.values) for e in self.examples], model)
 
     def nearest(
-        self, values: Mapping[str, Any], n: int, index: str = "minilm"
+        self, values: Mapping[str, Any], n: int, index: str = DEFAULT_INDEX
     ) -> list[tuple[Demonstration, float]]:
         """Up to ``n`` examples nearest to an input, best first, by ``index``: ``minilm`` (BM25
         where the embedding model is not installed) or ``bm25``."""
@@ -124,7 +137,7 @@ class DemonstrationPool:
         if index == "minilm":
             chosen = self._embedding_index or self._index
         elif index != "bm25":
-            raise PoolError(f"unknown retrieval index {index!r}: expected bm25 or minilm")
+            raise PoolError(f"unknown retrieval index {index!r}: expected one of {', '.join(INDEXES)}")
         return [(self.examples[i], s) for i, s in chosen.nearest(query_text(values), n)]
 
 

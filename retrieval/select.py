@@ -30,15 +30,13 @@ from typing import Any
 
 from agentstream.schemas import TemplateError, render_template
 
-from .pool import Demonstration, DemonstrationPool
+from .pool import DEFAULT_INDEX, INDEXES, Demonstration, DemonstrationPool
 
-__all__ = ["DEMONSTRATIONS", "INDEXES", "RetrievalSettings", "query_of", "render_demonstrations", "select"]
+__all__ = ["DEMONSTRATIONS", "RetrievalSettings", "query_of", "render_demonstrations", "select"]
 
 #: The template variable retrieved demonstrations are rendered into.
 DEMONSTRATIONS = "demonstrations"
 _MARKER = re.compile(r"\{\{\s*demonstrations\s*\}\}")
-#: The indexes a pool can be searched with (see :meth:`DemonstrationPool.nearest`).
-INDEXES = ("bm25", "minilm")
 #: Candidates read per request before filters, deduplication and the outcome cap thin them.
 _OVERFETCH = 6
 
@@ -52,7 +50,11 @@ class RetrievalSettings:
     min_reward: float = 0.0
     per_outcome: int = 0
     sources: tuple[str, ...] = ("model", "human")
-    index: str = "minilm"
+    index: str = DEFAULT_INDEX
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEXES:
+            raise ValueError(f"unknown retrieval.index {self.index!r}: expected one of {', '.join(INDEXES)}")
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> RetrievalSettings | None:
@@ -61,21 +63,16 @@ class RetrievalSettings:
         if not pool:
             return None
         try:
-            settings = cls(
+            return cls(
                 pool=pool,
                 k=int(config.get("retrieval.k", "8")),
                 min_reward=float(config.get("retrieval.min_reward", "0")),
                 per_outcome=int(config.get("retrieval.per_outcome", "0")),
                 sources=tuple(s.strip() for s in config.get("retrieval.sources", "model,human").split(",")),
-                index=config.get("retrieval.index", "minilm"),
+                index=config.get("retrieval.index", DEFAULT_INDEX),
             )
         except ValueError as e:
             raise TemplateError(f"bad retrieval settings in the prompt's config: {e}") from None
-        if settings.index not in INDEXES:
-            raise TemplateError(
-                f"bad retrieval.index {settings.index!r}: expected one of {', '.join(INDEXES)}"
-            )
-        return settings
 
     def to_config(self) -> dict[str, str]:
         return {

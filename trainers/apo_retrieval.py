@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 
 from agentstream.resources.store import ResourceStore
-from agentstream.retrieval import INDEXES, RetrievalSettings
+from agentstream.retrieval import DEFAULT_INDEX, RetrievalSettings
 from agentstream.schemas import PRODUCTION
 
 from .apo_templates import response_class
@@ -37,15 +37,16 @@ def retrieval_config(entry: str, pool: str, good: Sequence[Example], *, prime: b
     """The config of a retrieval candidate: ``entry`` of the grid (``"k=8,per_outcome=5"``) on
     ``pool``, plus the response prefix of the ``good`` examples when ``prime``."""
     fields = grid_entry(entry)
-    settings = RetrievalSettings(
-        pool=pool,
-        k=int(fields.get("k", "8")),
-        per_outcome=int(fields.get("per_outcome", "0")),
-        min_reward=float(fields.get("min_reward", "0")),
-        index=fields.get("index", "minilm"),
-    )
-    if settings.index not in INDEXES:
-        raise ValueError(f"bad retrieval_grid entry {entry!r}: index is one of {', '.join(INDEXES)}")
+    try:
+        settings = RetrievalSettings(
+            pool=pool,
+            k=int(fields.get("k", "8")),
+            per_outcome=int(fields.get("per_outcome", "0")),
+            min_reward=float(fields.get("min_reward", "0")),
+            index=fields.get("index", DEFAULT_INDEX),
+        )
+    except ValueError as e:
+        raise ValueError(f"bad retrieval_grid entry {entry!r}: {e}") from None
     config = settings.to_config()
     prefix = response_prefix([e.response for e in good]) if prime else ""
     if prefix:

@@ -9,6 +9,7 @@ from agentstream.examples.tickets import load_tickets
 from agentstream.retrieval import Demonstration, DemonstrationPool, RetrievalSettings, embedding, select
 from agentstream.retrieval.embedding import EmbeddingIndex, minilm
 from agentstream.schemas import TemplateError
+from agentstream.trainers.apo_retrieval import retrieval_config
 
 model = minilm()
 needs_model = pytest.mark.skipif(
@@ -81,6 +82,8 @@ def test_without_the_model_minilm_falls_back_to_bm25(monkeypatch: pytest.MonkeyP
 def test_an_unknown_index_is_refused_with_the_choices() -> None:
     with pytest.raises(TemplateError, match="bm25, minilm"):
         RetrievalSettings.from_config({"retrieval.pool": "p", "retrieval.index": "faiss"})
+    with pytest.raises(ValueError, match="bad retrieval_grid entry 'k=4,index=faiss'.*bm25, minilm"):
+        retrieval_config("k=4,index=faiss", "pool", [], prime=False)
     settings = RetrievalSettings.from_config({"retrieval.pool": "p", "retrieval.index": "minilm"})
     assert settings is not None and settings.to_config()["retrieval.index"] == "minilm"
 
