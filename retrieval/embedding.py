@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ __all__ = ["EmbeddingIndex", "MiniLM", "minilm"]
 class MiniLM:
     """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, unit length), from a model folder."""
 
-    def __init__(self, folder: Path, max_tokens: int = 256) -> None:
+    def __init__(self, folder: Path, max_tokens: int = 256, max_cached: int = 20_000) -> None:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
@@ -41,20 +41,28 @@ class MiniLM:
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_tokens)
         self._tokenizer.enable_padding()
-        self._cache: dict[str, np.ndarray] = {}
+        # Pool texts are embedded once across pool versions; bounded (least recently used out, 1.5 KB
+        # a text), because a long-running runner also sees every request's text here.
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._max_cached = max_cached
         self._lock = threading.Lock()  # runners render from several threads
 
     def encode(self, texts: Sequence[str], batch: int = 32) -> np.ndarray:
-        """One unit-length row per text; texts seen before come from a cache."""
+        """One unit-length row per text; texts seen recently come from a cache."""
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            found = {t: self._cache[t] for t in texts if t in self._cache}
+            missing = list(dict.fromkeys(t for t in texts if t not in found))
             for start in range(0, len(missing), batch):
                 chunk = missing[start : start + batch]
-                for text, vector in zip(chunk, self._forward(chunk), strict=True):
-                    self._cache[text] = vector
+                found.update(zip(chunk, self._forward(chunk), strict=True))
+            for text, vector in found.items():
+                self._cache[text] = vector
+                self._cache.move_to_end(text)
+            while len(self._cache) > self._max_cached:
+                self._cache.popitem(last=False)
             if not texts:
                 return np.zeros((0, 384), np.float32)
-            stacked: np.ndarray = np.stack([self._cache[t] for t in texts])
+            stacked: np.ndarray = np.stack([found[t] for t in texts])
             return stacked
 
     # ---- the model -----------------------------------------------------------------------------
@@ -125,14 +133,13 @@ def minilm() -> MiniLM | None:
 class EmbeddingIndex:
     """Texts as unit vectors; :meth:`nearest` gives indices by cosine similarity, best first."""
 
-    def __init__(self, texts: Sequence[str], model: Any) -> None:
-        self.size = len(texts)
+    def __init__(self, texts: Sequence[str], model: MiniLM) -> None:
         self._model = model
-        self._matrix = model.encode(list(texts)) if texts else None
+        self._matrix = model.encode(list(texts))
 
     def nearest(self, query: str, n: int) -> list[tuple[int, float]]:
-        n = min(n, self.size)
-        if self._matrix is None or n <= 0:
+        n = min(n, len(self._matrix))
+        if n <= 0:
             return []
         scores = self._matrix @ self._model.encode([query])[0]
         best = np.argsort(-scores, kind="stable")[:n]

