@@ -41,8 +41,14 @@ from agentstream.examples.sft_stage import run_sft_stage
 from agentstream.examples.support_agent import create_ticket, format_call, parse_call
 from agentstream.examples.tickets import Ticket, load_tickets
 from agentstream.resources.store import ResourceStore
-from agentstream.retrieval import Demonstration, DemonstrationPool
-from agentstream.schemas import AvroSerializer, Triplet
+from agentstream.retrieval import (
+    Demonstration,
+    DemonstrationPool,
+    RetrievalSettings,
+    render_demonstrations,
+    select,
+)
+from agentstream.schemas import AvroSerializer, Triplet, render_template
 from agentstream.settings import Settings
 from agentstream.topics.admin import ensure_topics
 from agentstream.trainers.base_model import gemma_base_model
@@ -52,21 +58,22 @@ PREFIX = ' create_ticket({"queue": "'
 GOOD = {"routing": 1.0, "resolution": 1.0}
 
 
-def prompts(tickets: list[Ticket], pool: list[Ticket], shape: str, k: int) -> list[str]:
-    """Each ticket's prompt text, ending with the response prefix the model continues."""
-    if shape == "zero":
-        return [f"Ticket: {t.text}\nAction:{PREFIX}" for t in tickets]
-    index = DemonstrationPool(
-        [Demonstration({"ticket": p.text}, format_call(p.queue, p.priority), 2.0, p.queue) for p in pool],
-        "support-prompt",
-    )
+#: the demo's retrieval template (instruction dropped); each demonstration renders like its query
+TEMPLATE = "{{demonstrations}}Ticket: {{ticket}}\nAction:"
+
+
+def prompts(tickets: list[Ticket], pool: DemonstrationPool | None, k: int) -> list[str]:
+    """Each ticket's prompt text, ending with the response prefix the model continues: the ticket
+    alone without a ``pool``, else after its ``k`` nearest other examples, as the demo renders them."""
     out = []
     for t in tickets:
-        near = [
-            d for d, _ in index.nearest({"ticket": t.text}, k + 1, "minilm") if d.values["ticket"] != t.text
-        ]
-        shown = "".join(f"Ticket: {d.values['ticket']}\nAction: {d.response}\n\n" for d in reversed(near[:k]))
-        out.append(f"{shown}Ticket: {t.text}\nAction:{PREFIX}")
+        chosen = (
+            []
+            if pool is None
+            else select(pool, {"ticket": t.text}, RetrievalSettings("support-prompt.demos", k=k))
+        )
+        shown = render_demonstrations(TEMPLATE, chosen)
+        out.append(render_template(TEMPLATE, {"demonstrations": shown, "ticket": t.text}) + PREFIX)
     return out
 
 
@@ -139,9 +146,16 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train, val = load_tickets("train")[: options.examples], load_tickets("val")[: options.val]
-    train_texts = prompts(train, load_tickets("train"), options.prompt, options.k)
-    val_texts = prompts(val, load_tickets("train"), options.prompt, options.k)
+    everyone = load_tickets("train")
+    train, val = everyone[: options.examples], load_tickets("val")[: options.val]
+    pool = None
+    if options.prompt == "knn":
+        demonstrations = [
+            Demonstration({"ticket": t.text}, " " + format_call(t.queue, t.priority), 2.0, t.queue)
+            for t in everyone
+        ]
+        pool = DemonstrationPool(demonstrations, "support-prompt")
+    train_texts, val_texts = prompts(train, pool, options.k), prompts(val, pool, options.k)
     with (
         tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp,
         EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
