@@ -11,8 +11,12 @@
 4. Each round, APO reads the triplets, proposes candidates (a prompt that retrieves the nearest
    demonstrations per request, with settings from a grid; bootstrapped demonstrations; textual
    gradients when an optimizer endpoint is given), scores them with validation rollouts, and
-   publishes the winner as ``candidate``. Runners pick it up live and split traffic 50/50; the
-   promotion controller promotes it (or rolls it back) from the per-version metrics.
+   publishes its winner. Then SFT (:mod:`.sft_stage`): a LoRA adapter of the model trained on the
+   good calls so far, distilled into a prompt of the bare ticket, published as a model version and
+   a prompt version bound to it, scored on validation the same way. Of the finalists within noise
+   (``min_gain``) of the best score, the cheapest request (fewest retrieved demonstrations) is
+   labelled ``candidate``. Runners pick it up live and split traffic 50/50; the promotion
+   controller promotes it (or rolls it back) from the per-version metrics.
 5. Production traffic runs on the final version; its good answers keep filling the pool.
 6. The test split - used only here - scores the seed and the final production prompt, per queue
    (and an external test file's tickets, with ``--test-tickets``).
@@ -23,6 +27,7 @@ the test split per queue), and the figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -37,28 +42,42 @@ from agentstream.deploy.stack import Stack
 from agentstream.producers.client import AgentStream
 from agentstream.producers.runner import Runner
 from agentstream.resources.store import ResourceStore
-from agentstream.schemas import CANDIDATE, PRODUCTION
+from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceVersion
 from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
 from agentstream.settings import Settings
 from agentstream.trainers.apo import APOConfig, APOTrainer
+from agentstream.trainers.base_model import BaseModelError, gemma_base_model, user_model_cache
 from agentstream.trainers.demonstrations import CuratorConfig, DemonstrationCurator
 from agentstream.trainers.evaluation import Evaluation, RolloutEvaluator
 
 from .demo_config import DemoConfig, DemoData, DemoReport, demo_settings, task_of
 from .demo_progress import apo_printer, with_progress
-from .demo_results import Phase, plot_demo, version_table
-from .support_agent import DEMO_MIN_REWARD, PROMPT_RESOURCE, BusinessEvents, SupportAgent, seed_prompt
+from .demo_results import Phase
+from .demo_summary import summarise
+from .sft_stage import (
+    DISTILLED_PREFIX,
+    DISTILLED_TEMPLATE,
+    MODEL_RESOURCE,
+    SFTStageError,
+    publish_bound_prompt,
+    run_sft_stage,
+)
+from .support_agent import (
+    DEMO_MIN_REWARD,
+    POOL_RESOURCE,
+    PROMPT_RESOURCE,
+    BusinessEvents,
+    SupportAgent,
+    seed_prompt,
+)
 from .tickets import Ticket
-
-#: The demonstration pool the curator builds and retrieval candidates read.
-POOL_RESOURCE = f"{PROMPT_RESOURCE}.demos"
 
 #: Why APO proposes no textual-gradient candidates without an optimizer endpoint.
 NO_OPTIMIZER = (
     "Textual gradients: off. No optimizer endpoint was given (--optimizer-url): the bundled Gemma 3 "
     "270M is a base model, which continues text instead of following the critique and rewrite "
-    "instructions (its rewrites scored 0% on validation), so APO proposes retrieval and "
-    "demonstration candidates only."
+    "instructions (its rewrites scored 0% on validation), so APO proposes candidates built from the "
+    "good calls only (retrieved demonstrations)."
 )
 
 
@@ -73,6 +92,10 @@ class ImprovementLoop:
         #: validation results per version (APO's, shared across rounds)
         self.scored: dict[int, Evaluation] = {}
         self.started = time.monotonic()
+        self.agent: SupportAgent | None = None
+        #: the model server, started when the first SFT version is to be served
+        self._servers = contextlib.ExitStack()
+        self._model_server_url: str | None = None
 
     def run(self, plot_path: Path) -> DemoReport:
         self.started = time.monotonic()
@@ -93,6 +116,7 @@ class ImprovementLoop:
             business = BusinessEvents(client, cfg.seed)
             store = ResourceStore(settings, who="demo").open()
             agent = SupportAgent(llm.base_url, GEMMA_MODEL, business=business, queues=data.queues)
+            self.agent = agent
             runner = Runner(
                 agent, settings, client=client, concurrency=cfg.concurrency, resources=store
             ).start()
@@ -107,8 +131,11 @@ class ImprovementLoop:
                 business.close()
                 client.flush()
                 self.report.wall_s = time.monotonic() - self.started
-                self._summarise(stack, store, plot_path, data)
+                summarise(
+                    self.report, self.console, stack, store, (self.scored, self.evaluations), plot_path, data
+                )
             finally:
+                self._servers.close()
                 curator.stop()
                 evaluator.close()
                 runner.stop()
@@ -199,6 +226,7 @@ class ImprovementLoop:
                     optimizer_model=cfg.optimizer_model,
                     optimizer_api="chat",
                     retrieval_pool=POOL_RESOURCE,
+                    label=None,  # the round's winner (APO's or SFT's) is labelled below
                     seed=cfg.seed + round_index,
                 ),
                 settings,
@@ -221,26 +249,40 @@ class ImprovementLoop:
                     {"version": c.version.version, "strategy": c.strategy, "val": c.score}
                     for c in result.candidates
                 ],
-                "winner": result.winner.version if result.winner else None,
-                "val_winner": result.winner_score,
+                "apo_winner": result.winner.version if result.winner else None,
+                "val_apo_winner": result.winner_score,
             }
             report.rounds.append(round_info)
-            if result.winner is None:
+            finalists: list[tuple[ResourceVersion, float]] = []
+            if result.winner is not None and result.winner_score is not None:
+                finalists.append((result.winner, result.winner_score))
+            if cfg.sft:
+                sft = self._sft_candidate(settings, store, production, round_info, evaluate, data)
+                if sft is not None and sft[1] > (result.baseline.score or 0.0) + cfg.min_gain:
+                    finalists.append(sft)
+            winner = cheapest_within_noise(finalists, cfg.min_gain)
+            round_info["winner"] = winner[0].version if winner else None
+            round_info["val_winner"] = winner[1] if winner else None
+            if winner is None:
                 console.print("No candidate beat production on validation this round.")
                 continue
-            console.print(
-                f"APO winner v{result.winner.version}: validation {result.winner_score:.0%} "
-                f"vs {result.baseline.score:.0%}; labelled candidate, now in the 50/50 A/B split."
+            store.label(
+                PROMPT_RESOURCE, CANDIDATE, winner[0].version, reason=f"demo round {round_index} winner"
             )
+            console.print(
+                f"Round winner v{winner[0].version} ({_what(winner[0])}): validation {winner[1]:.0%} vs "
+                f"{result.baseline.score:.0%}; labelled candidate, now in the 50/50 A/B split."
+            )
+            chosen = winner[0]
             decided = None
             for batch in range(cfg.max_ab_batches):
                 traffic(cfg.traffic_batch, f"A/B traffic, batch {batch + 1}", f"A/B round {round_index}")
-                decided = self._await_decision(store, result.winner.version, timeout=10.0)
+                decided = self._await_decision(store, chosen.version, timeout=10.0)
                 if decided is not None:
                     break
             round_info["ab"] = decided or "undecided"
             console.print(
-                f"A/B decision on v{result.winner.version}: [bold]{decided or 'undecided (still candidate)'}[/]"
+                f"A/B decision on v{chosen.version}: [bold]{decided or 'undecided (still candidate)'}[/]"
             )
             if decided is None:  # leave no candidate behind for the next round
                 store.label(PROMPT_RESOURCE, CANDIDATE, None, reason="demo round ended undecided")
@@ -273,6 +315,73 @@ class ImprovementLoop:
             )
             report.external_test_final_success = external.score
             report.external_test_final_by_queue = external.score_by([t.queue for t in data.external_test])
+
+    def _sft_candidate(
+        self,
+        settings: Settings,
+        store: ResourceStore,
+        production: ResourceVersion,
+        round_info: dict[str, Any],
+        evaluate: Callable[[int, list[Ticket], str, str, str], Evaluation],
+        data: DemoData,
+    ) -> tuple[ResourceVersion, float] | None:
+        """SFT after APO: LoRA on the good calls so far, distilled into the bare-ticket prompt, then
+        published as a prompt version bound to the new model and scored on validation like APO's."""
+        cfg, console = self.config, self.console
+        console.rule("SFT: LoRA on the good calls, distilled into the bare-ticket prompt")
+        started = time.monotonic()
+        try:
+            _no_library_progress_bars()  # the demo draws its own; theirs would interleave with its lines
+            with console.status("Training a LoRA adapter of Gemma 3 270M on CPU..."):
+                model = run_sft_stage(
+                    settings,
+                    store,
+                    base_model=gemma_base_model(settings, cache_dir=user_model_cache()),
+                    max_steps=cfg.sft_steps,
+                    max_examples=cfg.sft_max_examples,
+                    label=None,  # the prompt version bound to it carries the A/B label
+                    prompt_template=DISTILLED_TEMPLATE,
+                    response_prefix=DISTILLED_PREFIX,
+                    seed=cfg.seed,
+                )
+        except (SFTStageError, BaseModelError, ImportError) as e:
+            if isinstance(e, ImportError):  # e.g. torch, without the train extra
+                e = SFTStageError(f"{e}: SFT needs pip install 'agentstream[train]' (or run with --no-sft)")
+            console.print(f"[yellow]SFT skipped: {e}[/]")
+            round_info["sft"] = {"error": str(e)}
+            return None
+        prompt = publish_bound_prompt(store, model, production)
+        console.print(
+            f"{MODEL_RESOURCE} v{model.version}: {model.lineage.get('metrics.examples')} good calls, "
+            f"{model.lineage.get('metrics.train_seconds')} s of training; published with its prompt as "
+            f"{PROMPT_RESOURCE} v{prompt.version}."
+        )
+        assert self.agent is not None
+        self.agent.serve(MODEL_RESOURCE, self._model_server(settings, store))
+        evaluation = evaluate(
+            prompt.version, data.val, "val", f"Validation on v{prompt.version} (SFT)", "SFT"
+        )
+        self.scored[prompt.version] = evaluation
+        round_info["sft"] = {
+            "model_version": model.version,
+            "prompt_version": prompt.version,
+            "examples": model.lineage.get("metrics.examples"),
+            "train_seconds": model.lineage.get("metrics.train_seconds"),
+            "stage_seconds": round(time.monotonic() - started, 1),
+            "val": evaluation.score,
+        }
+        return prompt, evaluation.score
+
+    def _model_server(self, settings: Settings, store: ResourceStore) -> str:
+        """The model server's URL, started once (it follows the resources and loads versions on use)."""
+        if self._model_server_url is None:
+            from agentstream.serving.model_server import ModelServer
+
+            with self.console.status("Starting the model server (LoRA versions of Gemma 3 270M)..."):
+                server = ModelServer(settings, [MODEL_RESOURCE], store=store, port=0).start()
+            self._servers.callback(server.stop)
+            self._model_server_url = server.base_url
+        return self._model_server_url
 
     def _optimizer(self) -> Any:
         """The textual-gradient optimizer client, or ``None`` (and the console says why)."""
@@ -344,56 +453,36 @@ class ImprovementLoop:
         self.report.rollouts += evaluation.n
         return evaluation
 
-    # ---- the end -------------------------------------------------------------------------------------
-    def _summarise(self, stack: Stack, store: ResourceStore, plot_path: Path, data: DemoData) -> None:
-        report, console = self.report, self.console
-        state = store.state(PROMPT_RESOURCE)
-        report.versions = len(state.versions)
-        if POOL_RESOURCE in store.names():
-            pool = store.state(POOL_RESOURCE)
-            report.pool_versions = len(pool.versions)
-            report.pool_size = int(pool.versions[pool.latest].config.get("size", "0"))
-        table, decisions = version_table(stack, state, self.scored, self.evaluations)
-        report.decisions = decisions
-        console.print(table)
-        for decision in decisions:
-            console.print(
-                f"decision: {decision['action']} v{decision['candidate_version']} vs "
-                f"v{decision['production_version']}: {decision['reason']}"
-            )
-        try:
-            report.plot = str(
-                plot_demo(report.phases, report.test_seed_by_queue, report.test_final_by_queue, plot_path)
-            )
-        except (ValueError, OSError) as e:  # a drawing problem must not cost the run its figures
-            console.print(f"[yellow]The plot could not be drawn: {e}[/]")
-        console.print(
-            _per_queue_line("Test split", report.test_seed_by_queue, report.test_final_by_queue, data.queues)
-        )
-        if report.external_test_final_success is not None:
-            console.print(
-                _per_queue_line(
-                    "External test file",
-                    report.external_test_seed_by_queue,
-                    report.external_test_final_by_queue,
-                    data.queues,
-                )
-            )
-        console.print(
-            f"Test split: seed {report.test_seed_success:.0%} -> final v{report.final_version} "
-            f"{report.test_final_success:.0%} ({(report.test_final_success - report.test_seed_success) * 100:+.0f} "
-            f"points); {report.rollouts} rollouts in {report.wall_s:.0f}s; pool {report.pool_size} "
-            f"demonstrations in {report.pool_versions} versions. Plot: {report.plot}"
-        )
+
+def _no_library_progress_bars() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
-def _per_queue_line(
-    title: str, seed: dict[str, float], final: dict[str, float], queues: Sequence[str]
-) -> str:
-    parts = [
-        f"{q} {seed.get(q, 0.0):.0%} -> {final.get(q, 0.0):.0%}" for q in queues if q in seed or q in final
-    ]
-    return f"{title} per queue (seed -> final): " + ", ".join(parts)
+def _what(version: ResourceVersion) -> str:
+    """What kind of candidate a prompt version is, for the console."""
+    if version.lineage.get("trainer") == "sft":
+        return f"SFT: {version.lineage.get('sft.model')} on the bare ticket"
+    return f"APO: {version.lineage.get('apo.strategy', '?')}"
+
+
+def cheapest_within_noise(
+    finalists: Sequence[tuple[ResourceVersion, float]], noise: float
+) -> tuple[ResourceVersion, float] | None:
+    """The finalist to A/B-test: among those within ``noise`` of the best validation score, the one
+    with the fewest retrieved demonstrations per request (a shorter prompt is a cheaper request)."""
+    if not finalists:
+        return None
+    best = max(score for _, score in finalists)
+    close = [f for f in finalists if f[1] >= best - noise]
+    return min(close, key=lambda f: (_demonstrations(f[0]), -f[1]))
+
+
+def _demonstrations(version: ResourceVersion) -> int:
+    return int(version.config.get("retrieval.k", "0")) if "retrieval.pool" in version.config else 0
 
 
 def run_demo(

@@ -33,7 +33,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import agentstream
@@ -45,6 +45,10 @@ from agentstream.schemas import genai
 from .tickets import QUEUES
 
 PROMPT_RESOURCE = "support-prompt"
+#: The demonstration pool the curator builds and retrieval candidates read.
+POOL_RESOURCE = f"{PROMPT_RESOURCE}.demos"
+#: a prompt version's config key naming the model version it runs on (``support-model:v2``)
+PROMPT_MODEL = "model"
 #: A call's reward dimensions ("routing", then the business "resolution") add up in APO's ranking
 #: (``APOConfig.reward_of="sum"``): routed right and resolved is 1.0 + 1.0. Only such calls are good
 #: demonstrations; a wrong call the customer resolved anyway sums to 1.0 or 1.5.
@@ -111,6 +115,10 @@ class SupportAgent:
             an LLM resource the runner resolved: :func:`~agentstream.examples.sft_stage.model_for`).
         business: where delayed business outcomes are scheduled; ``None``: none are sent.
         max_tokens: the call is short; generation stops at the end of the line.
+        model_servers: LLM resource name -> the ``base_url`` serving its versions (or
+            :meth:`serve` later). A prompt version whose ``config["model"]`` names a version of
+            one (``support-model:v2``, e.g. an SFT model distilled into that prompt) is answered by
+            that server and model; other prompt versions by ``base_url`` and ``model``.
     """
 
     def __init__(
@@ -122,21 +130,46 @@ class SupportAgent:
         max_tokens: int = 40,
         api_key: str = "local",
         queues: Sequence[str] = QUEUES,
+        model_servers: Mapping[str, str] | None = None,
     ) -> None:
-        import openai
-
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=60)
-        agentstream.instrument_openai(self.client)
+        self.api_key = api_key
+        self.client = self._client(base_url)
         self.model = model
         self.business = business
         self.max_tokens = max_tokens
         self.queues = tuple(queues)
+        self._servers: dict[str, Any] = {}
+        for resource, url in (model_servers or {}).items():
+            self.serve(resource, url)
+
+    def _client(self, base_url: str) -> Any:
+        import openai
+
+        client = openai.OpenAI(base_url=base_url, api_key=self.api_key, max_retries=2, timeout=60)
+        agentstream.instrument_openai(client)
+        return client
+
+    def serve(self, llm_resource: str, base_url: str) -> None:
+        """Answer prompt versions bound to versions of ``llm_resource`` from the server at ``base_url``."""
+        self._servers[llm_resource] = self._client(base_url)
+
+    def endpoint(self, rollout: Rollout) -> tuple[Any, str]:
+        """The client and model name this rollout's prompt version runs on (see ``model_servers``)."""
+        bound = rollout.resource(PROMPT_RESOURCE).config.get(PROMPT_MODEL)
+        if not bound:
+            return self.client, self.model(rollout) if callable(self.model) else self.model
+        resource = re.split(r"[:@]", bound, maxsplit=1)[0]
+        client = self._servers.get(resource)
+        if client is None:
+            raise LookupError(f"the prompt runs on {bound}, and no model server for {resource} was given")
+        return client, bound
 
     def __call__(self, task: dict[str, Any], rollout: agentstream.producers.Rollout) -> None:
         # the template, its retrieved demonstrations and the response prefix the model continues
         prompt = rollout.render(PROMPT_RESOURCE, ticket=task["text"])
-        completion = self.client.completions.create(
-            model=self.model(rollout) if callable(self.model) else self.model,
+        client, model = self.endpoint(rollout)
+        completion = client.completions.create(
+            model=model,
             prompt=prompt.text,
             max_tokens=self.max_tokens,
             temperature=float(task.get("temperature", 0.7)),

@@ -9,7 +9,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,23 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     device: str
+    #: stop-string criteria by stop strings (see :meth:`stop_criteria`)
+    _stops: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def stop_criteria(self, stop: tuple[str, ...]) -> Any:
+        """transformers' ``StopStringCriteria`` for ``stop``, made once per model: making one maps
+        every token of the vocabulary against the strings (about 2.5 s per request for Gemma's 262k
+        tokens on 2 cores, against 1 s for the whole generation), and a made one holds no state
+        between calls. Requests are generated one at a time (``ModelService``)."""
+        criteria = self._stops.get(stop)
+        if criteria is None:
+            from transformers import StopStringCriteria
+
+            criteria = StopStringCriteria(self.tokenizer, list(stop))
+            if len(self._stops) >= 16:  # a client varying its stop strings must not grow this for ever
+                self._stops.pop(next(iter(self._stops)))
+            self._stops[stop] = criteria
+        return criteria
 
     @property
     def eos_ids(self) -> set[int]:

@@ -33,7 +33,7 @@ class Generated:
 def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> list[Generated]:
     """``sampling.n`` continuations of one prompt, with each sampled token's raw logprob."""
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, StoppingCriteriaList
 
     model, tokenizer = loaded.model, loaded.tokenizer
     eos_ids = loaded.eos_ids
@@ -63,8 +63,9 @@ def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> 
     if sample:
         # OpenAI semantics: temperature and nucleus only (generate's top_k=50 default is switched off)
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    stopping = StoppingCriteriaList()
     if sampling.stop:
-        options["stop_strings"] = sampling.stop
+        stopping.append(loaded.stop_criteria(tuple(sampling.stop)))
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=loaded.device)
@@ -73,7 +74,7 @@ def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> 
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             generation_config=GenerationConfig(**options),
-            tokenizer=tokenizer if sampling.stop else None,
+            stopping_criteria=stopping,
         )
         logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)  # (n, steps, vocab)
     choices = []

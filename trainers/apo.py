@@ -83,7 +83,7 @@ class APOConfig:
     gradient_batch_size: int = 4
     #: validation items used per score (None: all)
     val_batch_size: int | None = None
-    #: demonstrations per bootstrapped candidate
+    #: demonstrations per bootstrapped candidate (0: none are proposed)
     demos: int = 8
     demo_min_reward: float = 1.0
     #: which reward of a triplet ranks its call (demonstrations, failures): "sum" adds up its reward
@@ -99,7 +99,7 @@ class APOConfig:
     triplet_window: int = 5000
     #: rollout modes whose triplets are learned from (never the evaluation splits)
     modes: tuple[str, ...] = ("train", "prod")
-    label: str = CANDIDATE
+    label: str | None = CANDIDATE  # None: publish the winner unlabelled (the caller runs the A/B)
     #: a child is accepted only if its validation score beats its parent's by more than this
     min_gain: float = 0.0
     #: the demonstration pool (:mod:`.demonstrations`) that "retrieval" candidates read per request;
@@ -256,9 +256,11 @@ class APOTrainer:
         """The proposal strategies, in the order branches take them: retrieval (with a pool),
         demonstration bootstrapping, textual gradients (with an optimizer)."""
         found = ["retrieval"] if self.config.retrieval_pool else []
-        found.append("demos")
+        found += ["demos"] if self.config.demos > 0 else []
         if self.optimizer is not None:
             found.append("gradient")
+        if not found:
+            raise ValueError("APO cannot propose: no retrieval_pool, demos=0 and no optimizer")
         return found
 
     # ---- data ----------------------------------------------------------------------------------------
@@ -488,7 +490,7 @@ class APOTrainer:
             config=dict(best.version.config),
             parent_version=baseline.version.version,
             lineage=lineage,
-            labels=[self.config.label],
+            labels=[self.config.label] if self.config.label else [],
             reason=f"APO winner: val {best.score:.3f} vs {baseline.score:.3f}",
             force_new=True,
         )

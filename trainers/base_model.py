@@ -13,6 +13,7 @@ call fails with the command that installs it.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -23,7 +24,14 @@ from agentstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GEMMA_BASE_NAME", "BaseModelError", "convert_gguf", "gemma_base_model", "gguf_tokenizer"]
+__all__ = [
+    "GEMMA_BASE_NAME",
+    "BaseModelError",
+    "convert_gguf",
+    "gemma_base_model",
+    "gguf_tokenizer",
+    "user_model_cache",
+]
 
 #: the folder name (under ``<data_dir>/models``) of the converted bundled model
 GEMMA_BASE_NAME = "gemma-3-270m-hf"
@@ -32,6 +40,13 @@ _DONE = ".converted"  # written last: a folder without it is a conversion that d
 
 class BaseModelError(RuntimeError):
     """The base model cannot be prepared: its package is missing, or its GGUF does not convert."""
+
+
+def user_model_cache() -> Path:
+    """``$XDG_CACHE_HOME/agentstream/models`` (``~/.cache/...``): converted models that outlive a data
+    directory (the demo starts each run from an empty one; the conversion need not run again)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "agentstream" / "models"
 
 
 def gemma_base_model(settings: Settings, *, cache_dir: Path | None = None) -> Path:

@@ -8,6 +8,14 @@ Rows follow the model: with a chat template, triplets become conversations and o
 turn is learned (trl's ``assistant_only_loss`` when the template marks it with ``{% generation %}``,
 otherwise conversational prompt/completion with ``completion_only_loss``); without one, they are the
 prompt and completion texts, with ``completion_only_loss``.
+
+With ``prompt_template`` set, the trainer *distils the context*: each good call is learned as the
+answer to that template rendered with the call's own input values (recovered from the prompt it was
+answered under, with the template of the ``from_resource`` version it is stamped with), instead of
+as the answer to the prompt it was answered under. A model that answered well when shown retrieved
+demonstrations (or a human who answered the seed prompt) thus teaches a model that answers the
+bare ticket: a sixth of the prompt per request. The published version records the template and its
+``response_prefix``, the prompt it expects.
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ from typing import Any, ClassVar
 
 import orjson
 
-from agentstream.schemas import Triplet
+from agentstream.schemas import Triplet, render_template
 
 from .apo import reward_of
 from .config_fields import API_ONLY, option
 from .data import resolve_format, sft_rows, to_dataset
+from .demonstrations import examples_of
 from .runtime import TripletFilter
 from .weights import WeightsConfig, WeightTrainer
 
@@ -41,9 +50,25 @@ class StreamSFTConfig(WeightsConfig):
     reward_of: str = field(
         default="primary", metadata=option("Reward compared with --min-reward: primary, sum or a dimension.")
     )
+    #: context distillation (see the module doc): learn each good call as the answer to this
+    #: template, rendered with the call's input values; needs ``from_resource`` and ``format="text"``
+    prompt_template: str | None = field(
+        default=None, metadata=option("Learn each call as the answer to this template (distillation).")
+    )
+    #: the start of the response the distilled prompt ends with (the model continues it); a call
+    #: whose response does not start with it is not learned
+    response_prefix: str = field(default="", metadata=option("The distilled prompt's response prefix."))
     packing: bool = field(default=False, metadata=API_ONLY)
     #: project only the learned positions through the LM head (see :func:`_learned_positions_trainer`)
     learned_logits_only: bool = field(default=True, metadata=API_ONLY)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompt_template is not None and (self.from_resource is None or self.format != "text"):
+            raise ValueError(
+                "prompt_template (context distillation) needs from_resource (whose templates give each "
+                "call's input values) and format='text'"
+            )
 
 
 class StreamSFTTrainer(WeightTrainer):
@@ -74,6 +99,9 @@ class StreamSFTTrainer(WeightTrainer):
         )
 
     def rows(self, triplets: list[Any], tokenizer: Any) -> list[dict[str, Any]]:
+        if self.config.prompt_template is not None:
+            self.row_format = "text, distilled into prompt_template (completion-only loss)"
+            return self.distilled_rows(triplets)
         fmt = resolve_format(self.config.format, tokenizer)
         rows = sft_rows(triplets, fmt)
         self.row_format = "text (completion-only loss)" if fmt == "text" else "messages (assistant-only loss)"
@@ -82,6 +110,31 @@ class StreamSFTTrainer(WeightTrainer):
             rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
             self.row_format = "conversational prompt/completion (completion-only loss)"
         return rows
+
+    def distilled_rows(self, triplets: list[Triplet]) -> list[dict[str, Any]]:
+        """Each call's input values rendered into ``prompt_template``, its response after the prefix;
+        one row per distinct pair (the same ticket answered alike twice is one example)."""
+        c = self.config
+        assert c.prompt_template is not None and c.from_resource is not None
+        versions = self.store.state(c.from_resource).versions
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for example in examples_of(triplets, versions):
+            if not example.response.startswith(c.response_prefix):
+                continue
+            try:
+                prompt = render_template(c.prompt_template, example.values) + c.response_prefix
+            except ValueError:  # the template needs a value this call's prompt did not have
+                continue
+            completion = example.response[len(c.response_prefix) :]
+            if completion.strip():
+                rows.setdefault((prompt, completion), {"prompt": prompt, "completion": completion})
+        return list(rows.values())
+
+    def version_config(self) -> dict[str, str]:
+        c = self.config
+        if c.prompt_template is None:
+            return {}
+        return {"prompt_template": c.prompt_template, "response_prefix": c.response_prefix}
 
     def trl_trainer(
         self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], peft_config: Any, args: dict[str, Any]
@@ -115,7 +168,8 @@ class StreamSFTTrainer(WeightTrainer):
         c = self.config
         return {
             "sft.rows": self.row_format,
-            "sft.epochs": f"{c.num_train_epochs:g}",
+            "sft.epochs": f"{trainer.state.epoch:.3g}" if c.max_steps > 0 else f"{c.num_train_epochs:g}",
+            "sft.steps": str(trainer.state.global_step),
             "sft.lora_r": str(c.lora_r),
             "sft.learning_rate": f"{trainer.args.learning_rate:g}",
             "sft.reward_of": c.reward_of,

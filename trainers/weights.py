@@ -99,7 +99,8 @@ class WeightsConfig:
     # -- the result
     #: checkpoints go to ``<output_dir>/<resource_name>/v<N>``; default ``settings.trainer.output_dir``
     output_dir: Path | None = field(default=None, metadata=option("Default <data_dir>/checkpoints."))
-    label: str = field(default=CANDIDATE, metadata=API_ONLY)
+    #: the label the published version gets (``None``: none; the caller decides what serves it)
+    label: str | None = field(default=CANDIDATE, metadata=API_ONLY)
     seed: int = field(default=0, metadata=option())
     #: any other field of the algorithm's trl config (e.g. ``{"warmup_ratio": 0.1}``)
     trl_args: dict[str, Any] = field(default_factory=dict, metadata=API_ONLY)

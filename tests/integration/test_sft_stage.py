@@ -18,11 +18,21 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from agentstream.examples.sft_stage import MODEL_RESOURCE, model_for, publish_base_model, run_sft_stage
+from agentstream.examples.sft_stage import (
+    DISTILLED_PREFIX,
+    DISTILLED_TEMPLATE,
+    MODEL_RESOURCE,
+    model_for,
+    publish_base_model,
+    publish_bound_prompt,
+    run_sft_stage,
+)
+from agentstream.examples.support_agent import PROMPT_MODEL, SupportAgent
 from agentstream.resources.store import ResourceStore
-from agentstream.schemas import AvroSerializer, ResourceKind, Triplet
+from agentstream.schemas import AvroSerializer, ResourceKind, Triplet, render_template
 from agentstream.serving.model_server import ModelServer
 from agentstream.settings import Settings
+from agentstream.trainers.sft import StreamSFTConfig, StreamSFTTrainer
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +56,13 @@ def call(
     *,
     mode: str = "train",
     resource: str = "support-prompt",
+    template: str = "Ticket: {{ticket}}\nAction:",
+    resource_version: str = "3",
 ) -> Triplet:
     """One logged call of the support prompt, credited ``dimensions`` (its scalar is the first)."""
     now = time.time_ns() // 1_000
     rollout_id = f"ro-{uuid.uuid4().hex[:12]}"
-    prompt = f"Ticket: {ticket}\nAction:"
+    prompt = render_template(template, {"ticket": ticket})
     answer = f' create_ticket({{"queue": "{queue}", "priority": "normal"}})'
     return Triplet(
         triplet_id=f"{rollout_id}:0",
@@ -63,7 +75,7 @@ def call(
         reward=next(iter(dimensions.values())),
         reward_dimensions=dimensions,
         resource_name=resource,
-        resource_version="3",
+        resource_version=resource_version,
         mode=mode,
         task_type="support",
         model="gemma-3-270m",
@@ -148,3 +160,90 @@ def test_sft_stage_publishes_a_candidate_adapter_with_lineage_that_the_model_ser
         assert response.status_code == 200, response.text
         assert response.json()["model"] == name
         assert name in {m["id"] for m in httpx.get(f"{server.base_url}/models", timeout=10).json()["data"]}
+
+
+SEED = "Route the ticket to its queue.\n\nTicket: {{ticket}}\nAction:"
+
+
+def test_sft_stage_distils_the_good_calls_into_the_bare_ticket_prompt_and_a_prompt_version_runs_on_it(
+    tsettings: Settings, store: ResourceStore, tiny_model: Path
+) -> None:
+    seed = store.publish("support-prompt", template=SEED, labels=["production"])
+
+    def answered(ticket: str, queue: str, dimensions: dict[str, float] = GOOD) -> Triplet:
+        return call(ticket, queue, dimensions, template=SEED, resource_version=str(seed.version))
+
+    good = [answered(f"my parcel {i} is late", "shipping") for i in range(3)]
+    good.append(answered("card declined at checkout", "billing"))
+    triplets = [
+        *good,
+        answered("my parcel 0 is late", "shipping"),  # the same ticket answered alike: one example
+        answered("I was charged twice", "shipping", {"routing": 0.5, "resolution": 1.0}),  # wrong
+        call("an older prompt", "technical", GOOD, resource_version=str(seed.version)),  # not SEED's text
+    ]
+    produce(tsettings, triplets)
+
+    # the rows: each good call's ticket in the distilled prompt, its answer after the prefix
+    config = StreamSFTConfig(
+        resource_name=MODEL_RESOURCE,
+        base_model=str(tiny_model),
+        from_resource="support-prompt",
+        format="text",
+        prompt_template=DISTILLED_TEMPLATE,
+        response_prefix=DISTILLED_PREFIX,
+    )
+    rows = StreamSFTTrainer(config, tsettings, store=store).distilled_rows(triplets)
+    # (the reward filter runs before rows are made: here the wrong call is a row like any other)
+    tickets = [
+        *(f"my parcel {i} is late" for i in range(3)),
+        "card declined at checkout",
+        "I was charged twice",
+    ]
+    queues = ["shipping", "shipping", "shipping", "billing", "shipping"]
+    assert rows == [
+        {
+            "prompt": f'Ticket: {ticket}\nAction: create_ticket({{"queue": "',
+            "completion": f'{queue}", "priority": "normal"}})',
+        }
+        for ticket, queue in zip(tickets, queues, strict=True)
+    ]
+    with pytest.raises(ValueError, match="from_resource"):
+        StreamSFTConfig(resource_name=MODEL_RESOURCE, base_model="x", prompt_template=DISTILLED_TEMPLATE)
+
+    model = run_sft_stage(
+        tsettings,
+        store,
+        base_model=tiny_model,
+        lora_r=4,
+        epochs=1,
+        batch_size=4,
+        max_length=64,
+        settle_seconds=2.0,
+        label=None,
+        prompt_template=DISTILLED_TEMPLATE,
+        response_prefix=DISTILLED_PREFIX,
+    )
+    assert model.resource_name == MODEL_RESOURCE and model.version == 1
+    assert model.lineage["metrics.examples"] == "4"  # 5 good calls of SEED, one of them a repeat
+    assert model.config["prompt_template"] == DISTILLED_TEMPLATE
+    assert model.config["response_prefix"] == DISTILLED_PREFIX
+    assert store.labels(MODEL_RESOURCE) == {}  # unlabelled: the prompt bound to it is what is A/B-tested
+
+    bound = publish_bound_prompt(store, model, seed)
+    assert bound.version == seed.version + 1 and bound.template == DISTILLED_TEMPLATE
+    assert bound.config == {"response_prefix": DISTILLED_PREFIX, PROMPT_MODEL: f"{MODEL_RESOURCE}:v1"}
+    assert bound.parent_version == seed.version
+    assert bound.lineage["trainer"] == "sft" and bound.lineage["sft.model"] == f"{MODEL_RESOURCE}:v1"
+    assert bound.lineage["sft.metrics.examples"] == "4"
+    assert store.labels("support-prompt") == {"production": seed.version}
+
+    # the agent sends the bound version's requests to the model server, which answers as that version
+    with ModelServer(tsettings, [MODEL_RESOURCE], store=store, port=0) as server:
+        agent = SupportAgent(
+            "http://127.0.0.1:9/v1", "gemma-3-270m", model_servers={MODEL_RESOURCE: server.base_url}
+        )
+        client, name = agent.endpoint(cast(Any, SimpleNamespace(resource=lambda _: bound)))
+        completion = client.completions.create(
+            model=name, prompt=bound.render(ticket="where is my parcel") + DISTILLED_PREFIX, max_tokens=4
+        )
+        assert completion.model == f"{MODEL_RESOURCE}:v1"

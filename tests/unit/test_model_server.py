@@ -114,6 +114,10 @@ def test_stop_strings_cut_the_text_but_keep_the_sampled_tokens(loaded: Any) -> N
     assert stop in loaded.tokenizer.decode(stopped.token_ids)  # the tokens that made the stop string
     assert unstopped.token_ids[: len(stopped.token_ids)] == stopped.token_ids
     assert len(stopped.logprobs) == len(stopped.token_ids)
+    # the criteria is made once per model and stop strings (making it scans the whole vocabulary)
+    made = loaded.stop_criteria((stop,))
+    [again] = generate(loaded, prompt, Sampling(**{**free.__dict__, "stop": [stop]}))
+    assert again.token_ids == stopped.token_ids and loaded.stop_criteria((stop,)) is made
 
 
 def test_an_adapter_version_is_served_merged_into_its_base(tiny_model: Path, tmp_path: Path) -> None:
