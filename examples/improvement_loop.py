@@ -32,7 +32,7 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from .demo_config import DemoConfig, DemoData, DemoReport, demo_settings, task_o
 from .demo_progress import apo_printer, with_progress
 from .demo_results import Phase
 from .demo_summary import summarise
+from .finalists import cheapest_within_noise, describe
 from .sft_stage import (
     DISTILLED_PREFIX,
     DISTILLED_TEMPLATE,
@@ -270,7 +271,7 @@ class ImprovementLoop:
                 PROMPT_RESOURCE, CANDIDATE, winner[0].version, reason=f"demo round {round_index} winner"
             )
             console.print(
-                f"Round winner v{winner[0].version} ({_what(winner[0])}): validation {winner[1]:.0%} vs "
+                f"Round winner v{winner[0].version} ({describe(winner[0])}): validation {winner[1]:.0%} vs "
                 f"{result.baseline.score:.0%}; labelled candidate, now in the 50/50 A/B split."
             )
             chosen = winner[0]
@@ -460,29 +461,6 @@ def _no_library_progress_bars() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _what(version: ResourceVersion) -> str:
-    """What kind of candidate a prompt version is, for the console."""
-    if version.lineage.get("trainer") == "sft":
-        return f"SFT: {version.lineage.get('sft.model')} on the bare ticket"
-    return f"APO: {version.lineage.get('apo.strategy', '?')}"
-
-
-def cheapest_within_noise(
-    finalists: Sequence[tuple[ResourceVersion, float]], noise: float
-) -> tuple[ResourceVersion, float] | None:
-    """The finalist to A/B-test: among those within ``noise`` of the best validation score, the one
-    with the fewest retrieved demonstrations per request (a shorter prompt is a cheaper request)."""
-    if not finalists:
-        return None
-    best = max(score for _, score in finalists)
-    close = [f for f in finalists if f[1] >= best - noise]
-    return min(close, key=lambda f: (_demonstrations(f[0]), -f[1]))
-
-
-def _demonstrations(version: ResourceVersion) -> int:
-    return int(version.config.get("retrieval.k", "0")) if "retrieval.pool" in version.config else 0
 
 
 def run_demo(

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from agentstream.examples.improvement_loop import cheapest_within_noise
+from agentstream.examples.finalists import cheapest_within_noise
 from agentstream.examples.sft_stage import DISTILLED_PREFIX, DISTILLED_TEMPLATE, MODEL_RESOURCE
 from agentstream.examples.support_agent import PROMPT_MODEL, PROMPT_RESOURCE, SupportAgent
 from agentstream.schemas import ResourceKind, ResourceVersion
