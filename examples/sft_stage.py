@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentstream.schemas import CANDIDATE, PRODUCTION, ResourceKind, ResourceVersion
+from agentstream.serving.checkpoints import served_name
 from agentstream.settings import Settings
 from agentstream.trainers.base_model import gemma_base_model
 from agentstream.trainers.checkpoint import publish_checkpoint, published_versions
@@ -71,7 +72,6 @@ __all__ = [
     "DISTILLED_PREFIX",
     "DISTILLED_TEMPLATE",
     "MODEL_RESOURCE",
-    "PROMPT_MODEL",
     "SFTStageError",
     "model_for",
     "publish_base_model",
@@ -218,7 +218,7 @@ def publish_bound_prompt(
     template = model.config.get("prompt_template")
     if template is None:
         raise SFTStageError(f"{model.resource_name} v{model.version} was not distilled into a prompt")
-    name = f"{model.resource_name}:v{model.version}"
+    name = served_name(model)  # what the model server answers as
     carried = (
         "base_model",
         "window.id",

@@ -41,6 +41,7 @@ from agentstream.producers.client import AgentStream
 from agentstream.producers.prompts import Prompt
 from agentstream.producers.tracer import Rollout
 from agentstream.schemas import genai
+from agentstream.serving.checkpoints import parse_model
 
 from .tickets import QUEUES
 
@@ -158,7 +159,7 @@ class SupportAgent:
         bound = rollout.resource(PROMPT_RESOURCE).config.get(PROMPT_MODEL)
         if not bound:
             return self.client, self.model(rollout) if callable(self.model) else self.model
-        resource = re.split(r"[:@]", bound, maxsplit=1)[0]
+        resource = parse_model(bound).resource
         client = self._servers.get(resource)
         if client is None:
             raise LookupError(f"the prompt runs on {bound}, and no model server for {resource} was given")
