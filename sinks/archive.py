@@ -27,6 +27,13 @@ WHERE rollout_id = {rollout_id:String} AND kind = 'llm'
 ORDER BY start_time, span_id
 """
 
+#: the highest stored version of each of a rollout's triplets
+_TRIPLET_VERSIONS = """
+SELECT triplet_id, max(version) AS version FROM triplets
+WHERE rollout_id = {rollout_id:String}
+GROUP BY triplet_id
+"""
+
 #: the newest stored state of each rollout of a source partition that ended in a window
 _ENDED_STATES = """
 SELECT rollout_id, status, mode, resources, reward_count, reward_sum, reward_sum_squares, llm_calls,
@@ -112,6 +119,11 @@ class ClickHouseArchive:
                 }
             )
         return spans
+
+    def triplet_versions(self, rollout_id: str) -> dict[str, int]:
+        """The highest stored version of each of the rollout's triplets, by triplet id."""
+        rows = self._rows(_TRIPLET_VERSIONS, {"rollout_id": rollout_id})
+        return {row["triplet_id"]: int(row["version"]) for row in rows}
 
     def stored_revision(self, name: str, version: str, window_start_us: int, partition: int) -> int:
         """The highest stored revision of a metrics partial; 0 when none is stored."""

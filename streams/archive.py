@@ -6,7 +6,9 @@ spans the joiner would re-read, but the sink had already landed them in ClickHou
 them back through an :class:`Archive` (the worker's composition passes
 :class:`agentstream.sinks.archive.ClickHouseArchive`; streams never talk to ClickHouse themselves):
 
-* :class:`CallArchive`: the LLM calls of a rollout, for a reward whose calls the joiner lost.
+* :class:`CallArchive`: the LLM calls of a rollout, for a reward whose calls the joiner lost, and
+  the versions their triplets reached, so the joiner's next versions outrank them (readers keep the
+  highest version of a triplet: a restarted count would lose to what was stored before).
 * :class:`MetricsRecount`: a metrics partial the worker no longer holds, recounted from the stored
   rollout states with the same arithmetic (:mod:`.metrics`), so a window's metrics are not split
   between a pre-outage and a post-outage partial of which readers keep only one.
@@ -37,6 +39,10 @@ class Archive(Protocol):
     def llm_spans(self, rollout_id: str) -> list[dict[str, Any]]:
         """The rollout's LLM-call spans, as dicts with the fields of a decoded span record (``rollout_id``,
         ``parent_span_id`` and ``bool_attributes`` may be left out)."""
+        ...
+
+    def triplet_versions(self, rollout_id: str) -> dict[str, int]:
+        """The highest stored version of each of the rollout's triplets, by triplet id."""
         ...
 
     def stored_revision(self, name: str, version: str, window_start_us: int, partition: int) -> int:
@@ -96,6 +102,15 @@ class CallArchive:
         if found:
             logger.info("Joiner: rollout %s: %d calls read back from ClickHouse", rollout_id, len(found))
         return found
+
+    def triplet_versions(self, rollout_id: str) -> dict[str, int]:
+        """The highest stored version of each of the rollout's triplets (triplet id -> version);
+        empty when none is stored or the archive cannot be asked."""
+        archive = self._asker.archive
+        if archive is None:
+            return {}
+        what = f"the triplet versions of rollout {rollout_id}"
+        return dict(self._asker.ask(archive.triplet_versions, rollout_id, what=what) or {})
 
 
 class MetricsRecount:

@@ -22,6 +22,11 @@ Which calls give triplets (recomputed at every ``changes()``, so arrival order n
   out a judge call or a duplicate, or lost its credit without ``emit_uncredited``) is *retracted*:
   a new version with ``retracted=True``, never training data.
 
+What a triplet says of its rollout (the credit strategy, task type and mode, which the rollout's
+state may learn after its first calls were joined: another topic) is part of its content: when
+``set_strategy`` or ``set_rollout`` changes it, ``changes()`` re-emits every triplet, so the newest
+versions say what a batch re-derivation from the final state says (``agentstream rejoin``).
+
 Only a fingerprint of each emitted triplet is kept, and ``to_dict``/``from_dict`` turn the state
 into JSON-able data and back exactly, so a restarted worker continues the version sequence.
 """
@@ -51,8 +56,13 @@ __all__ = [
     "triplet_id_for",
 ]
 
-_FORMAT = 2  # 1: before span links, options and retraction flags (still read)
-_READABLE = (1, 2)
+# 1: before span links, options and retraction flags; 2: before the task type and mode. Both still
+# read; their fingerprints leave out what 3 adds, so each triplet of such a state is re-emitted once.
+_FORMAT = 3
+_READABLE = (1, 2, 3)
+
+#: the fingerprint of a version emitted before the state was lost: no content has it
+_UNKNOWN = "unknown"
 
 #: roles of a rollout's LLM calls (:meth:`RolloutJoin.call_roles`)
 POLICY = "policy"
@@ -127,9 +137,9 @@ class TripletUpdate:
     retracted: bool = False
 
 
-def _fingerprint(attempt_id: str, step: int, credit: Credit | None) -> str:
+def _fingerprint(rollout: list[str], attempt_id: str, step: int, credit: Credit | None) -> str:
     # repr() of the float keeps every bit, so any change of value re-emits.
-    content: list[Any] = [attempt_id, step]
+    content: list[Any] = [*rollout, attempt_id, step]
     if credit is not None:
         content += [
             repr(credit.reward),
@@ -151,6 +161,7 @@ class RolloutJoin:
         emit_uncredited: every call gives a triplet, ``credit=None`` until credit arrives (else only
             credited calls do).
         train_on_judge_calls: judge calls give triplets too (never credited).
+        task_type, mode: the rollout's, as its triplets say them (``""``: not known yet).
     """
 
     def __init__(
@@ -161,8 +172,12 @@ class RolloutJoin:
         *,
         emit_uncredited: bool = True,
         train_on_judge_calls: bool = False,
+        task_type: str = "",
+        mode: str = "",
     ) -> None:
         self.rollout_id = rollout_id
+        self._task_type = task_type
+        self._mode = mode
         self._strategy = parse_strategy(strategy)
         self._discount = _check_discount(discount)
         self._emit_uncredited = emit_uncredited
@@ -202,6 +217,21 @@ class RolloutJoin:
         if discount is not None:
             self._discount = _check_discount(discount)
 
+    def set_rollout(self, *, task_type: str, mode: str) -> None:
+        """The rollout's task type and mode as its state now says them (its first calls may be
+        joined before its state is known); the next ``changes()`` re-emits every triplet if they
+        changed."""
+        self._task_type = task_type
+        self._mode = mode
+
+    def continue_versions(self, versions: Mapping[str, int]) -> None:
+        """Versions the triplets of known calls reached before this state was lost (span id -> last
+        version, e.g. read back from what the sink stored): the next change of each is emitted
+        above it, and each is emitted again, as what it said then is not known."""
+        for span_id, version in versions.items():
+            if span_id in self._calls and version > self._emitted.get(span_id, (0, None))[0]:
+                self._emitted[span_id] = (version, _UNKNOWN)
+
     def set_options(
         self, *, emit_uncredited: bool | None = None, train_on_judge_calls: bool | None = None
     ) -> None:
@@ -218,6 +248,7 @@ class RolloutJoin:
         """Updates for every triplet whose content changed since it was last emitted, ordered by
         ``(attempt_id, step, span_id)``; marks them emitted. ``[]`` if nothing changed."""
         credits, steps, all_steps = self._evaluate()
+        rollout = [self._strategy.value, self._task_type, self._mode]
         updates: list[TripletUpdate] = []
         for span_id in sorted(steps.keys() | self._emitted.keys()):
             version, last = self._emitted.get(span_id, (0, None))
@@ -225,7 +256,7 @@ class RolloutJoin:
             credit = credits.get(span_id)
             fingerprint = None
             if span_id in steps and (credit is not None or self._emit_uncredited):
-                fingerprint = _fingerprint(call.attempt_id, steps[span_id], credit)
+                fingerprint = _fingerprint(rollout, call.attempt_id, steps[span_id], credit)
             if fingerprint == last:  # unchanged, or never emitted / already retracted
                 continue
             self._emitted[span_id] = (version + 1, fingerprint)
@@ -252,6 +283,8 @@ class RolloutJoin:
         credits, steps, all_steps = self._evaluate()
         out = []
         for span_id, (version, fingerprint) in sorted(self._emitted.items()):
+            if fingerprint == _UNKNOWN:  # not emitted by this state: nothing to make good on
+                continue
             call = self._calls[span_id]
             out.append(
                 TripletUpdate(
@@ -332,6 +365,14 @@ class RolloutJoin:
         return self._discount
 
     @property
+    def task_type(self) -> str:
+        return self._task_type
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
     def emit_uncredited(self) -> bool:
         return self._emit_uncredited
 
@@ -379,6 +420,8 @@ class RolloutJoin:
             "discount": self._discount,
             "emit_uncredited": self._emit_uncredited,
             "train_on_judge_calls": self._train_on_judges,
+            "task_type": self._task_type,
+            "mode": self._mode,
             "calls": [_call_dict(call) for call in self.calls],
             "rewards": [asdict(reward) for reward in self.rewards],
             "links": {k: [parent, evaluation] for k, (parent, evaluation) in sorted(self._links.items())},
@@ -396,6 +439,8 @@ class RolloutJoin:
             data["discount"],
             emit_uncredited=data.get("emit_uncredited", True),
             train_on_judge_calls=data.get("train_on_judge_calls", False),
+            task_type=data.get("task_type", ""),
+            mode=data.get("mode", ""),
         )
         for raw in data["calls"]:
             call = LlmCall(**raw)

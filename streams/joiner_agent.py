@@ -30,7 +30,14 @@ from agentstream.topics.catalogue import HEADER_EVENT_ID, REWARDS, SPANS, TRIPLE
 from .app import StreamApp
 from .archive import Archive, CallArchive
 from .calls import CallContentStore, call_content, strategy_for, triplet_from_update
-from .join import RolloutJoin, TripletUpdate, is_evaluation_span, llm_call_of, reward_event_of
+from .join import (
+    RolloutJoin,
+    TripletUpdate,
+    is_evaluation_span,
+    llm_call_of,
+    reward_event_of,
+    triplet_id_for,
+)
 from .lifecycle_agent import LifecycleHop
 from .outputs import DeadLetters, Headers, WorkerStats
 from .records import JoinRecord, JoinRecordValue, Serdes, raw_topic, rollout_table
@@ -99,6 +106,7 @@ class JoinerHop:
         self._stats = stats
         self._dead_letters = dead_letters
         self._lifecycle = lifecycle
+        lifecycle.on_rollout_changed(self.on_rollout_changed)
 
     # ---- the agent ---------------------------------------------------------------------------------
     async def _join_triplets(self, stream: StreamT) -> None:
@@ -119,10 +127,39 @@ class JoinerHop:
         if joined is None:
             return
         join, locations, strategy, discount = joined
+        self._update(join, locations, strategy, discount, message, save_unchanged=True)
+
+    def on_rollout_changed(self, rollout_id: str, message: Message) -> None:
+        """The lifecycle learned something of a rollout that its triplets say (task type, mode, its
+        credit strategy): re-emit what that changes. ``message`` is the rollout event that did it."""
+        record = self.joins.get(rollout_id)
+        if record is None:  # no call joined yet: its triplets will be made with the new state
+            return
+        strategy, discount = self._strategy_for(rollout_id)
+        self._update(record.join, record.locations, strategy, discount, message, save_unchanged=False)
+
+    def _update(
+        self,
+        join: RolloutJoin,
+        locations: Locations,
+        strategy: str,
+        discount: float,
+        message: Message,
+        *,
+        save_unchanged: bool,
+    ) -> None:
+        """Bring the join up to the rollout's state, save it and send the triplets that changed."""
+        state = self._lifecycle.rollouts.get(join.rollout_id)
         join.set_strategy(strategy, discount)
+        join.set_rollout(
+            task_type=state.task_type if state is not None else "",
+            mode=state.mode if state is not None else "",
+        )
         # changes() first, so that the state checked is the state saved and is encoded once: the
         # check keeps the bytes for the changelog (a refused state is never saved, nor its triplets sent)
         updates = join.changes()
+        if not updates and not save_unchanged:
+            return
         record = JoinRecord(join, locations)
         try:
             self._serdes.check_join(record)  # its changelog record would be refused
@@ -131,7 +168,7 @@ class JoinerHop:
             return
         self.joins[join.rollout_id] = record
         if updates:
-            self._emit_triplets(join, locations, updates, strategy)
+            self._emit_triplets(join, locations, updates)
 
     def _add_span(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
         """The rollout's join with the span's LLM call (or, for another kind, its link: parent and
@@ -193,6 +230,15 @@ class JoinerHop:
                 locations[call.span_id] = list(ARCHIVED)
                 self.calls.put(join.rollout_id, call.span_id, content)
                 added = True
+        if added:  # the triplets stored before may have any version: go on above them
+            stored = self.archive.triplet_versions(join.rollout_id)
+            join.continue_versions(
+                {
+                    call.span_id: stored[triplet_id]
+                    for call in join.calls
+                    if (triplet_id := triplet_id_for(join.rollout_id, call.span_id)) in stored
+                }
+            )
         return added
 
     def _strategy_for(self, rollout_id: str) -> tuple[str, float]:
@@ -223,14 +269,11 @@ class JoinerHop:
         current = join.emitted()
         if current:
             self._stats.resent += len(current)
-            self._emit_triplets(join, locations, current, join.strategy.value)
+            self._emit_triplets(join, locations, current)
 
-    def _emit_triplets(
-        self, join: RolloutJoin, locations: Locations, updates: list[TripletUpdate], strategy: str
-    ) -> None:
-        state = self._lifecycle.rollouts.get(join.rollout_id)
-        task_type = state.task_type if state is not None else ""
-        mode = state.mode if state is not None else ""
+    def _emit_triplets(self, join: RolloutJoin, locations: Locations, updates: list[TripletUpdate]) -> None:
+        # what the triplets say of the rollout is the join's: its fingerprints cover it
+        strategy, task_type, mode = join.strategy.value, join.task_type, join.mode
         emitted_at = now_us()
         calls = self.calls
         # held here, not re-read from the cache: fetching may evict what was cached

@@ -18,6 +18,7 @@ Each event is handled by a plain (synchronous) method: nothing awaits mid-event,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from faust.types import Message, StreamT
@@ -39,6 +40,17 @@ from .metrics_table import MetricsHop
 from .outputs import DeadLetters, Headers, WorkerStats
 from .records import ROLLOUT_STATE as ROLLOUT_STATE_CODEC
 from .records import UTF8, RolloutStateValue, Serdes, Utf8Key, raw_topic, rollout_table
+
+#: called with a rollout's id and the rollout event that changed what its triplets say of it
+RolloutListener = Callable[[str, Message], None]
+
+
+def _what_triplets_say(state: RolloutState | None) -> tuple[object, ...]:
+    """What of a rollout's state its triplets carry or are credited by (see :func:`.calls.strategy_for`)."""
+    if state is None:
+        return ()
+    config = state.config
+    return (state.task_type, state.mode, config.credit_assignment, config.discount)
 
 
 class LifecycleHop:
@@ -94,6 +106,13 @@ class LifecycleHop:
         #: rollout id -> partition: the rollouts whose attempts the timer checks
         self._watched: dict[str, int] = {}
         self._fired: set[tuple[str, str]] = set()
+        self._rollout_listeners: list[RolloutListener] = []
+
+    def on_rollout_changed(self, listener: RolloutListener) -> None:
+        """Call ``listener(rollout_id, message)`` when a rollout event changes what the rollout's
+        triplets say of it (task type, mode, credit assignment or discount): the joiner re-emits
+        them, whichever topic its worker read first."""
+        self._rollout_listeners.append(listener)
 
     # ---- the agent ---------------------------------------------------------------------------------
     async def _track_rollouts(self, stream: StreamT) -> None:
@@ -109,7 +128,9 @@ class LifecycleHop:
             self._dead_letters.send(message, e)
             return
         rollout_id = rollout_event.rollout_id
-        transition = self.lifecycle.apply(self.rollouts.get(rollout_id), rollout_event, now_us())
+        before = self.rollouts.get(rollout_id)
+        said_before = _what_triplets_say(before)
+        transition = self.lifecycle.apply(before, rollout_event, now_us())
         if transition.duplicate and transition.state is not None:
             self._resend_task(transition.state)
         if not transition.changed or transition.state is None:
@@ -125,6 +146,9 @@ class LifecycleHop:
         if transition.ended:
             self._metrics.count_outcome(state, message.partition)
         self._watch(state, message.partition)
+        if _what_triplets_say(state) != said_before:
+            for listener in self._rollout_listeners:
+                listener(rollout_id, message)
 
     def _send_tasks(self, transition: Transition) -> None:
         for task in transition.tasks:

@@ -140,7 +140,11 @@ def _rollouts_across_an_outage(settings: Settings, outage: Callable[[Stack], Non
         )
         assert wait_for(
             lambda: ch.query(triplets, parameters={"ids": ids}).result_rows[0][0] == ACROSS, timeout=90
-        ), ch.query("SELECT rollout_id, reward FROM triplets FINAL").result_rows
+        ), ch.query(  # every version: a post-outage one must outrank what was stored before
+            "SELECT rollout_id, version, reward, mode FROM triplets WHERE rollout_id IN {ids:Array(String)}"
+            " ORDER BY rollout_id, emitted_at",
+            parameters={"ids": ids},
+        ).result_rows
 
         metrics = "SELECT sum(rollouts), sum(succeeded), sum(rewards) FROM version_metrics_by_window"
         expected = (BEFORE + ACROSS, BEFORE + ACROSS, BEFORE + ACROSS)

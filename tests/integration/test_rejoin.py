@@ -88,7 +88,20 @@ def test_rejoin_emits_new_versions_after_a_strategy_change_and_is_idempotent(
                 rollout = Rollout(client, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
                 llm_call(client, rollout, f"{rollout_id}: route")
                 last_calls.add(llm_call(client, rollout, f"{rollout_id}: answer"))
-                time.sleep(0.01)  # the reward is stamped after both calls ended
+                if rollout_id == "rj-a":
+                    # its calls are joined before anything of the rollout's state is known (the
+                    # reward makes it): their first triplets say no mode, and must be re-emitted
+                    client.flush()
+                    joined = wait_for(
+                        lambda: (
+                            sum(t["rollout_id"] == "rj-a" for t in latest_triplets(stream_settings).values())
+                            == 2
+                        ),
+                        timeout=60,
+                    )
+                    assert joined, f"the worker joined no calls:\n{worker.log.read_text()[-3000:]}"
+                else:
+                    time.sleep(0.01)  # the reward is stamped after both calls ended
                 client.emit_reward(1.0, rollout_id=rollout_id, attempt_id=f"{rollout_id}#1")
             client.flush()
 
@@ -105,6 +118,8 @@ def test_rejoin_emits_new_versions_after_a_strategy_change_and_is_idempotent(
         worker.stop()
     # first_occurrence: the reward went to each rollout's last call only
     assert sorted(t["reward"] for t in live.values() if t["reward"] is not None) == [1.0, 1.0]
+    # and every triplet says the mode of the state the reward made, whichever came first
+    assert {t["mode"] for t in live.values()} == {"train"}, live
 
     # nothing changed: the log re-derives exactly what the live joiner emitted
     unchanged = rejoin(stream_settings, since)

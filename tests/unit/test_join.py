@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -93,14 +94,80 @@ def test_set_strategy_re_emits_what_changed() -> None:
     join.add_reward(reward("r1", 4.0, 30))
     assert [u.span_id for u in join.changes()] == ["c2"]
     join.set_strategy(CreditAssignment.DISCOUNTED, 0.5)
-    assert [(u.span_id, u.version, u.credit and u.credit.reward) for u in join.changes()] == [("c1", 1, 2.0)]
+    # c2 keeps its credit, but its triplet says which strategy credited it: a new version too
+    assert [(u.span_id, u.version, u.credit and u.credit.reward) for u in join.changes()] == [
+        ("c1", 1, 2.0),
+        ("c2", 2, 4.0),
+    ]
+    join.set_strategy(CreditAssignment.DISCOUNTED, 0.5)
+    assert join.changes() == []
     join.set_strategy("final_broadcast")
     assert join.discount == 0.5 and join.strategy is CreditAssignment.FINAL_BROADCAST
-    assert [(u.span_id, u.version, u.credit and u.credit.reward) for u in join.changes()] == [("c1", 2, 4.0)]
+    assert [(u.span_id, u.version, u.credit and u.credit.reward) for u in join.changes()] == [
+        ("c1", 2, 4.0),
+        ("c2", 3, 4.0),
+    ]
     with pytest.raises(ValueError, match="first_occurrence"):
         join.set_strategy("nope")
     with pytest.raises(ValueError, match="discount"):
         RolloutJoin("ro-1", "discounted", discount=-0.1)
+
+
+def test_set_rollout_re_emits_every_triplet_once_the_state_is_known() -> None:
+    # the calls were joined before the rollout's state was read (another topic): no task type or mode
+    join = RolloutJoin("ro-1", "first_occurrence")
+    for c in (call("c1", 10), call("c2", 20)):
+        join.add_call(c)
+    join.add_reward(reward("r1", 1.0, 30))
+    assert [(u.span_id, u.version) for u in join.changes()] == [("c1", 1), ("c2", 1)]
+    assert (join.task_type, join.mode) == ("", "")
+    join.set_rollout(task_type="support", mode="test")
+    updates = join.changes()
+    assert [(u.span_id, u.version, u.credit and u.credit.reward) for u in updates] == [
+        ("c1", 2, None),
+        ("c2", 2, 1.0),
+    ]
+    assert (join.task_type, join.mode) == ("support", "test")
+    join.set_rollout(task_type="support", mode="test")
+    assert join.changes() == []
+    # a restarted worker keeps them, and so has nothing to re-emit
+    again = RolloutJoin.from_dict(json.loads(json.dumps(join.to_dict())))
+    assert (again.task_type, again.mode) == ("support", "test") and again.changes() == []
+
+
+def test_a_state_saved_before_task_type_and_mode_re_emits_each_triplet_once() -> None:
+    join = RolloutJoin("ro-1", "first_occurrence")
+    join.add_call(call("c1", 10))
+    assert [u.version for u in join.changes()] == [1]
+    old = join.to_dict()
+    del old["task_type"], old["mode"]
+    old["format"] = 2
+    # format 2's fingerprint of an uncredited call: its attempt and step only
+    [(span_id, (version, _))] = old["emitted"].items()
+    content = json.dumps([join.calls[0].attempt_id, 0]).encode()
+    old["emitted"] = {span_id: [version, hashlib.blake2b(content, digest_size=12).hexdigest()]}
+    restored = RolloutJoin.from_dict(old)
+    assert (restored.task_type, restored.mode) == ("", "")
+    assert [u.version for u in restored.changes()] == [2]
+    assert restored.changes() == []
+
+
+def test_versions_stored_before_the_state_was_lost_are_continued() -> None:
+    # the worker lost its state; what it emitted reached version 2 (c1) and 4 (c2, since retracted)
+    join = RolloutJoin("ro-1", "first_occurrence", emit_uncredited=False)
+    for c in (call("c1", 10), call("c2", 20, judge=True)):
+        join.add_call(c)
+    join.continue_versions({"c1": 2, "c2": 4, "unknown-call": 7})
+    assert join.emitted() == []  # nothing this state sent to make good on
+    join.add_reward(reward("r1", 1.0, 30))
+    # each is emitted again above what was stored, as what it said is not known: c2 as a retraction
+    assert [(u.span_id, u.version, u.retracted) for u in join.changes()] == [
+        ("c1", 3, False),
+        ("c2", 5, True),
+    ]
+    assert join.changes() == []
+    join.continue_versions({"c1": 1})  # an older version changes nothing
+    assert join.emitted_version("c1") == 3 and join.changes() == []
 
 
 def test_round_trip_continues_versions() -> None:

@@ -32,7 +32,13 @@ def ended(rollout_id: str, at_us: int, version: str = "v1", reward: float = 1.0)
 class MemoryArchive:
     def __init__(self, revision: int, states: list[RolloutState], spans: list[dict[str, Any]] | None = None):
         self.revision, self.states, self.spans = revision, states, spans or []
+        self.versions: dict[str, int] = {}
         self.broken = False
+
+    def triplet_versions(self, rollout_id: str) -> dict[str, int]:
+        if self.broken:
+            raise ConnectionError("down")
+        return self.versions
 
     def llm_spans(self, rollout_id: str) -> list[dict[str, Any]]:
         if self.broken:
@@ -103,8 +109,12 @@ def test_calls_are_read_back_with_their_content_and_a_failing_archive_answers_no
     [(call, content)] = calls.calls_of("r") or []
     assert (call.span_id, call.sequence_id, call.response_id) == ("s1", 3, "resp-1")
     assert content["prompt"] == "[1]" and content["prompt_ids"] == [1, 2]
+    archive.versions = {"tr-1": 3}
+    assert calls.triplet_versions("r") == {"tr-1": 3}
     archive.broken = True
     assert calls.calls_of("r") is None
+    assert calls.triplet_versions("r") == {}
+    assert CallArchive(None).triplet_versions("r") == {}
 
 
 def test_calls_read_back_are_the_rollouts_own_and_keep_what_makes_a_judge() -> None:

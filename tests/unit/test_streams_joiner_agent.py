@@ -155,6 +155,34 @@ def test_every_call_gives_a_triplet_with_a_null_reward_until_credited(tmp_path: 
     assert newest(h)["r1/s2"]["reward_dimensions"] == {"reward": 1.0}
 
 
+def test_triplets_joined_before_their_rollout_is_known_are_re_emitted_with_its_mode(
+    tmp_path: Path,
+) -> None:
+    # the worker reads the spans and the reward before the rollout's events (another topic)
+    async def scenario(h: Harness) -> None:
+        await h.send("spans", llm_span("r1", "s1", T0), key="r1")
+        await h.send("spans", llm_span("r1", "s2", T0 + 10), key="r1")
+        await h.send("rewards", reward("r1", "w1", 1.0, T0 + SECOND_US), key="r1")
+        # a test rollout (the task's mode), then its attempt starts: that changes nothing they say
+        await h.send("rollout-events", enqueued("r1").model_copy(update={"mode": "test"}), key="r1")
+        await h.send("rollout-events", rollout_event("r1", "attempt_started", 1, timestamp=T0), key="r1")
+
+    h = run_worker(tmp_path, scenario)
+    sent = [
+        (t["span_id"], t["version"], t["mode"], t["reward"])
+        for t in h.outputs.decoded("t.triplets", "triplet")
+    ]
+    assert sent == [
+        ("s1", 1, "", None),  # no state yet
+        ("s2", 1, "", None),
+        ("s1", 2, "train", None),  # the reward made the state (mode train until told otherwise)
+        ("s2", 2, "train", 1.0),
+        ("s1", 3, "test", None),  # the rollout's own event says test: never training data
+        ("s2", 3, "test", 1.0),
+    ]
+    assert h.worker.lifecycle.rollouts["r1"].mode == "test"
+
+
 def test_a_judge_call_is_retracted_once_its_evaluation_span_arrives(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         await h.send("rollout-events", enqueued("r1", credit_assignment="final_broadcast"), key="r1")
