@@ -52,7 +52,7 @@ def measure(logprobs: bool, requests: int) -> dict[str, Any]:
     log = Path(tempfile.mkdtemp(prefix="agentstream-llm-bench-")) / "llm.log"
     prompts = _prompts(requests + 1)
     with LocalLLMServer(log_path=log, logprobs=logprobs) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="local")
+        client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key)
         seconds = []
         for i, prompt in enumerate(prompts):
             started = time.perf_counter()

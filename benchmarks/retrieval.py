@@ -136,7 +136,7 @@ def main() -> None:
         from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
 
         llm_server = LocalLLMServer(log_path=Path("/tmp/agentstream-bench-llm.log")).start()
-        llm = (openai.OpenAI(base_url=llm_server.base_url, api_key="local"), GEMMA_MODEL)
+        llm = (openai.OpenAI(base_url=llm_server.base_url, api_key=llm_server.api_key), GEMMA_MODEL)
     try:
         results = {
             "k": args.k,

@@ -22,12 +22,21 @@ def serve_model(
     ] = None,
 ) -> None:
     """Serve an LLM resource's checkpoints over an OpenAI-compatible API (CPU), following new versions
-    and label moves live: request model NAME (production), NAME:vN or NAME@label."""
-    from agentstream.serving.model_server import ModelServer
+    and label moves live: request model NAME (production), NAME:vN or NAME@label.
 
-    server = ModelServer(resolved_settings(), resource, host=host, port=port)
-    server.run(
-        on_ready=lambda url: console.print(
+    Clients send `Authorization: Bearer <token>` (an OpenAI client's api_key); the token is in
+    <data_dir>/secrets/model-server.token (made on first start) unless model_server.require_token
+    is off."""
+    from agentstream.serving.model_server import ModelServer, token_file
+
+    settings = resolved_settings()
+    server = ModelServer(settings, resource, host=host, port=port)
+
+    def ready(url: str) -> None:
+        console.print(
             f"Serving {', '.join(resource)} at [bold]{url}[/] (model NAME, NAME:vN or NAME@label) — Ctrl-C to stop"
         )
-    )
+        if server.token is not None:  # where the token is, never the token itself
+            console.print(f"API key: in {token_file(settings)}", markup=False, highlight=False)
+
+    server.run(on_ready=ready)

@@ -96,7 +96,7 @@ class ImprovementLoop:
         self.agent: SupportAgent | None = None
         #: the model server, started when the first SFT version is to be served
         self._servers = contextlib.ExitStack()
-        self._model_server_url: str | None = None
+        self._model_server: tuple[str, str | None] | None = None  # its base URL and token
 
     def run(self, plot_path: Path) -> DemoReport:
         self.started = time.monotonic()
@@ -116,7 +116,9 @@ class ImprovementLoop:
             client = AgentStream(settings)
             business = BusinessEvents(client, cfg.seed)
             store = ResourceStore(settings, who="demo").open()
-            agent = SupportAgent(llm.base_url, GEMMA_MODEL, business=business, queues=data.queues)
+            agent = SupportAgent(
+                llm.base_url, GEMMA_MODEL, business=business, queues=data.queues, api_key=llm.api_key
+            )
             self.agent = agent
             runner = Runner(
                 agent, settings, client=client, concurrency=cfg.concurrency, resources=store
@@ -358,7 +360,7 @@ class ImprovementLoop:
             f"{PROMPT_RESOURCE} v{prompt.version}."
         )
         assert self.agent is not None
-        self.agent.serve(MODEL_RESOURCE, self._model_server(settings, store))
+        self.agent.serve(MODEL_RESOURCE, *self._start_model_server(settings, store))
         evaluation = evaluate(
             prompt.version, data.val, "val", f"Validation on v{prompt.version} (SFT)", "SFT"
         )
@@ -373,16 +375,17 @@ class ImprovementLoop:
         }
         return prompt, evaluation.score
 
-    def _model_server(self, settings: Settings, store: ResourceStore) -> str:
-        """The model server's URL, started once (it follows the resources and loads versions on use)."""
-        if self._model_server_url is None:
+    def _start_model_server(self, settings: Settings, store: ResourceStore) -> tuple[str, str | None]:
+        """The model server's URL and token, started once (it follows the resources and loads
+        versions on use)."""
+        if self._model_server is None:
             from agentstream.serving.model_server import ModelServer
 
             with self.console.status("Starting the model server (LoRA versions of Gemma 3 270M)..."):
                 server = ModelServer(settings, [MODEL_RESOURCE], store=store, port=0).start()
             self._servers.callback(server.stop)
-            self._model_server_url = server.base_url
-        return self._model_server_url
+            self._model_server = server.base_url, server.token
+        return self._model_server
 
     def _optimizer(self) -> Any:
         """The textual-gradient optimizer client, or ``None`` (and the console says why)."""

@@ -5,7 +5,8 @@ In the demo (``examples/improvement_loop.py``) the stage *distils the context*:
     model = run_sft_stage(settings, store, label=None,             # support-model v1, unlabelled
                           prompt_template=DISTILLED_TEMPLATE, response_prefix=DISTILLED_PREFIX)
     prompt = publish_bound_prompt(store, model, production)        # support-prompt vN: bare ticket
-    agent.serve(MODEL_RESOURCE, ModelServer(settings, [MODEL_RESOURCE], store=store).start().base_url)
+    server = ModelServer(settings, [MODEL_RESOURCE], store=store).start()
+    agent.serve(MODEL_RESOURCE, server.base_url, api_key=server.token)
     ...score vN on validation like APO's candidates; the round's winner is labelled candidate...
 
 The stage reads the triplets topic in a consumer group of its own, keeps the calls of the

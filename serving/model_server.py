@@ -1,7 +1,7 @@
 """The local model server: an LLM resource's checkpoints behind an OpenAI-compatible API, on CPU.
 
     server = ModelServer(settings, ["support-model"]).start()     # or `agentstream serve-model`
-    client = openai.OpenAI(base_url=server.base_url, api_key="local")
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.token)
     client.completions.create(model="support-model:v2", prompt="Ticket: ...", logprobs=0,
                               extra_body={"return_token_ids": True})
 
@@ -21,7 +21,10 @@ background so the first request after a promotion does not wait for it.
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (prompt as text, texts, token ids or lists of
 them; ``max_tokens``, ``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, ``logprobs``),
 ``POST /v1/chat/completions`` (through the tokenizer's chat template; ``logprobs``,
-``top_logprobs``), ``GET /health``. Like vLLM with ``return_token_ids: true`` a response carries
+``top_logprobs``), ``GET /health``. Every route but ``/health`` needs ``Authorization: Bearer
+<token>`` (an OpenAI client's ``api_key``; ``model_server.require_token``): the token lives in
+``<data_dir>/secrets/model-server.token`` (0600, made on first start), never in a log or an
+environment. Like vLLM with ``return_token_ids: true`` a response carries
 the sampled ``token_ids`` on each choice and the ``prompt_token_ids`` (on each choice of a text
 completion, on the completion of a chat), which is what the SDK's OpenAI capture records on spans.
 Logprobs are the model's raw log-softmax (before temperature and top-p), as vLLM reports them by
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 from prometheus_client import CollectorRegistry
@@ -53,6 +57,7 @@ from starlette.routing import Route
 from agentstream.process.http import BackgroundServer, http_url
 from agentstream.process.metrics import OpsServer, start_ops_server
 from agentstream.process.ports import listening_socket
+from agentstream.process.secrets import bearer_authorized, ensure_secret, secret_path
 from agentstream.resources.store import ResourceStore
 from agentstream.serving.checkpoints import (
     CheckpointError,
@@ -77,6 +82,8 @@ from agentstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+MODEL_SERVER_TOKEN = "model-server.token"
+
 __all__ = [
     "CheckpointError",
     "LoadedModel",
@@ -90,13 +97,36 @@ __all__ = [
     "load_checkpoint",
     "parse_model",
     "served_name",
+    "server_token",
+    "token_file",
 ]
 
 
-def create_app(service: ModelService) -> Starlette:
-    """The OpenAI-compatible routes over a :class:`ModelService`."""
+def token_file(settings: Settings) -> Path:
+    """The file holding the model server's bearer token."""
+    return settings.model_server.token_file or secret_path(settings.data_dir, MODEL_SERVER_TOKEN)
+
+
+def server_token(settings: Settings) -> str | None:
+    """The bearer token clients must send as their ``api_key`` (made if missing), or None when
+    ``model_server.require_token`` is off."""
+    return ensure_secret(token_file(settings)) if settings.model_server.require_token else None
+
+
+def create_app(service: ModelService, token: str | None = None) -> Starlette:
+    """The OpenAI-compatible routes over a :class:`ModelService`; all but ``/health`` need
+    ``Authorization: Bearer <token>`` unless ``token`` is None."""
+
+    def refused(request: Request) -> Response | None:
+        if bearer_authorized(request.headers.get("authorization"), token):
+            return None
+        response = RequestError(401, "missing or wrong api key (Authorization: Bearer <token>)").response()
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     async def models(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         return JSONResponse({"object": "list", "data": service.models()})
 
     async def health(request: Request) -> Response:
@@ -106,6 +136,8 @@ def create_app(service: ModelService) -> Starlette:
         model: type[OpenAIRequest], run: Callable[[Any], dict[str, Any]], chat: bool
     ) -> Callable[..., Any]:
         async def handle(request: Request) -> Response:
+            if (refusal := refused(request)) is not None:
+                return refusal
             try:
                 try:
                     body = await request.json()
@@ -152,6 +184,9 @@ class ModelServer:
         resources: the resources whose versions are served (requests name one of them).
         store: a resource store to follow; default one of its own.
         host, port: override ``model_server.host`` / ``.port`` (port 0 picks a free one).
+
+    ``token`` is what clients send as their ``api_key`` (None when ``model_server.require_token``
+    is off); it is read from, or made in, :func:`token_file`.
     """
 
     def __init__(
@@ -172,6 +207,7 @@ class ModelServer:
         self._owns_store = store is None
         self.store = store if store is not None else ResourceStore(settings, who="model-server")
         self.service = ModelService(self.store, resources, self.config)
+        self.token = server_token(settings)
         self.port: int | None = None
         self._http: BackgroundServer | None = None
         self._ops: OpsServer | None = None  # /metrics, /healthz, /readyz
@@ -193,7 +229,9 @@ class ModelServer:
         self.store.open()
         self.service.watch()
         sock = listening_socket(self.host, self._requested_port)
-        self._http = BackgroundServer(create_app(self.service), sock, name="model server", lifespan="off")
+        self._http = BackgroundServer(
+            create_app(self.service, self.token), sock, name="model server", lifespan="off"
+        )
         self.port = self._http.port
         self._ops = start_ops_server(
             self.settings.metrics,

@@ -319,6 +319,10 @@ class ModelServerSettings(BaseModel):
     preload: bool = Field(True, description="Load a version as soon as the default label moves to it.")
     device: str = Field("cpu", description="torch device of the served models (cpu, cuda, cuda:1, ...).")
     max_tokens: int = Field(1024, ge=1, description="Cap on a request's max_tokens.")
+    require_token: bool = Field(
+        True, description="Requests but /health need `Authorization: Bearer <token_file>` (the api_key)."
+    )
+    token_file: Path | None = Field(None, description="Default <data_dir>/secrets/model-server.token (made).")
 
 
 class RetentionSettings(BaseModel):

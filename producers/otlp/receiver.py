@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import zlib
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentstream.process.secrets import ensure_secret, secret_path
+from agentstream.process.secrets import bearer_authorized, ensure_secret, secret_path
 
 from .decode import OtlpDecodeError, logs_from_json, logs_from_proto, spans_from_json, spans_from_proto
 from .ingest import IngestBusy, IngestResult, OtlpIngest
@@ -76,11 +75,7 @@ def receiver_token(settings: Settings) -> str | None:
 
 def authorized(header: str | None, token: str | None) -> bool:
     """Whether an ``Authorization`` header value carries ``token`` (constant-time compare)."""
-    if token is None:
-        return True
-    if not header or not header[:7].lower() == "bearer ":
-        return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+    return bearer_authorized(header, token)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from openinference.instrumentation.langchain import LangChainInstrumentor
 from opentelemetry import trace
 
-from tests.agents.otlp_agent import MAX_TOKENS, agl_reward, arguments, finish, score, tracer_provider
+from tests.agents.otlp_agent import MAX_TOKENS, agl_reward, api_key, arguments, finish, score, tracer_provider
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores: max_tokens it reads
     llm = ChatOpenAI(
         base_url=args.base_url,
-        api_key="unused",  # type: ignore[arg-type]
+        api_key=api_key(args),  # type: ignore[arg-type]
         model=args.model,
         temperature=0.0,
         extra_body={"max_tokens": MAX_TOKENS},

@@ -16,6 +16,7 @@ from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor  # noqa: 
 
 from tests.agents.otlp_agent import (  # noqa: E402
     MAX_TOKENS,
+    api_key,
     arguments,
     evaluation_result,
     finish,
@@ -28,7 +29,7 @@ def main() -> None:
     args = arguments(__doc__ or "")
     provider = tracer_provider(args)
     OpenAIInstrumentor().instrument(tracer_provider=provider)
-    client = openai.OpenAI(base_url=args.base_url, api_key="unused")
+    client = openai.OpenAI(base_url=args.base_url, api_key=api_key(args))
     tracer = trace.get_tracer("math-agent")
     attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "math"}
     with tracer.start_as_current_span("invoke_agent math", attributes=attributes) as root:

@@ -7,14 +7,14 @@ import openai
 from openinference.instrumentation.openai import OpenAIInstrumentor
 from opentelemetry import trace
 
-from tests.agents.otlp_agent import MAX_TOKENS, agl_reward, arguments, finish, score, tracer_provider
+from tests.agents.otlp_agent import MAX_TOKENS, agl_reward, api_key, arguments, finish, score, tracer_provider
 
 
 def main() -> None:
     args = arguments(__doc__ or "")
     provider = tracer_provider(args)
     OpenAIInstrumentor().instrument(tracer_provider=provider)
-    client = openai.OpenAI(base_url=args.base_url, api_key="unused")
+    client = openai.OpenAI(base_url=args.base_url, api_key=api_key(args))
     with trace.get_tracer("math-agent").start_as_current_span("math agent") as root:
         prompts = ["Q: What is 1 + 1?\nA:", "Q: What is 3 + 3?\nA:"]
         outputs = []

@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.openai import OpenAIInstrumentor  # noqa: E40
 
 from tests.agents.otlp_agent import (  # noqa: E402
     MAX_TOKENS,
+    api_key,
     arguments,
     evaluation_result,
     finish,
@@ -26,7 +27,7 @@ def main() -> None:
     args = arguments(__doc__ or "")
     provider = tracer_provider(args)
     OpenAIInstrumentor().instrument(tracer_provider=provider)
-    client = openai.OpenAI(base_url=args.base_url, api_key="unused")
+    client = openai.OpenAI(base_url=args.base_url, api_key=api_key(args))
     with trace.get_tracer("math-agent").start_as_current_span("math_agent.workflow") as root:
         prompt = "Q: What is 6 + 1?\nA:"
         response = client.chat.completions.create(

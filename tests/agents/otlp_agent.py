@@ -31,6 +31,7 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--base-url", required=True, help="the OpenAI-compatible model server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--token-file", type=Path, required=True, help="the receiver's bearer token")
+    parser.add_argument("--api-key-file", type=Path, required=True, help="the model server's api key")
     parser.add_argument("--copy-dir", type=Path, help="also write each export request's bytes here")
     parser.add_argument("--result", type=Path, required=True, help="what the agent did, as JSON")
     return parser.parse_args()
@@ -53,6 +54,11 @@ class RequestCopy(SpanExporter):
 
     def shutdown(self) -> None:
         pass
+
+
+def api_key(args: argparse.Namespace) -> str:
+    """The model server's api key, from its file (never from the command line or an environment)."""
+    return str(args.api_key_file.read_text().strip())
 
 
 def tracer_provider(args: argparse.Namespace) -> TracerProvider:

@@ -88,7 +88,7 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
         CuratorConfig(PROMPT_RESOURCE, min_reward=DEMO_MIN_REWARD, interval_s=1.0), settings, store
     )
     runner = Runner(
-        SupportAgent(llm.base_url, GEMMA_MODEL, business=business),
+        SupportAgent(llm.base_url, GEMMA_MODEL, business=business, api_key=llm.api_key),
         settings,
         client=client,
         concurrency=2,
@@ -138,7 +138,7 @@ def test_apo_improves_the_seed_prompt_with_real_rollouts(settings: Settings, llm
                 evaluator=evaluator,
                 val_items=val,
                 store=store,
-                optimizer=openai.OpenAI(base_url=llm.base_url, api_key="local"),
+                optimizer=openai.OpenAI(base_url=llm.base_url, api_key=llm.api_key),
                 on_event=lambda kind, fields: events.append((kind, fields)),
             )
             result = trainer.train()

@@ -20,7 +20,7 @@ PROMPT = 'Ticket: I was charged twice this month.\nAction: create_ticket({"queue
 
 
 def _client(server: LocalLLMServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
+    return openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
 
 
 def test_the_default_server_completes_and_refuses_logprobs(tmp_path: Path) -> None:
@@ -33,6 +33,18 @@ def test_the_default_server_completes_and_refuses_logprobs(tmp_path: Path) -> No
                 model=GEMMA_MODEL, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1
             )
         assert "logits_all" in str(refused.value)  # llama.cpp says why
+        # nothing is answered without the server's key, which is on no command line
+        for key in ("local", server.api_key[:-1]):
+            stranger = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+            with pytest.raises(openai.AuthenticationError):
+                stranger.completions.create(model=GEMMA_MODEL, prompt=PROMPT, max_tokens=1)
+            with pytest.raises(openai.AuthenticationError):
+                stranger.models.list()
+        assert server.pid is not None
+        command_line = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert b"--config_file" in command_line and server.api_key.encode() not in command_line
+        config_file = command_line.split(b"\0")[command_line.split(b"\0").index(b"--config_file") + 1]
+        assert not Path(config_file.decode()).exists()  # read by the server, then deleted
 
 
 def test_a_server_asked_for_logprobs_serves_them(tmp_path: Path) -> None:

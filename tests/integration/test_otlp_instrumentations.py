@@ -27,6 +27,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agentstream.process.secrets import write_secret
 from agentstream.producers.otlp.receiver import token_file
 from agentstream.producers.otlp.service import OtlpService
 from agentstream.serving.llama_cpp import GEMMA_MODEL, LocalLLMServer
@@ -119,6 +120,8 @@ def run_agent(
         GEMMA_MODEL,
         "--token-file",
         str(token_file(settings)),
+        "--api-key-file",
+        str(write_secret(work / "llm.key", llm.api_key)),
         "--result",
         str(result),
     ]

@@ -92,8 +92,8 @@ def make_adapter(base: Path, out: Path) -> Path:
 class CheckpointAgent:
     """Calls the model server with the exact version its rollout resolved, asking for logprobs and ids."""
 
-    def __init__(self, base_url: str) -> None:
-        self.client = openai.OpenAI(base_url=base_url, api_key="local", max_retries=0)
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
         agentstream.instrument_openai(self.client)
         self.answers: dict[str, tuple[int, Any]] = {}
 
@@ -125,7 +125,7 @@ def test_a_running_runner_switches_to_a_new_checkpoint_and_logprobs_reach_the_tr
         labels=["production"],
     )
     server = ModelServer(fast, [RESOURCE], store=store, port=0).start()
-    agent = CheckpointAgent(server.base_url)
+    agent = CheckpointAgent(server.base_url, server.token)
     runner = Runner(agent, fast, client=client, concurrency=1, resources=store)
     try:
         worker.wait_ready()
@@ -246,7 +246,7 @@ def test_capture_records_ids_and_logprobs_of_chat_and_streamed_calls(
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
     ids = {"return_token_ids": True}
     with AgentStream(fast) as client, ModelServer(fast, [RESOURCE], store=store, port=0) as server:
-        llm = openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
+        llm = openai.OpenAI(base_url=server.base_url, api_key=server.token, max_retries=0)
         agentstream.instrument_openai(llm)
         with client.rollout({"q": 1}) as rollout:
             chat = llm.chat.completions.create(
@@ -390,7 +390,7 @@ def test_online_grpo_on_cpu_trains_and_publishes_a_candidate(
     # the weights moved, and the candidate is servable right away by name
     assert _max_weight_change(tiny_model, Path(version.uri)) > 0
     with ModelServer(fast, [RESOURCE], store=store, port=0) as server:
-        answer = openai.OpenAI(base_url=server.base_url, api_key="local").completions.create(
+        answer = openai.OpenAI(base_url=server.base_url, api_key=server.token).completions.create(
             model=f"{RESOURCE}@candidate", prompt=PROMPT, max_tokens=3, temperature=0
         )
     assert answer.model == f"{RESOURCE}:v{version.version}"

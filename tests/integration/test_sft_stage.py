@@ -147,8 +147,10 @@ def test_sft_stage_publishes_a_candidate_adapter_with_lineage_that_the_model_ser
     name = model_for(cast(Any, rollout))
     assert name == f"{MODEL_RESOURCE}:v2"
     with ModelServer(tsettings, [MODEL_RESOURCE], store=store, port=0) as server:
+        key = {"Authorization": f"Bearer {server.token}"}
         response = httpx.post(
             f"{server.base_url}/completions",
+            headers=key,
             json={
                 "model": name,
                 "prompt": "Ticket: where is my order\nAction:",
@@ -159,7 +161,8 @@ def test_sft_stage_publishes_a_candidate_adapter_with_lineage_that_the_model_ser
         )
         assert response.status_code == 200, response.text
         assert response.json()["model"] == name
-        assert name in {m["id"] for m in httpx.get(f"{server.base_url}/models", timeout=10).json()["data"]}
+        models = httpx.get(f"{server.base_url}/models", headers=key, timeout=10).json()["data"]
+        assert name in {m["id"] for m in models}
 
 
 SEED = "Route the ticket to its queue.\n\nTicket: {{ticket}}\nAction:"
@@ -239,9 +242,8 @@ def test_sft_stage_distils_the_good_calls_into_the_bare_ticket_prompt_and_a_prom
 
     # the agent sends the bound version's requests to the model server, which answers as that version
     with ModelServer(tsettings, [MODEL_RESOURCE], store=store, port=0) as server:
-        agent = SupportAgent(
-            "http://127.0.0.1:9/v1", "gemma-3-270m", model_servers={MODEL_RESOURCE: server.base_url}
-        )
+        agent = SupportAgent("http://127.0.0.1:9/v1", "gemma-3-270m")
+        agent.serve(MODEL_RESOURCE, server.base_url, api_key=server.token)
         client, name = agent.endpoint(cast(Any, SimpleNamespace(resource=lambda _: bound)))
         completion = client.completions.create(
             model=name, prompt=bound.render(ticket="where is my parcel") + DISTILLED_PREFIX, max_tokens=4

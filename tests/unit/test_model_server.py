@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from agentstream.cli import app
@@ -17,10 +19,13 @@ from agentstream.serving.model_server import (
     ModelRef,
     Sampling,
     checkpoint_path,
+    create_app,
     generate,
     load_checkpoint,
     parse_model,
     served_name,
+    server_token,
+    token_file,
 )
 from agentstream.serving.vllm import VLLMServer
 from agentstream.settings import Settings
@@ -202,6 +207,44 @@ def test_reward_functions_in_both_shapes() -> None:
     for bad in ("json", "json:nope", "no_such_module_here:f", "json:__doc__"):
         with pytest.raises(ValueError):
             load_callable(bad)
+
+
+class ListingService:
+    """What the routes ask of a ModelService, for the routes' own behaviour: a listing, no models."""
+
+    requests = 0
+    cache = SimpleNamespace(loaded=lambda: [])
+
+    def models(self) -> list[dict[str, Any]]:
+        return [{"id": "tiny:v1", "object": "model"}]
+
+    def complete(self, request: Any) -> dict[str, Any]:
+        raise AssertionError("an unauthorised request must not reach generation")
+
+    chat = complete
+
+
+def test_every_route_but_health_needs_the_token(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    token = server_token(settings)
+    assert token and token_file(settings) == tmp_path / "secrets" / "model-server.token"
+    assert token_file(settings).stat().st_mode & 0o777 == 0o600 and server_token(settings) == token
+    client = TestClient(create_app(cast(Any, ListingService()), token))
+    assert client.get("/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+        refused = client.get("/v1/models", headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+        assert token not in refused.text
+        body = {"model": "tiny", "prompt": "x"}
+        assert client.post("/v1/completions", json=body, headers=headers).status_code == 401
+        assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 401
+    listed = client.get("/v1/models", headers={"Authorization": f"bearer {token}"})
+    assert listed.status_code == 200 and listed.json()["data"][0]["id"] == "tiny:v1"
+    # without require_token nothing is asked, and no token is made
+    open_settings = Settings(data_dir=tmp_path / "open", model_server={"require_token": False})
+    assert server_token(open_settings) is None and not token_file(open_settings).exists()
+    assert TestClient(create_app(cast(Any, ListingService()))).get("/v1/models").status_code == 200
 
 
 def test_cli_and_settings() -> None:
