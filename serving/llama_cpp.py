@@ -135,26 +135,12 @@ class LocalLLMServer:
                     }
                 ],
             }
-            # mkstemp makes the file 0600; it is deleted as soon as the server answers (or fails)
+            # mkstemp makes the file 0600; it is deleted as soon as the server answers, or fails to start
             fd, config_path = tempfile.mkstemp(prefix="agentstream-llm-", suffix=".json")
-            with os.fdopen(fd, "w") as file:
-                json.dump(config, file)
-            args = [sys.executable, "-m", "llama_cpp.server", "--config_file", config_path]
-            if self.log_path is not None:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-            out = self._log or subprocess.DEVNULL
-            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
-            self._process = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
             try:
-                ready = self._wait_ready(timeout)
+                with os.fdopen(fd, "w") as file:
+                    json.dump(config, file)
+                ready = self._launch(config_path, timeout)
             finally:
                 os.unlink(config_path)
             if ready:
@@ -163,6 +149,24 @@ class LocalLLMServer:
             self.port = 0
             logger.warning("LLM server did not come up (attempt %d); retrying on another port", attempt + 1)
         raise RuntimeError(f"the local LLM server did not start; see {self.log_path or 'its output'}")
+
+    def _launch(self, config_path: str, timeout: float) -> bool:
+        """Start the server on ``config_path``; whether it answered within ``timeout``."""
+        args = [sys.executable, "-m", "llama_cpp.server", "--config_file", config_path]
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        out = self._log or subprocess.DEVNULL
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        self._process = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        return self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

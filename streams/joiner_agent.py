@@ -126,8 +126,8 @@ class JoinerHop:
             return
         if joined is None:
             return
-        join, locations, strategy, discount = joined
-        self._update(join, locations, strategy, discount, message, save_unchanged=True)
+        join, locations = joined
+        self._update(join, locations, message, save_unchanged=True)
 
     def on_rollout_changed(self, rollout_id: str, message: Message) -> None:
         """The lifecycle learned something of a rollout that its triplets say (task type, mode, its
@@ -135,22 +135,15 @@ class JoinerHop:
         record = self.joins.get(rollout_id)
         if record is None:  # no call joined yet: its triplets will be made with the new state
             return
-        strategy, discount = self._strategy_for(rollout_id)
-        self._update(record.join, record.locations, strategy, discount, message, save_unchanged=False)
+        self._update(record.join, record.locations, message, save_unchanged=False)
 
     def _update(
-        self,
-        join: RolloutJoin,
-        locations: Locations,
-        strategy: str,
-        discount: float,
-        message: Message,
-        *,
-        save_unchanged: bool,
+        self, join: RolloutJoin, locations: Locations, message: Message, *, save_unchanged: bool
     ) -> None:
-        """Bring the join up to the rollout's state, save it and send the triplets that changed."""
+        """Bring the join up to the rollout's state (its credit strategy, task type and mode), save
+        it and send the triplets that changed."""
         state = self._lifecycle.rollouts.get(join.rollout_id)
-        join.set_strategy(strategy, discount)
+        join.set_strategy(*strategy_for(state, self._streams))
         join.set_rollout(
             task_type=state.task_type if state is not None else "",
             mode=state.mode if state is not None else "",
@@ -170,7 +163,7 @@ class JoinerHop:
         if updates:
             self._emit_triplets(join, locations, updates)
 
-    def _add_span(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
+    def _add_span(self, message: Message) -> tuple[RolloutJoin, Locations] | None:
         """The rollout's join with the span's LLM call (or, for another kind, its link: parent and
         whether it grades) added; ``None`` when there is nothing to save."""
         span = self._serdes.decode_span(message.value)
@@ -178,23 +171,21 @@ class JoinerHop:
         if not rollout_id:
             return None
         self._lifecycle.note_activity(rollout_id, span["end_time"])
-        strategy, discount = self._strategy_for(rollout_id)
+        join, locations = self._load_join(rollout_id)
         if span["kind"] != "llm":
             # Kept so a judge call is known whatever order its evaluation span and it come in.
-            join, locations = self._load_join(rollout_id, strategy, discount)
             if not join.add_span_link(span["span_id"], span["parent_span_id"], is_evaluation_span(span)):
                 return None  # known already (and it gives no triplet of its own to resend)
-            return join, locations, strategy, discount
-        join, locations = self._load_join(rollout_id, strategy, discount)
+            return join, locations
         call = llm_call_of(span)
         if not join.add_call(call):
             self._resend(join, locations)  # redelivered: its outputs may be lost
             return None
         locations[call.span_id] = [message.partition, message.offset]
         self.calls.put(rollout_id, call.span_id, call_content(span))
-        return join, locations, strategy, discount
+        return join, locations
 
-    def _add_reward(self, message: Message) -> tuple[RolloutJoin, Locations, str, float] | None:
+    def _add_reward(self, message: Message) -> tuple[RolloutJoin, Locations] | None:
         """The rollout's join with the reward added; ``None`` when there is nothing to save."""
         reward = self._serdes.decode_reward(message.value)
         rollout_id = reward["rollout_id"]
@@ -204,12 +195,11 @@ class JoinerHop:
         state = self._lifecycle.rollouts.get(rollout_id)
         history_lost = state is None or state.created_at < self._started_us
         self._lifecycle.record_reward(reward, message.partition)
-        strategy, discount = self._strategy_for(rollout_id)
-        join, locations = self._load_join(rollout_id, strategy, discount)
+        join, locations = self._load_join(rollout_id)
         # calls read back change the join (in the table's object): it must then be saved and its
         # triplets sent even when the reward itself changes nothing
         read_back = history_lost and not join.calls and self._read_back_calls(join, locations)
-        joined = join, locations, strategy, discount
+        joined = join, locations
         last_call = max((c.end_us for c in join.calls), default=None)
         if last_call is not None and reward["timestamp"] - last_call > self._horizon_us:
             self._stats.late_rewards_dropped += 1
@@ -241,17 +231,14 @@ class JoinerHop:
             )
         return added
 
-    def _strategy_for(self, rollout_id: str) -> tuple[str, float]:
-        """The rollout's credit assignment and discount (see :func:`.calls.strategy_for`)."""
-        return strategy_for(self._lifecycle.rollouts.get(rollout_id), self._streams)
-
-    def _load_join(self, rollout_id: str, strategy: str, discount: float) -> tuple[RolloutJoin, Locations]:
+    def _load_join(self, rollout_id: str) -> tuple[RolloutJoin, Locations]:
+        """The rollout's join and its calls' locations; a new one for a rollout not joined yet (its
+        strategy, task type and mode are brought up to the rollout's state by ``_update``)."""
         record = self.joins.get(rollout_id)
         if record is None:
             join = RolloutJoin(
                 rollout_id,
-                strategy,
-                discount,
+                *strategy_for(self._lifecycle.rollouts.get(rollout_id), self._streams),
                 emit_uncredited=self._emit_uncredited,
                 train_on_judge_calls=self._train_on_judges,
             )

@@ -22,10 +22,12 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
+from agentstream.process.secrets import bearer_authorized
+
 from .decode import OtlpDecodeError
 from .ingest import IngestBusy, IngestResult, OtlpIngest
 from .pool import BrokenProcessPool, IngestPool
-from .receiver import LOGS, PROTOBUF, RETRY_AFTER_SECONDS, TRACES, Signal, authorized
+from .receiver import LOGS, PROTOBUF, RETRY_AFTER_SECONDS, TRACES, Signal
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class _Exporter:
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Message:  # noqa: N802 (gRPC's name)
         metadata = dict(context.invocation_metadata())
-        if not authorized(metadata.get("authorization"), self.token):
+        if not bearer_authorized(metadata.get("authorization"), self.token):
             self._count("unauthorized")
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         if self.pool is not None and self.pool.workers:

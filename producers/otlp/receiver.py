@@ -73,11 +73,6 @@ def receiver_token(settings: Settings) -> str | None:
     return ensure_secret(token_file(settings)) if settings.otlp.require_token else None
 
 
-def authorized(header: str | None, token: str | None) -> bool:
-    """Whether an ``Authorization`` header value carries ``token`` (constant-time compare)."""
-    return bearer_authorized(header, token)
-
-
 @dataclass(frozen=True)
 class Signal:
     """What a route receives: traces or logs."""
@@ -207,7 +202,7 @@ class OtlpHttpApp:
     async def export(self, signal: Signal, request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         answer_as = JSON if content_type == JSON else PROTOBUF
-        if not authorized(request.headers.get("authorization"), self.token):
+        if not bearer_authorized(request.headers.get("authorization"), self.token):
             self._count("unauthorized")
             return status_response(
                 401,
@@ -282,7 +277,6 @@ __all__ = [
     "OtlpHttpApp",
     "PayloadError",
     "Signal",
-    "authorized",
     "decode_body",
     "gunzip",
     "receiver_token",
